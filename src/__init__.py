@@ -1,0 +1,1 @@
+"""Mask R-CNN (ResNet50 + FPN) fine-tuning pipeline for MindSpore."""

@@ -1,0 +1,320 @@
+"""One typed, frozen configuration for data, network and training.
+
+A recipe is a YAML file in ``FineTune/``; command-line overrides in the model-zoo style
+(``--config_path FILE --key value``) are applied on top. Every key is a field of
+:class:`Config` below and is documented there. Unknown keys and values of the wrong type are
+errors that name the key. Derived values (class count, anchor counts, feature-map sizes) are
+properties computed from the fields, never typed by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIG_PATH = os.path.join(REPO_ROOT, "FineTune", "default.yaml")
+
+# Strides of the FPN levels P2..P6 relative to the network input.
+FPN_STRIDES: Tuple[int, ...] = (4, 8, 16, 32, 64)
+# The network input must be divisible by the stride of the coarsest backbone stage (C5).
+INPUT_SIZE_MULTIPLE = 32
+DEVICE_TARGETS = ("CPU", "Ascend", "GPU")
+LR_SCHEDULES = ("step", "cosine")
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, has the wrong type or an invalid value."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """All settings of one run. Box coordinates are pixels, ``[x1, y1, x2, y2]``."""
+
+    # ---- data -----------------------------------------------------------------------------
+    coco_root: str = "FineTune/synthetic"  # folder with <split>/ images and annotations/
+    train_data_type: str = "train2017"  # image sub-folder and annotation suffix of the train split
+    val_data_type: str = "val2017"  # same for the validation split
+    instance_set: str = "annotations/instances_{}.json"  # annotation file, {} = split name
+    coco_classes: List[str] = field(default_factory=lambda: ["background", "book"])  # [0] is background
+    max_instance_count: int = 32  # GT instances per image after padding (largest kept beyond)
+    img_height: int = 320  # network input height (after keep-ratio resize and padding)
+    img_width: int = 320  # network input width
+    keep_ratio: bool = True  # resize keeping aspect ratio (else stretch to the input size)
+    flip_ratio: float = 0.5  # probability of a horizontal flip in training
+    img_mean: List[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])  # RGB
+    img_std: List[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])  # RGB
+    num_parallel_workers: int = 2  # data-pipeline worker processes
+
+    # ---- backbone + FPN -------------------------------------------------------------------
+    frozen_backbone_stages: int = 1  # with a pretrained backbone: stem + this many stages frozen
+    fpn_channels: int = 256  # channels of P2..P6
+
+    # ---- anchors + RPN --------------------------------------------------------------------
+    anchor_scales: List[float] = field(default_factory=lambda: [8.0])  # size = scale * stride
+    anchor_ratios: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # h / w
+    rpn_pos_iou_thr: float = 0.7
+    rpn_neg_iou_thr: float = 0.3
+    rpn_min_pos_iou: float = 0.3  # a GT's best anchor is positive only above this IoU
+    rpn_num_samples: int = 256  # anchors sampled per image for the RPN loss
+    rpn_pos_fraction: float = 0.5
+    rpn_pre_nms_top_k_train: int = 2000  # per level, before NMS
+    rpn_post_nms_top_k_train: int = 1000  # proposals per image after NMS
+    rpn_pre_nms_top_k_test: int = 1000
+    rpn_post_nms_top_k_test: int = 1000
+    rpn_nms_thr: float = 0.7
+    rpn_min_box_size: float = 0.0  # proposals smaller than this (pixels) are dropped
+
+    # ---- RoI heads ------------------------------------------------------------------------
+    rcnn_num_samples: int = 512  # RoIs sampled per image for the box/mask losses
+    rcnn_pos_fraction: float = 0.25
+    rcnn_pos_iou_thr: float = 0.5
+    rcnn_neg_iou_thr: float = 0.5
+    box_target_stds: List[float] = field(default_factory=lambda: [0.1, 0.1, 0.2, 0.2])
+    roi_box_size: int = 7  # RoIAlign output for the box head
+    roi_mask_size: int = 14  # RoIAlign output for the mask head
+    roi_sampling_ratio: int = 2
+    box_head_channels: int = 1024  # width of the two fully connected layers
+    mask_head_channels: int = 256
+    mask_loss_weight: float = 1.0
+
+    # ---- inference ------------------------------------------------------------------------
+    test_score_thr: float = 0.05
+    test_nms_thr: float = 0.5
+    test_max_per_img: int = 100
+    mask_thr: float = 0.5  # probability threshold when pasting masks back
+
+    # ---- training -------------------------------------------------------------------------
+    device_target: str = "CPU"
+    batch_size: int = 2
+    epoch_size: int = 12
+    base_lr: float = 0.02
+    lr_schedule: str = "step"  # "step" or "cosine"
+    lr_step_ratios: List[float] = field(default_factory=lambda: [0.67, 0.89])  # of total steps
+    lr_step_gamma: float = 0.1
+    warmup_steps: int = 100
+    warmup_ratio: float = 0.001  # LR at step 0 = base_lr * warmup_ratio
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    loss_scale: float = 1.0  # static loss scale (float16 on Ascend wants e.g. 256)
+    dynamic_loss_scale: bool = False  # float16: grow/shrink the scale on overflow
+    save_checkpoint_epochs: int = 1
+    keep_checkpoint_max: int = 5
+    eval_interval: int = 0  # epochs between validation runs in training; 0 = never
+    seed: int = 1
+    run_dir: str = "FineTune/runs/default"  # checkpoints, logs and the loss CSV go here
+
+    # ---- derived values --------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        """Number of classes including background."""
+        return len(self.coco_classes)
+
+    @property
+    def num_anchors_per_location(self) -> int:
+        return len(self.anchor_scales) * len(self.anchor_ratios)
+
+    @property
+    def feature_shapes(self) -> List[Tuple[int, int]]:
+        """(height, width) of P2..P6 for the configured input size."""
+        return [(math.ceil(self.img_height / s), math.ceil(self.img_width / s)) for s in FPN_STRIDES]
+
+    @property
+    def num_anchors(self) -> int:
+        """Anchors over all FPN levels of one image."""
+        return sum(h * w for h, w in self.feature_shapes) * self.num_anchors_per_location
+
+    @property
+    def compute_float16(self) -> bool:
+        """float16 compute on Ascend, float32 elsewhere."""
+        return self.device_target == "Ascend"
+
+    def split_paths(self, split: str) -> Tuple[str, str]:
+        """(image folder, annotation file) of ``split`` under ``coco_root``."""
+        root = resolve_path(self.coco_root)
+        return os.path.join(root, split), os.path.join(root, self.instance_set.format(split))
+
+    def replace(self, **changes: Any) -> "Config":
+        """A validated copy with some fields changed."""
+        values = dataclasses.asdict(self)
+        values.update(changes)
+        return from_dict(values, source="replace()")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def resolve_path(path: str) -> str:
+    """Relative paths in configs are relative to the repository root."""
+    return path if os.path.isabs(path) else os.path.join(REPO_ROOT, path)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_HINTS = typing.get_type_hints(Config)
+
+
+def _check_type(key: str, value: Any, hint: Any, source: str) -> Any:
+    """Return ``value`` converted to ``hint`` or raise ConfigError naming the key."""
+    origin = typing.get_origin(hint)
+    if origin in (list, List):
+        (item_hint,) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: key '{key}' must be a list, got {value!r}")
+        return [_check_type(f"{key}[{i}]", v, item_hint, source) for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: key '{key}' must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: key '{key}' must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: key '{key}' must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{source}: key '{key}' has an unsupported type {hint}")
+
+
+def _validate(cfg: Config, source: str) -> None:
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"{source}: key '{key}' = {getattr(cfg, key)!r} {why}")
+
+    for key in ("img_height", "img_width"):
+        value = getattr(cfg, key)
+        if value <= 0 or value % INPUT_SIZE_MULTIPLE:
+            raise bad(key, f"must be a positive multiple of {INPUT_SIZE_MULTIPLE}")
+    if len(cfg.coco_classes) < 2 or cfg.coco_classes[0] != "background":
+        raise bad("coco_classes", "must start with 'background' and name at least one class")
+    if len(set(cfg.coco_classes)) != len(cfg.coco_classes):
+        raise bad("coco_classes", "has a repeated class name")
+    if cfg.device_target not in DEVICE_TARGETS:
+        raise bad("device_target", f"must be one of {DEVICE_TARGETS}")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise bad("lr_schedule", f"must be one of {LR_SCHEDULES}")
+    for key in ("img_mean", "img_std"):
+        if len(getattr(cfg, key)) != 3:
+            raise bad(key, "must have 3 values (R, G, B)")
+    if any(s <= 0 for s in cfg.img_std):
+        raise bad("img_std", "must be positive")
+    if len(cfg.box_target_stds) != 4:
+        raise bad("box_target_stds", "must have 4 values (dx, dy, dw, dh)")
+    positive_ints = ("max_instance_count", "batch_size", "epoch_size", "rpn_num_samples",
+                     "rcnn_num_samples", "rpn_pre_nms_top_k_train", "rpn_post_nms_top_k_train",
+                     "rpn_pre_nms_top_k_test", "rpn_post_nms_top_k_test", "test_max_per_img",
+                     "roi_box_size", "roi_mask_size", "roi_sampling_ratio", "fpn_channels",
+                     "box_head_channels", "mask_head_channels", "num_parallel_workers",
+                     "save_checkpoint_epochs", "keep_checkpoint_max")
+    for key in positive_ints:
+        if getattr(cfg, key) <= 0:
+            raise bad(key, "must be positive")
+    for key in ("flip_ratio", "rpn_pos_fraction", "rcnn_pos_fraction", "rpn_pos_iou_thr",
+                "rpn_neg_iou_thr", "rpn_min_pos_iou", "rcnn_pos_iou_thr", "rcnn_neg_iou_thr",
+                "rpn_nms_thr", "test_nms_thr", "test_score_thr", "mask_thr", "warmup_ratio"):
+        if not 0.0 <= getattr(cfg, key) <= 1.0:
+            raise bad(key, "must be between 0 and 1")
+    if cfg.rpn_neg_iou_thr > cfg.rpn_pos_iou_thr:
+        raise bad("rpn_neg_iou_thr", "must not exceed rpn_pos_iou_thr")
+    if cfg.rcnn_neg_iou_thr > cfg.rcnn_pos_iou_thr:
+        raise bad("rcnn_neg_iou_thr", "must not exceed rcnn_pos_iou_thr")
+    if not 0 <= cfg.frozen_backbone_stages <= 4:
+        raise bad("frozen_backbone_stages", "must be between 0 and 4")
+    if cfg.base_lr <= 0:
+        raise bad("base_lr", "must be positive")
+    if cfg.loss_scale <= 0:
+        raise bad("loss_scale", "must be positive")
+    if cfg.warmup_steps < 0 or cfg.eval_interval < 0:
+        raise bad("warmup_steps" if cfg.warmup_steps < 0 else "eval_interval", "must not be negative")
+    if "{}" not in cfg.instance_set:
+        raise bad("instance_set", "must contain '{}' where the split name goes")
+    if sorted(cfg.lr_step_ratios) != cfg.lr_step_ratios or any(not 0 < r < 1 for r in cfg.lr_step_ratios):
+        raise bad("lr_step_ratios", "must be increasing fractions between 0 and 1")
+
+
+def from_dict(values: Dict[str, Any], source: str = "config") -> Config:
+    """Build and validate a Config; unknown keys and wrong types raise ConfigError."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(values).__name__}")
+    checked = {}
+    for key, value in values.items():
+        if key not in _FIELDS:
+            raise ConfigError(f"{source}: unknown key '{key}'")
+        checked[key] = _check_type(key, value, _HINTS[key], source)
+    cfg = Config(**checked)
+    _validate(cfg, source)
+    return cfg
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None) -> Config:
+    """Load a YAML recipe (default: FineTune/default.yaml) and apply overrides on top."""
+    path = path or DEFAULT_CONFIG_PATH
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            values = yaml.safe_load(handle) or {}
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file not found: {path}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values")
+    values = dict(values)
+    values.update(overrides or {})
+    source = path if not overrides else f"{path} + command line"
+    return from_dict(values, source=source)
+
+
+def parse_overrides(extra_args: Sequence[str]) -> Dict[str, Any]:
+    """Turn ``['--key', 'value', ...]`` into ``{key: value}`` with YAML typing of the value.
+
+    ``--key=value`` is accepted too. Values are parsed as YAML, so ``--img_height 256`` is an
+    int and ``--coco_classes "[background, book]"`` a list.
+    """
+    overrides: Dict[str, Any] = {}
+    args = list(extra_args)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"command line: expected --key value, got '{arg}'")
+        if "=" in arg:
+            key, text = arg[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise ConfigError(f"command line: option '{arg}' has no value")
+            key, text = arg[2:], args[i + 1]
+            i += 2
+        if key not in _FIELDS:
+            raise ConfigError(f"command line: unknown key '{key}'")
+        try:
+            overrides[key] = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"command line: value of '{key}' is not valid: {text!r}") from e
+    return overrides
+
+
+def add_config_arguments(parser) -> None:
+    """The ``--config_path`` option every CLI shares."""
+    parser.add_argument("--config_path", default=DEFAULT_CONFIG_PATH,
+                        help="YAML recipe (default: FineTune/default.yaml); any config key can "
+                             "be overridden as --key value")
+
+
+def config_from_cli(parser, argv: Optional[Sequence[str]] = None):
+    """Parse known CLI options, treat the rest as config overrides; return (args, config)."""
+    args, extra = parser.parse_known_args(argv)
+    try:
+        cfg = load_config(args.config_path, parse_overrides(extra))
+    except ConfigError as e:
+        parser.error(str(e))
+    return args, cfg
