@@ -1,0 +1,65 @@
+"""Feature pyramid network: C2..C5 -> P2..P6 (P6 = stride-2 subsample of P5)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import mindspore.nn as nn
+import mindspore.ops as ops
+from mindspore.common.initializer import HeUniform, initializer
+
+# Input channels of C2..C5 for ResNet50.
+RESNET50_CHANNELS = (256, 512, 1024, 2048)
+# Kaiming-uniform with a=1 (the usual FPN initialisation) keeps the output variance of the
+# un-normalised FPN convs near the input's.
+_KAIMING_A = 1.0
+
+
+def _conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Conv2d:
+    weight = initializer(HeUniform(negative_slope=_KAIMING_A),
+                         [out_channels, in_channels, kernel_size, kernel_size])
+    padding = kernel_size // 2
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=1,
+                     pad_mode="pad" if padding else "valid", padding=padding,
+                     has_bias=True, weight_init=weight, bias_init="zeros")
+
+
+class FPN(nn.Cell):
+    """Top-down feature pyramid with lateral 1x1 and output 3x3 convolutions.
+
+    Args:
+        in_channels: channels of C2..C5 (ResNet50: 256, 512, 1024, 2048).
+        out_channels: channels of every P level (config.fpn_channels).
+
+    Inputs:
+        features: (C2, C3, C4, C5), strides 4, 8, 16, 32, [B, in_channels[i], H_i, W_i].
+
+    Returns:
+        (P2, P3, P4, P5, P6): [B, out_channels, H_i, W_i] with strides 4..64; P6 has size
+        ceil(H5 / 2) x ceil(W5 / 2).
+    """
+
+    def __init__(self, in_channels: Sequence[int] = RESNET50_CHANNELS, out_channels: int = 256):
+        super().__init__()
+        self.num_levels = len(in_channels)
+        self.lateral_convs = nn.CellList([_conv(c, out_channels, 1) for c in in_channels])
+        self.output_convs = nn.CellList([_conv(out_channels, out_channels, 3) for _ in in_channels])
+        # kernel 1, stride 2: plain subsampling, ceil(H/2) outputs for an odd size.
+        self.p6_pool = nn.MaxPool2d(kernel_size=1, stride=2, pad_mode="same")
+
+    def construct(self, features):
+        c2, c3, c4, c5 = features
+        l2 = self.lateral_convs[0](c2)
+        l3 = self.lateral_convs[1](c3)
+        l4 = self.lateral_convs[2](c4)
+        l5 = self.lateral_convs[3](c5)
+        # Nearest upsampling to the exact size of the finer level (sizes may be odd).
+        t4 = l4 + ops.interpolate(l5, size=l4.shape[2:], mode="nearest")
+        t3 = l3 + ops.interpolate(t4, size=l3.shape[2:], mode="nearest")
+        t2 = l2 + ops.interpolate(t3, size=l2.shape[2:], mode="nearest")
+        p2 = self.output_convs[0](t2)
+        p3 = self.output_convs[1](t3)
+        p4 = self.output_convs[2](t4)
+        p5 = self.output_convs[3](l5)
+        p6 = self.p6_pool(p5)
+        return p2, p3, p4, p5, p6

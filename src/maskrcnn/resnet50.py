@@ -1,0 +1,142 @@
+"""ResNet50 backbone (bottleneck v1, stride on the 3x3 conv) returning C2..C5.
+
+Parameter names are exactly those of the MindSpore model-zoo ResNet50 ImageNet classifier
+(``conv1.weight``, ``bn1.gamma``, ``layer1.0.conv1.weight``,
+``layer1.0.down_sample_layer.0.weight``, ...) without its classifier ``end_point.*``, so a zoo
+checkpoint loads after the ``backbone.`` prefix is added (see ``src/checkpoint.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import mindspore.nn as nn
+from mindspore.common.initializer import HeNormal, initializer
+
+# Output channels of the four bottleneck stages and their block counts (ResNet50).
+STAGE_OUT_CHANNELS: Tuple[int, ...] = (256, 512, 1024, 2048)
+STAGE_BLOCKS: Tuple[int, ...] = (3, 4, 6, 3)
+STAGE_STRIDES: Tuple[int, ...] = (1, 2, 2, 2)
+STEM_CHANNELS = 64
+BOTTLENECK_EXPANSION = 4
+NORM_MODES = ("batch", "frozen")
+BN_EPS = 1e-5
+# Strides of C2..C5 relative to the input.
+FEATURE_STRIDES: Tuple[int, ...] = (4, 8, 16, 32)
+BN_MOMENTUM = 0.9  # MindSpore convention: moving = momentum * moving + (1 - momentum) * batch
+
+
+def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Conv2d:
+    """Bias-free conv with "same"-style explicit padding and He (fan_out) normal init."""
+    padding = kernel_size // 2
+    weight = initializer(HeNormal(mode="fan_out", nonlinearity="relu"),
+                         [out_channels, in_channels, kernel_size, kernel_size])
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
+                     pad_mode="pad" if padding else "valid", padding=padding,
+                     has_bias=False, weight_init=weight)
+
+
+def _norm(channels: int, norm: str) -> nn.BatchNorm2d:
+    """BatchNorm2d: batch statistics in training ("batch") or always moving stats ("frozen")."""
+    if norm == "frozen":
+        bn = nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM, use_batch_statistics=False)
+        bn.gamma.requires_grad = False
+        bn.beta.requires_grad = False
+        return bn
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+class Bottleneck(nn.Cell):
+    """1x1 reduce -> 3x3 (carries the stride) -> 1x1 expand, plus identity/projection shortcut.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels (4x the bottleneck width).
+        stride: spatial stride of the block (on the 3x3 conv and the projection).
+        norm: "batch" or "frozen".
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, norm: str):
+        super().__init__()
+        width = out_channels // BOTTLENECK_EXPANSION
+        self.conv1 = _conv(in_channels, width, 1)
+        self.bn1 = _norm(width, norm)
+        self.conv2 = _conv(width, width, 3, stride)
+        self.bn2 = _norm(width, norm)
+        self.conv3 = _conv(width, out_channels, 1)
+        self.bn3 = _norm(out_channels, norm)
+        self.relu = nn.ReLU()
+        self.has_projection = stride != 1 or in_channels != out_channels
+        if self.has_projection:
+            self.down_sample_layer = nn.SequentialCell(
+                [_conv(in_channels, out_channels, 1, stride), _norm(out_channels, norm)])
+
+    def construct(self, x):
+        """x [B, C_in, H, W] -> [B, C_out, H/stride, W/stride]."""
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.has_projection:
+            identity = self.down_sample_layer(x)
+        return self.relu(out + identity)
+
+
+class ResNet50(nn.Cell):
+    """ResNet50 feature extractor.
+
+    Args:
+        frozen_stages: number of bottleneck stages (0..4) frozen after the stem; when > 0 the
+            stem (``conv1``/``bn1``) is frozen too. Frozen parameters get ``requires_grad=False``.
+        norm: "batch" (trainable BatchNorm, batch statistics in training; for random init) or
+            "frozen" (moving statistics, gamma/beta not trained; for a pretrained backbone).
+
+    Inputs:
+        image [B, 3, H, W] float, H and W multiples of 32.
+
+    Returns:
+        (C2, C3, C4, C5): [B, 256, H/4, W/4], [B, 512, H/8, W/8], [B, 1024, H/16, W/16],
+        [B, 2048, H/32, W/32].
+    """
+
+    def __init__(self, frozen_stages: int = 0, norm: str = "batch"):
+        super().__init__()
+        if norm not in NORM_MODES:
+            raise ValueError(f"ResNet50: norm must be one of {NORM_MODES}, got {norm!r}")
+        if not 0 <= frozen_stages <= len(STAGE_BLOCKS):
+            raise ValueError(f"ResNet50: frozen_stages must be in 0..{len(STAGE_BLOCKS)}, "
+                             f"got {frozen_stages}")
+        self.conv1 = _conv(3, STEM_CHANNELS, 7, stride=2)
+        self.bn1 = _norm(STEM_CHANNELS, norm)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="same")
+        in_channels = STEM_CHANNELS
+        stages = []
+        for out_channels, blocks, stride in zip(STAGE_OUT_CHANNELS, STAGE_BLOCKS, STAGE_STRIDES):
+            cells = []
+            for i in range(blocks):
+                cells.append(Bottleneck(in_channels, out_channels, stride if i == 0 else 1, norm))
+                in_channels = out_channels
+            stages.append(nn.SequentialCell(cells))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.frozen_stages = frozen_stages
+        self._freeze(frozen_stages)
+
+    def _freeze(self, frozen_stages: int) -> None:
+        """requires_grad=False for the stem and the first ``frozen_stages`` stages."""
+        if frozen_stages <= 0:
+            return
+        frozen = [self.conv1, self.bn1] + [self.layer1, self.layer2, self.layer3,
+                                           self.layer4][:frozen_stages]
+        for cell in frozen:
+            for param in cell.get_parameters():
+                param.requires_grad = False
+
+    def construct(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        c2 = self.layer1(x)
+        c3 = self.layer2(c2)
+        c4 = self.layer3(c3)
+        c5 = self.layer4(c4)
+        return c2, c3, c4, c5
+

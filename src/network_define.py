@@ -1,0 +1,231 @@
+"""Training wrappers: LossNet, WithLossCell, TrainOneStepCell and the training callbacks.
+
+``WithLossCell`` returns ``(total, rpn_cls, rpn_reg, rcnn_cls, rcnn_reg, rcnn_mask)`` so that the
+callbacks can log each component; only ``total`` receives a gradient. ``TrainOneStepCell``
+scales the loss (static or dynamic), unscales the gradients, skips the update when a gradient is
+not finite, and returns the losses, a finite flag and the loss scale in use.
+"""
+
+import csv
+import logging
+import math
+import os
+import time
+from typing import Callable, List, Optional, Sequence
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.train.callback import Callback
+
+from src.batch import LOSS_NAMES
+
+logger = logging.getLogger(__name__)
+
+# Dynamic loss scaling: halve on overflow, double after this many finite steps in a row.
+LOSS_SCALE_GROWTH_INTERVAL = 1000
+LOSS_SCALE_FACTOR = 2.0
+MIN_LOSS_SCALE = 1.0
+
+
+class LossNet(nn.Cell):
+    """Sum of the five named losses (see ``src.batch.LOSS_NAMES``) with per-loss weights."""
+
+    def __init__(self, weights: Optional[Sequence[float]] = None):
+        super().__init__()
+        weights = weights or [1.0] * len(LOSS_NAMES)
+        if len(weights) != len(LOSS_NAMES):
+            raise ValueError(f"LossNet needs {len(LOSS_NAMES)} weights, got {len(weights)}")
+        self.weights = tuple(float(w) for w in weights)
+
+    def construct(self, losses):
+        total = losses[0] * self.weights[0]
+        for i in range(1, len(LOSS_NAMES)):
+            total = total + losses[i] * self.weights[i]
+        return total
+
+
+class WithLossCell(nn.Cell):
+    """Network + LossNet: training batch in, ``(total, *components)`` out."""
+
+    def __init__(self, net: nn.Cell, loss_net: nn.Cell):
+        super().__init__(auto_prefix=False)
+        self.net = net
+        self.loss_net = loss_net
+
+    def construct(self, image, image_shape, box, label, valid_num, mask):
+        losses = self.net(image, image_shape, box, label, valid_num, mask)
+        total = self.loss_net(losses)
+        return (total,) + tuple(losses)
+
+
+def _all_finite(grads) -> Tensor:
+    flags = [ops.isfinite(g).all() for g in grads]
+    return ops.stack(flags).all()
+
+
+class TrainOneStepCell(nn.Cell):
+    """One optimisation step with loss scaling.
+
+    The loss is multiplied by the loss scale before back-propagation (``sens``), gradients are
+    divided by it again, and the optimizer only steps when every gradient is finite, so a
+    NaN/Inf step never reaches the weights. With ``dynamic_loss_scale`` the scale halves on a
+    non-finite step and doubles after ``LOSS_SCALE_GROWTH_INTERVAL`` finite steps.
+
+    Returns ``(total, *components, finite (bool scalar), loss_scale (f32 scalar))``.
+    """
+
+    def __init__(self, network: nn.Cell, optimizer: nn.Optimizer, loss_scale: float = 1.0,
+                 dynamic_loss_scale: bool = False):
+        super().__init__(auto_prefix=False)
+        self.network = network
+        self.network.set_grad()
+        self.optimizer = optimizer
+        self.weights = optimizer.parameters
+        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
+        self.dynamic = dynamic_loss_scale
+        # Parameters (not Tensor attributes) so that the state is explicit and checkpointed.
+        self.loss_scale = Parameter(Tensor(loss_scale, ms.float32), name="loss_scale", requires_grad=False)
+        self.good_steps = Parameter(Tensor(0, ms.int32), name="loss_scale_good_steps", requires_grad=False)
+        self.reducer = nn.Identity()
+        parallel_mode = ms.get_auto_parallel_context("parallel_mode")
+        if parallel_mode in (ms.ParallelMode.DATA_PARALLEL, ms.ParallelMode.HYBRID_PARALLEL):
+            self.reducer = nn.DistributedGradReducer(self.weights, ms.get_auto_parallel_context("gradients_mean"),
+                                                     ms.get_auto_parallel_context("device_num"))
+
+    def _update_scale(self, finite):
+        if not self.dynamic:
+            return finite
+        if finite:
+            good = self.good_steps + 1
+            grow = good >= LOSS_SCALE_GROWTH_INTERVAL
+            new_scale = ops.select(grow, self.loss_scale * LOSS_SCALE_FACTOR, self.loss_scale)
+            ops.assign(self.loss_scale, new_scale)
+            ops.assign(self.good_steps, ops.select(grow, ops.zeros_like(good), good))
+        else:
+            ops.assign(self.loss_scale, ops.maximum(self.loss_scale / LOSS_SCALE_FACTOR, MIN_LOSS_SCALE))
+            ops.assign(self.good_steps, ops.zeros_like(self.good_steps))
+        return finite
+
+    def construct(self, image, image_shape, box, label, valid_num, mask):
+        outputs = self.network(image, image_shape, box, label, valid_num, mask)
+        scale = self.loss_scale * 1.0
+        sens = (ops.fill(outputs[0].dtype, outputs[0].shape, 1.0) * scale.astype(outputs[0].dtype),)
+        for component in outputs[1:]:
+            sens = sens + (ops.zeros_like(component),)
+        grads = self.grad(self.network, self.weights)(image, image_shape, box, label, valid_num, mask, sens)
+        grads = self.reducer(grads)
+        grads = tuple(g / scale.astype(g.dtype) for g in grads)
+        finite = _all_finite(grads)
+        if finite:
+            self.optimizer(grads)
+        self._update_scale(finite)
+        return outputs + (finite, scale)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or Inf."""
+
+
+class LossCallBack(Callback):
+    """Per-step log of every loss component (console + CSV), step time, progress; NaN guard.
+
+    A non-finite total loss stops training: the error is kept in ``self.error`` (the weights
+    were not updated on that step and the last checkpoint on disk is the last good one).
+    """
+
+    def __init__(self, csv_path: str, steps_per_epoch: int, total_epochs: int, log_every: int = 1,
+                 lr_schedule: Optional[np.ndarray] = None):
+        super().__init__()
+        self.csv_path = csv_path
+        self.steps_per_epoch = steps_per_epoch
+        self.total_epochs = total_epochs
+        self.log_every = max(1, log_every)
+        self.lr_schedule = lr_schedule
+        self.error: Optional[NonFiniteLossError] = None
+        self.history: List[dict] = []
+        self._step_start = 0.0
+        new_file = not os.path.exists(csv_path)
+        self._csv = open(csv_path, "a", newline="", encoding="utf-8")
+        self._writer = csv.writer(self._csv)
+        if new_file:
+            self._writer.writerow(["epoch", "step", "total", *LOSS_NAMES, "lr", "loss_scale", "step_seconds"])
+
+    def on_train_step_begin(self, run_context):
+        self._step_start = time.time()
+
+    def on_train_step_end(self, run_context):
+        params = run_context.original_args()
+        outputs = params.net_outputs
+        values = [float(o.asnumpy()) for o in outputs[: 1 + len(LOSS_NAMES)]]
+        finite_grads = bool(outputs[1 + len(LOSS_NAMES)].asnumpy())
+        scale = float(outputs[2 + len(LOSS_NAMES)].asnumpy())
+        step = int(params.cur_step_num)
+        epoch = int(params.cur_epoch_num)
+        seconds = time.time() - self._step_start
+        lr = float(self.lr_schedule[min(step - 1, len(self.lr_schedule) - 1)]) if self.lr_schedule is not None else float("nan")
+        self._writer.writerow([epoch, step, *[f"{v:.6f}" for v in values], f"{lr:.6g}", scale, f"{seconds:.3f}"])
+        self._csv.flush()
+        record = dict(zip(("total",) + LOSS_NAMES, values), step=step, epoch=epoch, seconds=seconds)
+        self.history.append(record)
+        if not math.isfinite(values[0]):
+            self.error = NonFiniteLossError(
+                f"loss became {values[0]} at step {step} (epoch {epoch}); components: "
+                + ", ".join(f"{n}={v:.4g}" for n, v in zip(LOSS_NAMES, values[1:]))
+                + "; the weights were not updated on that step and the last checkpoint is kept")
+            run_context.request_stop()
+            return
+        if not finite_grads:
+            logger.warning("step %d: non-finite gradient, update skipped (loss scale %g)", step, scale)
+        if step % self.log_every == 0 or step == 1:
+            total_steps = self.steps_per_epoch * self.total_epochs
+            parts = " ".join(f"{n}={v:.4f}" for n, v in zip(LOSS_NAMES, values[1:]))
+            logger.info("epoch %d/%d step %d/%d loss=%.4f %s lr=%.5f %.2fs/step", epoch, self.total_epochs,
+                        step, total_steps, values[0], parts, lr, seconds)
+
+    def on_train_end(self, run_context):
+        self._csv.close()
+
+
+class CheckpointCallback(Callback):
+    """Saves the whole train cell (weights, optimizer state, global step) atomically.
+
+    Files are ``<prefix>-<epoch>_<step>.ckpt`` plus ``last.ckpt``; at most ``keep_max`` numbered
+    files are kept. Nothing is saved after a non-finite loss (``loss_callback.error``).
+    """
+
+    def __init__(self, save_fn: Callable[[nn.Cell, str], None], directory: str, prefix: str,
+                 every_epochs: int, keep_max: int, loss_callback: Optional[LossCallBack] = None):
+        super().__init__()
+        self.save_fn = save_fn
+        self.directory = directory
+        self.prefix = prefix
+        self.every_epochs = every_epochs
+        self.keep_max = keep_max
+        self.loss_callback = loss_callback
+        self.saved: List[str] = []
+
+    def _save(self, run_context, force: bool = False):
+        params = run_context.original_args()
+        epoch = int(params.cur_epoch_num)
+        if self.loss_callback is not None and self.loss_callback.error is not None:
+            return
+        if not force and epoch % self.every_epochs:
+            return
+        path = os.path.join(self.directory, f"{self.prefix}-{epoch}_{int(params.cur_step_num)}.ckpt")
+        if path in self.saved:
+            return
+        self.save_fn(params.train_network, path)
+        self.save_fn(params.train_network, os.path.join(self.directory, "last.ckpt"))
+        self.saved.append(path)
+        logger.info("saved checkpoint %s", path)
+        while len(self.saved) > self.keep_max:
+            old = self.saved.pop(0)
+            if os.path.exists(old):
+                os.remove(old)
+
+    def on_train_epoch_end(self, run_context):
+        self._save(run_context)
+
+    def on_train_end(self, run_context):
+        self._save(run_context, force=True)

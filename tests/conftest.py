@@ -1,0 +1,21 @@
+"""Shared test set-up: repository on sys.path, quiet MindSpore logs, shared data paths."""
+
+import os
+import sys
+
+import pytest
+
+os.environ.setdefault("GLOG_v", "3")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+SHARED_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared")
+
+
+@pytest.fixture(scope="session")
+def shared_dir():
+    """The team's shared folder beside the repository (name/shape lists of zoo checkpoints)."""
+    if not os.path.isdir(SHARED_DIR):
+        pytest.fail(f"../shared not found beside the repository (looked in {SHARED_DIR})")
+    return SHARED_DIR

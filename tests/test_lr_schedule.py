@@ -1,0 +1,37 @@
+import numpy as np
+import pytest
+
+from src.config import load_config
+from src.lr_schedule import build_lr_schedule
+
+
+def test_warmup_then_step_decay_exact_values():
+    cfg = load_config(overrides={"base_lr": 0.1, "warmup_steps": 4, "warmup_ratio": 0.0, "epoch_size": 10,
+                                 "lr_schedule": "step", "lr_step_ratios": [0.5, 0.8], "lr_step_gamma": 0.1})
+    lr = build_lr_schedule(cfg, steps_per_epoch=2)  # 20 steps
+    assert lr.shape == (20,) and lr.dtype == np.float32
+    np.testing.assert_allclose(lr[:5], [0.0, 0.025, 0.05, 0.075, 0.1], rtol=1e-6)
+    np.testing.assert_allclose(lr[9], 0.1, rtol=1e-6)   # before the first milestone (step 10)
+    np.testing.assert_allclose(lr[10], 0.01, rtol=1e-6)
+    np.testing.assert_allclose(lr[15], 0.01, rtol=1e-6)
+    np.testing.assert_allclose(lr[16], 0.001, rtol=1e-5)
+
+
+def test_cosine_reaches_zero_at_the_end_and_is_monotone_after_warmup():
+    cfg = load_config(overrides={"base_lr": 0.02, "warmup_steps": 3, "epoch_size": 4, "lr_schedule": "cosine"})
+    lr = build_lr_schedule(cfg, steps_per_epoch=25)
+    assert lr[3] == pytest.approx(0.02)
+    assert np.all(np.diff(lr[3:]) <= 1e-9)
+    assert lr[-1] < 0.02 * 0.01
+
+
+def test_warmup_is_capped_for_tiny_runs():
+    cfg = load_config(overrides={"warmup_steps": 500, "epoch_size": 1})
+    lr = build_lr_schedule(cfg, steps_per_epoch=30)
+    # warm-up capped at a third of the 30 steps: full rate is reached by step 10
+    assert lr[10] == pytest.approx(cfg.base_lr, rel=1e-3)
+
+
+def test_zero_steps_is_an_error():
+    with pytest.raises(ValueError, match="steps_per_epoch must be positive"):
+        build_lr_schedule(load_config(), 0)

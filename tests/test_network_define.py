@@ -1,0 +1,123 @@
+"""TrainOneStepCell / LossNet / callbacks on a toy network with the real 6-input signature."""
+
+import os
+from types import SimpleNamespace
+
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import Parameter, Tensor, nn, ops
+
+from src.batch import LOSS_NAMES
+from src.network_define import (CheckpointCallback, LossCallBack, LossNet, NonFiniteLossError,
+                                TrainOneStepCell, WithLossCell)
+
+
+class ToyLosses(nn.Cell):
+    """Five losses from one parameter vector w: loss_i = (i + 1) * sum(w * image[:4])^2 / 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = Parameter(Tensor(np.array([1.0, -2.0, 0.5, 3.0], np.float32)), name="w")
+
+    def construct(self, image, image_shape, box, label, valid_num, mask):
+        x = image.reshape(-1)[:4]
+        base = (self.w * x).sum() ** 2 / 2
+        return tuple(base * (i + 1) for i in range(5))
+
+
+def _batch(image_values):
+    image = Tensor(np.array(image_values, np.float32).reshape(1, 1, 2, 2))
+    zeros = Tensor(np.zeros((1, 4), np.float32))
+    return image, zeros, Tensor(np.zeros((1, 1, 4), np.float32)), Tensor(np.zeros((1, 1), np.int32)), \
+        Tensor(np.zeros((1, 1), np.int32)), Tensor(np.zeros((1, 1, 2, 2), np.uint8))
+
+
+def _step(loss_scale, dynamic=False, image_values=(1.0, 1.0, 1.0, 1.0)):
+    toy = ToyLosses()
+    opt = nn.Momentum(toy.trainable_params(), learning_rate=0.01, momentum=0.0)
+    cell = TrainOneStepCell(WithLossCell(toy, LossNet()), opt, loss_scale=loss_scale, dynamic_loss_scale=dynamic)
+    outputs = cell(*_batch(image_values))
+    return toy, cell, outputs
+
+
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE])
+@pytest.mark.parametrize("loss_scale", [1.0, 1024.0])
+def test_one_step_is_plain_sgd_on_the_total_whatever_the_loss_scale(mode, loss_scale):
+    ms.set_context(mode=mode)
+    toy, _, outputs = _step(loss_scale)
+    w0 = np.array([1.0, -2.0, 0.5, 3.0], np.float32)
+    s = w0.sum()  # image is all ones
+    # total = sum_i (i+1) * s^2/2 = 15 s^2 / 2; d total / d w_j = 15 s
+    expected = w0 - 0.01 * 15 * s
+    np.testing.assert_allclose(toy.w.asnumpy(), expected, rtol=1e-5)
+    values = [float(o.asnumpy()) for o in outputs[:6]]
+    assert values[0] == pytest.approx(15 * s * s / 2)
+    assert values[1:] == pytest.approx([(i + 1) * s * s / 2 for i in range(5)])
+    assert bool(outputs[6].asnumpy()) is True
+    assert float(outputs[7].asnumpy()) == loss_scale
+
+
+def test_non_finite_gradient_skips_the_update_and_dynamic_scale_halves():
+    ms.set_context(mode=ms.GRAPH_MODE)
+    toy, cell, outputs = _step(64.0, dynamic=True, image_values=(np.inf, 1.0, 1.0, 1.0))
+    np.testing.assert_array_equal(toy.w.asnumpy(), np.array([1.0, -2.0, 0.5, 3.0], np.float32))
+    assert bool(outputs[6].asnumpy()) is False
+    assert float(cell.loss_scale.asnumpy()) == 32.0
+
+
+def test_loss_net_weights_and_count():
+    total = LossNet([1, 2, 0, 0, 1])(tuple(Tensor(np.float32(v)) for v in (1, 2, 3, 4, 5)))
+    assert float(total.asnumpy()) == pytest.approx(1 + 4 + 5)
+    with pytest.raises(ValueError, match="needs 5 weights"):
+        LossNet([1.0])
+
+
+def _run_context(outputs, step, epoch=1, network=None):
+    params = SimpleNamespace(net_outputs=outputs, cur_step_num=step, cur_epoch_num=epoch, train_network=network)
+    stopped = []
+    return SimpleNamespace(original_args=lambda: params, request_stop=lambda: stopped.append(True)), stopped
+
+
+def _outputs(total, finite=True):
+    values = [total] + [0.5] * len(LOSS_NAMES)
+    return tuple(Tensor(np.float32(v)) for v in values) + (Tensor(np.bool_(finite)), Tensor(np.float32(1.0)))
+
+
+def test_loss_callback_writes_csv_and_stops_on_nan_naming_the_step(tmp_path):
+    csv_path = tmp_path / "losses.csv"
+    callback = LossCallBack(str(csv_path), steps_per_epoch=10, total_epochs=1, lr_schedule=np.full(10, 0.01))
+    for step, total in ((1, 2.5), (2, 2.0)):
+        context, stopped = _run_context(_outputs(total), step)
+        callback.on_train_step_begin(context)
+        callback.on_train_step_end(context)
+        assert not stopped
+    context, stopped = _run_context(_outputs(float("nan")), 3)
+    callback.on_train_step_end(context)
+    callback.on_train_end(context)
+    assert stopped == [True]
+    assert isinstance(callback.error, NonFiniteLossError)
+    assert "loss became nan at step 3" in str(callback.error)
+    rows = csv_path.read_text().strip().splitlines()
+    assert rows[0].split(",")[:8] == ["epoch", "step", "total", *LOSS_NAMES]
+    assert len(rows) == 4 and rows[1].split(",")[2] == "2.500000"
+
+
+def test_checkpoint_callback_keeps_max_and_saves_nothing_after_nan(tmp_path):
+    saved = []
+
+    def save(network, path):
+        saved.append(os.path.basename(path))
+        open(path, "w").close()
+
+    loss_cb = SimpleNamespace(error=None)
+    callback = CheckpointCallback(save, str(tmp_path), "m", every_epochs=1, keep_max=2, loss_callback=loss_cb)
+    for epoch in (1, 2, 3):
+        context, _ = _run_context(None, epoch * 5, epoch)
+        callback.on_train_epoch_end(context)
+    assert sorted(os.listdir(tmp_path)) == ["last.ckpt", "m-2_10.ckpt", "m-3_15.ckpt"]
+    loss_cb.error = NonFiniteLossError("nan")
+    context, _ = _run_context(None, 20, 4)
+    callback.on_train_epoch_end(context)
+    callback.on_train_end(context)
+    assert "m-4_20.ckpt" not in os.listdir(tmp_path)
