@@ -1,0 +1,77 @@
+"""CPU backend speed of the two kernels that dominate Mask R-CNN: convolution and MatMul.
+
+    python benchmarks/bench_cpu_ops.py
+
+Prints one JSON line per case: the design's 3x3 64->64 convolution on 2x64x48x80 (the case
+that runs ~100x slower on MindSpore 2.9/2.10 from PyPI on AVX-512 machines), a ResNet-sized
+3x3 256->256 convolution, its forward+backward, and a 2048^3 MatMul (the practical peak).
+"""
+
+import time
+
+import numpy as np
+
+from common import emit
+
+REPEATS = 5
+
+
+def _time(fn, repeats=REPEATS):
+    fn()  # compile / warm up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def main():
+    import mindspore as ms
+    from mindspore import Tensor, nn, ops
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device("CPU")
+    version = ms.__version__
+    rng = np.random.default_rng(0)
+
+    for name, (n, c, h, w) in (("conv3x3_64_2x48x80", (2, 64, 48, 80)), ("conv3x3_256_2x96x160", (2, 256, 96, 160))):
+        conv = nn.Conv2d(c, c, 3, pad_mode="same")
+        x = Tensor(rng.standard_normal((n, c, h, w), dtype=np.float32))
+        seconds = _time(lambda: conv(x).asnumpy())
+        flops = 2.0 * n * c * h * w * c * 9
+        emit({"bench": "cpu_ops", "case": name, "mindspore": version, "seconds": round(seconds, 5),
+              "gflops": round(flops / seconds / 1e9, 1)})
+
+    class ConvSum(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(256, 256, 3, pad_mode="same")
+
+        def construct(self, inp):
+            return self.conv(inp).sum()
+
+    class ConvGrad(nn.Cell):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+            self.weights = ms.ParameterTuple(net.trainable_params())
+            self.grad = ops.GradOperation(get_all=True, get_by_list=True)
+
+        def construct(self, inp):
+            return self.grad(self.net, self.weights)(inp)
+
+    conv_grad = ConvGrad(ConvSum())
+    x = Tensor(rng.standard_normal((2, 256, 96, 160), dtype=np.float32))
+    seconds = _time(lambda: conv_grad(x)[1][0].asnumpy())
+    flops = 3 * 2.0 * 2 * 256 * 96 * 160 * 256 * 9  # forward + input grad + weight grad
+    emit({"bench": "cpu_ops", "case": "conv3x3_256_fwd_bwd", "mindspore": version, "seconds": round(seconds, 4),
+          "gflops": round(flops / seconds / 1e9, 1)})
+
+    a = Tensor(rng.standard_normal((2048, 2048), dtype=np.float32))
+    matmul = ops.MatMul()
+    seconds = _time(lambda: matmul(a, a).asnumpy())
+    emit({"bench": "cpu_ops", "case": "matmul_2048", "mindspore": version, "seconds": round(seconds, 4),
+          "gflops": round(2.0 * 2048 ** 3 / seconds / 1e9, 1)})
+
+
+if __name__ == "__main__":
+    main()
