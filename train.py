@@ -81,7 +81,7 @@ def train(config, pre_trained: str = "", resume: str = "", log_every: int = 1) -
         yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
 
     image_dir, _ = config.split_paths(config.train_data_type)
-    dataset = create_new_dataset(image_dir, config.batch_size, is_training=True,
+    dataset = create_new_dataset(resolve_path(config.coco_root), config.batch_size, is_training=True,
                                  num_parallel_workers=config.num_parallel_workers, config=config,
                                  num_shards=group_size, shard_id=rank)
     steps_per_epoch = dataset.get_dataset_size()

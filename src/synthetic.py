@@ -211,6 +211,11 @@ def _segmentation(visible: np.ndarray) -> Tuple[object, bool]:
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}, True
 
 
+def _polygon_mask(polygons: List[List[float]], height: int, width: int) -> np.ndarray:
+    """[H, W] uint8 mask of COCO polygons as pycocotools rasterises them."""
+    return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width)))
+
+
 def _uncompressed_rle(mask: np.ndarray) -> Dict[str, object]:
     """COCO uncompressed RLE (column-major run lengths starting with a run of 0s)."""
     flat = mask.flatten(order="F").astype(np.int8)
@@ -323,11 +328,20 @@ def generate_split(out_dir: str, split: str, num_images: int, seed: int, style: 
         for category, visible, iscrowd in objects:
             if iscrowd:
                 segmentation: object = _uncompressed_rle(visible)
+                stored = visible
             else:
-                segmentation, _ = _segmentation(visible)
+                segmentation, is_rle = _segmentation(visible)
+                # Box and area describe the mask a reader decodes from the stored polygon (a
+                # traced polygon drops 1-px slivers), so they agree exactly with it.
+                stored = visible if is_rle else _polygon_mask(segmentation, height, width)
+                if stored.sum() < MIN_VISIBLE_PIXELS:
+                    rle = mask_utils.encode(np.asfortranarray(visible))
+                    segmentation = {"size": [int(v) for v in rle["size"]],
+                                    "counts": rle["counts"].decode("ascii")}
+                    stored = visible
             annotations.append({
                 "id": ann_id, "image_id": image_id, "category_id": CATEGORY_ID[category],
-                "bbox": _bbox_of(visible), "area": float(visible.sum()), "iscrowd": iscrowd,
+                "bbox": _bbox_of(stored), "area": float(stored.sum()), "iscrowd": iscrowd,
                 "segmentation": segmentation})
             ann_id += 1
     categories = [{"id": cat_id, "name": name, "supercategory": "shape"} for cat_id, name in CATEGORIES]
