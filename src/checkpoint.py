@@ -64,6 +64,8 @@ TRAINING_STATE_NAMES = frozenset({
     "last_overflow_iterator_step", "epoch_num", "step_num",
 })
 GLOBAL_STEP_NAME = "global_step"
+# Optimizer state that train.py recomputes from the config instead of restoring on --resume.
+RECOMPUTED_ON_RESUME = frozenset({"learning_rate"})
 
 # ResNet50 architecture facts (bottleneck v1.5, as the model zoo): blocks and bottleneck width
 # per stage; a block outputs BOTTLENECK_EXPANSION x width channels.
@@ -613,10 +615,13 @@ def load_train_state(train_cell: nn.Cell, ckpt_path: str) -> int:
             (every missing / extra / mismatched name listed).
     """
     raw = read_checkpoint(ckpt_path)
+    # The per-step learning rates are rebuilt from the current config (so a resumed run may
+    # change epoch_size or the schedule); global_step indexes into them.
+    raw = {n: v for n, v in raw.items() if n not in RECOMPUTED_ON_RESUME}
     if GLOBAL_STEP_NAME not in raw:
         raise CheckpointError(f"{ckpt_path}: not a training checkpoint of train.py (no '{GLOBAL_STEP_NAME}'); "
                               f"use --pre_trained for weights only")
-    model_params = {p.name: p for p in train_cell.get_parameters()}
+    model_params = {p.name: p for p in train_cell.get_parameters() if p.name not in RECOMPUTED_ON_RESUME}
     missing = [n for n in model_params if n not in raw]
     extra = [n for n in raw if n not in model_params]
     mismatched = [f"{n} file {_shape(v)} model {_shape(model_params[n])}" for n, v in raw.items()

@@ -505,9 +505,14 @@ def test_training_checkpoint_round_trip(tmp_path):
     assert {"global_step", "moments.box_head.fc1.weight", "loss_scale", "loss_scale_good_steps"} <= set(saved)
 
     _, fresh_cell = _train_cell()
+    fresh_lr = {p.name: p.asnumpy().copy() for p in fresh_cell.get_parameters() if p.name == "learning_rate"}
     assert ckpt.load_train_state(fresh_cell, path) == saved["global_step"][0]
     for param in fresh_cell.get_parameters():
-        np.testing.assert_array_equal(param.asnumpy(), saved[param.name], err_msg=param.name)
+        if param.name in ckpt.RECOMPUTED_ON_RESUME:
+            # The LR schedule comes from the resumed run's config, not from the file.
+            np.testing.assert_array_equal(param.asnumpy(), fresh_lr[param.name])
+        else:
+            np.testing.assert_array_equal(param.asnumpy(), saved[param.name], err_msg=param.name)
 
     # The same file gives pre-trained weights (eval.py / --pre_trained): optimizer state ignored.
     bare = _tiny_net()
