@@ -1,0 +1,127 @@
+"""Evaluate a Mask R-CNN checkpoint on the val split: COCO bbox + segm mAP and per-class AP.
+
+    python eval.py --ckpt PATH [--config_path FineTune/default.yaml] [--data_path ROOT]
+                   [--ann_file FILE] [--out DIR] [--device_target CPU|Ascend|GPU]
+                   [--any_config_key VALUE ...]
+
+Writes ``OUT/detections_<split>.json`` (COCO results: bbox [x, y, w, h] in original pixels, score,
+category_id of the annotation file, RLE segmentation) and ``OUT/metrics.json``, and prints the
+12-line COCO summaries for bbox and segm plus a per-class AP table.
+Exit codes: 0 done, 2 bad input (checkpoint that does not fit the config, bad data, bad option).
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from typing import Optional, Sequence
+
+from src.config import add_config_arguments, config_from_cli, resolve_path
+
+logger = logging.getLogger("eval")
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+METRICS_FILE = "metrics.json"
+DEFAULT_OUT_SUBDIR = "eval"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser)
+    parser.add_argument("--ckpt", required=True, help="checkpoint of this model written by train.py")
+    parser.add_argument("--data_path", default=None,
+                        help="COCO-format root with <val split>/ and annotations/ (default: coco_root)")
+    parser.add_argument("--ann_file", default=None,
+                        help="annotation JSON of the val split (default: <root>/annotations/instances_<split>.json)")
+    parser.add_argument("--out", default=None, help="output folder (default: <run_dir>/eval)")
+    parser.add_argument("--device_target", default=None, choices=("CPU", "Ascend", "GPU"),
+                        help="overrides the config's device_target")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _root_with_ann_file(root: str, split: str, instance_set: str, ann_file: str, workdir: str) -> str:
+    """A COCO-format root in ``workdir`` that links the split's images of ``root`` and ``ann_file``.
+
+    The dataset reads ``<root>/<split>/`` and ``<root>/<instance_set with the split>``; links let
+    any annotation file stand in without copying images.
+    """
+    image_dir = os.path.join(root, split)
+    if not os.path.isdir(image_dir):
+        raise FileNotFoundError(f"image folder not found: {image_dir}")
+    if not os.path.isfile(ann_file):
+        raise FileNotFoundError(f"annotation file not found: {ann_file}")
+    os.symlink(os.path.abspath(image_dir), os.path.join(workdir, split))
+    link = os.path.join(workdir, instance_set.format(split))
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    os.symlink(os.path.abspath(ann_file), link)
+    return workdir
+
+
+def run_eval(config, ckpt: str, data_root: Optional[str], ann_file: Optional[str], out_dir: str,
+             progress: bool = True) -> dict:
+    """Build the model, load ``ckpt``, evaluate the val split, write the results; returns the metrics."""
+    from src.evaluation import build_eval_split, load_inference_checkpoint, run_inference
+    from src.maskrcnn.mask_rcnn import build_model
+
+    net = build_model(config)
+    report = load_inference_checkpoint(net, ckpt)
+    logger.info("loaded %s: %d parameters", ckpt, len(report.loaded))
+    root = resolve_path(data_root if data_root is not None else config.coco_root)
+    with tempfile.TemporaryDirectory(prefix="eval_root_") as workdir:
+        if ann_file:
+            root = _root_with_ann_file(root, config.val_data_type, config.instance_set, ann_file, workdir)
+        dataset, evaluator, sub = build_eval_split(config, data_root=root)
+        logger.info("evaluating %d images of %s (%s)", len(sub), sub.image_dir, sub.ann_file)
+        evaluator.reset()
+        for predictions, image_ids, image_shapes in run_inference(net, dataset, progress=progress):
+            evaluator.process(predictions, image_ids, image_shapes)
+        metrics = evaluator.evaluate()
+
+    os.makedirs(out_dir, exist_ok=True)
+    det_path = os.path.join(out_dir, f"detections_{config.val_data_type}.json")
+    with open(det_path, "w", encoding="utf-8") as handle:
+        json.dump(evaluator.results, handle)
+    metrics = dict(metrics, checkpoint=os.path.abspath(ckpt), ann_file=sub.ann_file,
+                   classes=list(config.coco_classes[1:]), mask_thr=config.mask_thr)
+    metrics_path = os.path.join(out_dir, METRICS_FILE)
+    with open(metrics_path, "w", encoding="utf-8") as handle:
+        json.dump(metrics, handle, indent=2)
+    print(f"bbox AP {metrics['bbox']['AP']:.4f}  AP50 {metrics['bbox']['AP50']:.4f}  "
+          f"AP75 {metrics['bbox']['AP75']:.4f}")
+    print(f"segm AP {metrics['segm']['AP']:.4f}  AP50 {metrics['segm']['AP50']:.4f}  "
+          f"AP75 {metrics['segm']['AP75']:.4f}")
+    logger.info("wrote %s and %s (%d detections)", det_path, metrics_path, len(evaluator.results))
+    return metrics
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args, config = config_from_cli(parser, argv)
+    if args.device_target:
+        config = config.replace(device_target=args.device_target)
+    from src.runtime import set_mindspore_context, setup_logging
+
+    setup_logging()
+    out_dir = args.out or os.path.join(resolve_path(config.run_dir), DEFAULT_OUT_SUBDIR)
+    from src.checkpoint import CheckpointError
+    from src.dataset import DatasetError
+    from src.evaluation import EvaluationError
+
+    if not os.path.isfile(args.ckpt):
+        logger.error("checkpoint file not found: %s", args.ckpt)
+        return EXIT_BAD_INPUT
+    set_mindspore_context(config.device_target, seed=config.seed)
+    try:
+        run_eval(config, args.ckpt, args.data_path, args.ann_file, out_dir, progress=not args.no_progress)
+    except (CheckpointError, DatasetError, EvaluationError, FileNotFoundError) as e:
+        logger.error("%s", e)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""End-to-end tests of eval.py, predict.py and scripts/run_eval.sh on a tiny network.
+
+A randomly initialised Mask R-CNN (128x128 input, narrow heads) is saved by the test and run by
+both CLIs on a three-image synthetic val split (batch 2, so the last batch carries a padding
+image). A random network still returns detections (scores ~0.3-0.5), so the outputs can be
+checked against each other: the pictures against the JSON masks, eval.py's COCO results against
+predict.py's detections of the same images.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from pycocotools import mask as mask_utils
+
+from src.visualize import class_map
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_VAL_IMAGES = 3
+MAX_PER_IMG = 10
+VIDEO_FRAMES = 3
+VIDEO_SIZE = (200, 232)  # (height, width), inside every synthetic image (sides >= 240)
+TINY = {
+    "img_height": 128, "img_width": 128, "batch_size": 2, "num_parallel_workers": 1,
+    "rpn_pre_nms_top_k_test": 100, "rpn_post_nms_top_k_test": 50, "test_max_per_img": MAX_PER_IMG,
+    "rcnn_num_samples": 16, "fpn_channels": 32, "box_head_channels": 64, "mask_head_channels": 32,
+    "coco_classes": ["background", "book", "disc", "triangle"], "device_target": "CPU",
+}
+
+
+def _decode(rle):
+    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")})
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Synthetic val split, tiny config YAML and a random-init checkpoint of that config."""
+    from src.checkpoint import save_checkpoint_atomic
+    from src.config import load_config
+    from src.maskrcnn.mask_rcnn import build_model
+    from src.runtime import set_mindspore_context
+    from src.synthetic import generate
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = root / "data"
+    generate(str(data), num_train=0, num_val=NUM_VAL_IMAGES, seed=5)
+    values = dict(TINY, coco_root=str(data), run_dir=str(root / "run"))
+    config_path = root / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump(values))
+    config = load_config(str(config_path))
+    set_mindspore_context("CPU", seed=1)
+    net = build_model(config)
+    ckpt = root / "random.ckpt"
+    save_checkpoint_atomic(net, str(ckpt))
+    ann = json.loads((data / "annotations" / "instances_val2017.json").read_text())
+    return {"root": root, "data": data, "config_path": str(config_path), "ckpt": str(ckpt), "ann": ann,
+            "config": config}
+
+
+@pytest.fixture(scope="module")
+def eval_out(tiny):
+    import eval as eval_cli
+
+    out = tiny["root"] / "eval_out"
+    rc = eval_cli.main(["--ckpt", tiny["ckpt"], "--config_path", tiny["config_path"], "--out", str(out),
+                        "--no_progress"])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def predict_out(tiny):
+    import predict as predict_cli
+
+    inputs = tiny["root"] / "inputs"
+    inputs.mkdir()
+    for img in tiny["ann"]["images"][:2]:
+        shutil.copy(tiny["data"] / "val2017" / img["file_name"], inputs / img["file_name"])
+    first = cv2.imread(str(inputs / tiny["ann"]["images"][0]["file_name"]))
+    first = first[:VIDEO_SIZE[0], :VIDEO_SIZE[1]]  # mpeg4 wants even sides
+    writer = cv2.VideoWriter(str(inputs / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 5.0,
+                             (first.shape[1], first.shape[0]))
+    for _ in range(VIDEO_FRAMES):
+        writer.write(first)
+    writer.release()
+    out = tiny["root"] / "predict_out"
+    rc = predict_cli.main(["--ckpt", tiny["ckpt"], "--config_path", tiny["config_path"], "--input", str(inputs),
+                           "--out", str(out), "--score_thr", "0.0", "--classes", "book,disc,triangle"])
+    assert rc == 0
+    return out
+
+
+def test_eval_cli_writes_metrics_and_coco_results(tiny, eval_out):
+    metrics = json.loads((eval_out / "metrics.json").read_text())
+    for iou_type in ("bbox", "segm"):
+        for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+            assert -1.0 <= metrics[iou_type][key] <= 1.0
+        assert set(metrics[iou_type]["per_class"]) == {"book", "disc", "triangle"}
+    assert metrics["num_images"] == NUM_VAL_IMAGES
+    results = json.loads((eval_out / "detections_val2017.json").read_text())
+    images = {img["id"]: img for img in tiny["ann"]["images"]}
+    assert metrics["num_detections"] == len(results) > 0
+    per_image = {}
+    for res in results:
+        assert res["image_id"] in images  # the padding image (-1) is never written
+        assert res["category_id"] in (84, 44, 90)  # the file's ids of book, disc, triangle
+        img = images[res["image_id"]]
+        x, y, w, h = res["bbox"]
+        assert 0 <= x and 0 <= y and x + w <= img["width"] + 1e-3 and y + h <= img["height"] + 1e-3
+        assert res["segmentation"]["size"] == [img["height"], img["width"]]
+        per_image[res["image_id"]] = per_image.get(res["image_id"], 0) + 1
+    assert set(per_image) == set(images)
+    assert max(per_image.values()) <= MAX_PER_IMG
+
+
+def test_eval_and_predict_agree_on_the_same_images(tiny, eval_out, predict_out):
+    """Same network, same preprocessing: eval.py's COCO results equal predict.py's detections."""
+    results = json.loads((eval_out / "detections_val2017.json").read_text())
+    label_to_cat = {1: 84, 2: 44, 3: 90}
+    for img in tiny["ann"]["images"][:2]:
+        stem = os.path.splitext(img["file_name"])[0]
+        predicted = json.loads((predict_out / f"{stem}.json").read_text())["detections"]
+        evaluated = [r for r in results if r["image_id"] == img["id"]]
+        assert len(predicted) == len(evaluated) > 0
+        predicted.sort(key=lambda d: -d["score"])
+        evaluated.sort(key=lambda r: -r["score"])
+        for p, e in zip(predicted, evaluated):
+            assert label_to_cat[p["label"]] == e["category_id"]
+            x1, y1, x2, y2 = p["box"]
+            np.testing.assert_allclose([x1, y1, x2 - x1, y2 - y1], e["bbox"], atol=0.05)
+            assert p["score"] == pytest.approx(e["score"], abs=1e-3)
+            agreement = (_decode(p["segmentation"]) == _decode(e["segmentation"])).mean()
+            assert agreement > 0.999
+
+
+def test_predict_cli_pictures_match_the_json(tiny, predict_out):
+    for img in tiny["ann"]["images"][:2]:
+        stem = os.path.splitext(img["file_name"])[0]
+        record = json.loads((predict_out / f"{stem}.json").read_text())
+        dets = record["detections"]
+        assert dets and all(d["class"] in ("book", "disc", "triangle") for d in dets)
+        masks = np.stack([_decode(d["segmentation"]) for d in dets])
+        union = masks.any(axis=0)
+        shape = (img["height"], img["width"])
+
+        cutout = cv2.imread(str(predict_out / f"{stem}_cutout.png"), cv2.IMREAD_UNCHANGED)
+        assert cutout.shape == shape + (4,)
+        np.testing.assert_array_equal(cutout[:, :, 3], union.astype(np.uint8) * 255)
+
+        label_map = cv2.imread(str(predict_out / f"{stem}_classmap.png"), cv2.IMREAD_UNCHANGED)
+        assert label_map.shape == shape and label_map.dtype == np.uint8
+        expected = class_map(masks, [d["label"] for d in dets], [d["score"] for d in dets])
+        np.testing.assert_array_equal(label_map, expected)
+
+        original = cv2.imread(str(tiny["data"] / "val2017" / img["file_name"]))
+        splash = cv2.imread(str(predict_out / f"{stem}_splash.png"))
+        np.testing.assert_array_equal(splash[union], original[union])
+        outside = splash[~union]
+        assert (outside[:, 0] == outside[:, 1]).all() and (outside[:, 1] == outside[:, 2]).all()
+
+        for kind in ("overlay", "classmap_color"):
+            picture = cv2.imread(str(predict_out / f"{stem}_{kind}.png"))
+            assert picture.shape == shape + (3,)
+
+
+def test_predict_cli_video_becomes_splash_video(tiny, predict_out):
+    capture = cv2.VideoCapture(str(predict_out / "clip_splash.mp4"))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    assert len(frames) == VIDEO_FRAMES
+    assert frames[0].shape == VIDEO_SIZE + (3,)
+    record = json.loads((predict_out / "clip.json").read_text())
+    assert [f["frame"] for f in record["frames"]] == list(range(VIDEO_FRAMES))
+
+
+def test_eval_cli_class_count_mismatch_is_a_one_line_error(tiny, capsys):
+    import eval as eval_cli
+
+    rc = eval_cli.main(["--ckpt", tiny["ckpt"], "--config_path", tiny["config_path"],
+                        "--coco_classes", "[background, book]", "--out", str(tiny["root"] / "bad")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "does not fit the config (2 classes incl. background)" in err
+    assert "box_head.cls_score.weight" in err and "(4, 64) vs model (2, 64)" in err
+    assert "Traceback" not in err
+    assert not (tiny["root"] / "bad").exists()
+
+
+def test_eval_cli_missing_checkpoint(tiny, capsys):
+    import eval as eval_cli
+
+    rc = eval_cli.main(["--ckpt", str(tiny["root"] / "nope.ckpt"), "--config_path", tiny["config_path"]])
+    assert rc == 2
+    assert "checkpoint file not found" in capsys.readouterr().err
+
+
+def test_predict_cli_unknown_class_name(tiny, capsys):
+    import predict as predict_cli
+
+    rc = predict_cli.main(["--ckpt", tiny["ckpt"], "--config_path", tiny["config_path"], "--input",
+                           str(tiny["data"]), "--out", str(tiny["root"] / "x"), "--classes", "book,dog"])
+    assert rc == 2
+    assert "--classes: 'dog' is not a configured class; choose from book, disc, triangle" in capsys.readouterr().err
+
+
+def test_predict_cli_corrupt_image(tiny, tmp_path, capsys):
+    import predict as predict_cli
+
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    rc = predict_cli.main(["--ckpt", tiny["ckpt"], "--config_path", tiny["config_path"], "--input", str(bad),
+                           "--out", str(tmp_path / "o")])
+    assert rc == 2
+    assert f"{bad}: corrupt or unreadable image" in capsys.readouterr().err
+
+
+def test_run_eval_script_usage_and_exit_codes(tmp_path):
+    script = os.path.join(REPO_ROOT, "scripts", "run_eval.sh")
+    result = subprocess.run(["bash", script], capture_output=True, text=True, check=False)
+    assert result.returncode == 2 and "Usage: bash" in result.stderr
+    result = subprocess.run(["bash", script, str(tmp_path / "none.ckpt")], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 2 and "checkpoint not found" in result.stderr
+
+
+def test_run_eval_script_preserves_exit_code(tiny):
+    """A checkpoint that does not fit: eval.py exits 2 and so does the script."""
+    script = os.path.join(REPO_ROOT, "scripts", "run_eval.sh")
+    result = subprocess.run(["bash", script, tiny["ckpt"], tiny["config_path"], "--coco_classes",
+                             "[background, disc]", "--out", str(tiny["root"] / "bad2")],
+                            capture_output=True, text=True, check=False, env=dict(os.environ, GLOG_v="3"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "does not fit the config" in result.stderr
+    assert "eval.py exited with 2" in result.stderr
+
+
+def test_eval_ann_file_option_uses_that_file(tiny, tmp_path):
+    """--ann_file: the val split is read from the given JSON (here: 2 of the 3 images)."""
+    import eval as eval_cli
+    from src.dataset import COCOSubDataset
+
+    ann = dict(tiny["ann"])
+    keep = [img["id"] for img in ann["images"][:2]]
+    ann["images"] = ann["images"][:2]
+    ann["annotations"] = [a for a in ann["annotations"] if a["image_id"] in keep]
+    ann_file = tmp_path / "subset.json"
+    ann_file.write_text(json.dumps(ann))
+    work = tmp_path / "work"
+    work.mkdir()
+    config = tiny["config"]
+    root = eval_cli._root_with_ann_file(str(tiny["data"]), config.val_data_type, config.instance_set,
+                                        str(ann_file), str(work))
+    sub = COCOSubDataset(root, is_training=False, config=config)
+    assert sub.image_ids == keep
+    assert os.path.samefile(sub.ann_file, ann_file)
+    with pytest.raises(FileNotFoundError, match="annotation file not found: .*missing.json"):
+        eval_cli._root_with_ann_file(str(tiny["data"]), config.val_data_type, config.instance_set,
+                                     str(tmp_path / "missing.json"), str(tmp_path / "w2"))
