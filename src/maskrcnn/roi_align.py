@@ -1,0 +1,164 @@
+"""Multi-level RoIAlign: pool each RoI from the FPN level that matches its size.
+
+Level of a RoI of width w and height h (input pixels): ``k = floor(4 + log2(sqrt(w*h) / 224))``
+clamped to ``[2, 5]`` (P2..P5). Sampling is "aligned": a box coordinate ``x`` maps to the
+feature coordinate ``x / stride - 0.5``, so pixel centres line up, and each output cell averages
+``sampling_ratio x sampling_ratio`` bilinear samples.
+
+Static shapes and one pooling call: the levels are packed side by side into one "canvas" map
+per image (P2 on the left, the coarser levels stacked on its right), each level with a one-cell
+replicate border, and every RoI is mapped into its level's block in feature-cell units. One
+ROIAlign over the canvas then costs what one level costs (pooling every RoI on every level and
+masking would cost 4x), and the gradient reaches only the RoI's own level. RoIs are clipped to
+their level's feature extent (``[0, W_l * stride]``), which keeps every sample inside its block;
+the replicate border reproduces RoIAlign's clamping at the map edge exactly.
+
+MindSpore op notes (2.7.2, CPU): ``ops.ROIAlign``'s gradient kernel always uses the
+``roi_end_mode=1`` convention (end + 1 cell) even when the forward uses ``roi_end_mode=0`` -- the
+gradient then does not match the forward. This module therefore uses ``roi_end_mode=1`` and passes
+``end - 1``, for which forward and gradient agree (tests/test_roi_align.py checks both against a
+NumPy reference). ROIAlign also treats a RoI smaller than one feature cell as one cell wide/high.
+"""
+
+import math
+
+import mindspore as ms
+from mindspore import nn, ops
+
+# Canonical box size and level of the FPN paper's level-assignment rule.
+CANONICAL_BOX_SIZE = 224.0
+CANONICAL_LEVEL = 4
+MIN_LEVEL = 2
+MAX_LEVEL = 5
+# Keeps log2 finite for empty (padding) RoIs; they land on the finest level.
+_EPS = 1e-6
+
+
+def roi_levels(rois, min_level=MIN_LEVEL, max_level=MAX_LEVEL):
+    """FPN level of each RoI.
+
+    Args:
+        rois: ``[..., 4]`` boxes in input pixels.
+
+    Returns:
+        ``[...]`` int32 levels in ``[min_level, max_level]``.
+    """
+    width = ops.relu(rois[..., 2] - rois[..., 0])
+    height = ops.relu(rois[..., 3] - rois[..., 1])
+    size = ops.sqrt(width * height + _EPS)
+    level = ops.floor(CANONICAL_LEVEL + ops.log(size / CANONICAL_BOX_SIZE + _EPS) / math.log(2.0))
+    return ops.clamp(level, float(min_level), float(max_level)).astype(ms.int32)
+
+
+def _replicate_border(feature):
+    """``[B, C, H, W]`` -> ``[B, C, H+2, W+2]`` with the edge rows/columns repeated once."""
+    feature = ops.concat((feature[:, :, :1], feature, feature[:, :, -1:]), axis=2)
+    return ops.concat((feature[:, :, :, :1], feature, feature[:, :, :, -1:]), axis=3)
+
+
+def _pad_to(feature, height, width):
+    """Zero-pad ``[B, C, h, w]`` at the bottom/right to ``[B, C, height, width]`` (static sizes)."""
+    batch, channels, h, w = feature.shape
+    if w < width:
+        feature = ops.concat((feature, ops.zeros((batch, channels, h, width - w), feature.dtype)), axis=3)
+    if h < height:
+        feature = ops.concat((feature, ops.zeros((batch, channels, height - h, width), feature.dtype)), axis=2)
+    return feature
+
+
+def canvas_layout(shapes):
+    """Where each level's bordered block goes in the canvas.
+
+    Args:
+        shapes: ``(H_l, W_l)`` per level, finest first.
+
+    Returns:
+        ``(offsets, canvas_h, canvas_w)``: ``offsets[l] = (row, col)`` of level l's block
+        (its border included; the feature cell (0, 0) is at ``(row + 1, col + 1)``).
+    """
+    offsets = [(0, 0)]
+    first_h, first_w = shapes[0]
+    right_col = first_w + 2
+    row = 0
+    right_w = 0
+    for h, w in shapes[1:]:
+        offsets.append((row, right_col))
+        row += h + 2
+        right_w = max(right_w, w + 2)
+    return offsets, max(first_h + 2, row), right_col + right_w
+
+
+class MultiLevelRoIAlign(nn.Cell):
+    """Aligned RoIAlign over P2..P5 with per-RoI level selection.
+
+    Args:
+        out_size: output side (7 for the box head, 14 for the mask head).
+        sampling_ratio: bilinear samples per output cell and axis (2).
+        strides: strides of the given feature levels, finest first (4, 8, 16, 32 = P2..P5).
+
+    Inputs:
+        features: tuple of ``[B, C, H_l, W_l]`` maps, one per stride (P6 must not be passed).
+        rois: ``[B, R, 4]`` boxes ``[x1, y1, x2, y2]`` in input pixels.
+
+    Outputs:
+        ``[B*R, C, out_size, out_size]``, RoI ``r`` of image ``b`` at row ``b*R + r``.
+    """
+
+    def __init__(self, out_size, sampling_ratio, strides=(4, 8, 16, 32)):
+        super().__init__()
+        if int(out_size) <= 0 or int(sampling_ratio) <= 0:
+            raise ValueError(f"MultiLevelRoIAlign: out_size and sampling_ratio must be positive, "
+                             f"got {out_size!r} and {sampling_ratio!r}")
+        strides = tuple(int(s) for s in strides)
+        if not strides or any(s <= 0 for s in strides):
+            raise ValueError(f"MultiLevelRoIAlign: strides must be positive, got {strides!r}")
+        for finer, coarser in zip(strides[:-1], strides[1:]):
+            if coarser != 2 * finer:
+                raise ValueError(f"MultiLevelRoIAlign: strides must double level by level, got {strides!r}")
+        self.out_size = int(out_size)
+        self.strides = strides
+        self.first_level = int(round(math.log2(strides[0])))
+        self.last_level = self.first_level + len(strides) - 1
+        # Canvas coordinates are feature cells (scale 1); roi_end_mode=1, see the module notes.
+        self.pool = ops.ROIAlign(self.out_size, self.out_size, 1.0, int(sampling_ratio), 1)
+
+    def construct(self, features, rois):
+        batch, num_rois = rois.shape[0], rois.shape[1]
+        dtype = features[0].dtype
+        shapes = [(f.shape[2], f.shape[3]) for f in features]
+        offsets, canvas_h, canvas_w = canvas_layout(shapes)
+        left = _pad_to(_replicate_border(features[0]), canvas_h, shapes[0][1] + 2)
+        if len(features) > 1:
+            right_w = canvas_w - shapes[0][1] - 2
+            blocks = [_pad_to(_replicate_border(f), f.shape[2] + 2, right_w) for f in features[1:]]
+            right = _pad_to(ops.concat(blocks, axis=2), canvas_h, right_w)
+            canvas = ops.concat((left, right), axis=3)
+        else:
+            canvas = left
+
+        boxes = ops.stop_gradient(rois.astype(ms.float32)).reshape(batch * num_rois, 4)
+        levels = roi_levels(boxes, self.first_level, self.last_level) - self.first_level  # [B*R]
+        inv_stride = ops.zeros_like(boxes[:, 0])
+        row0 = ops.zeros_like(inv_stride)
+        col0 = ops.zeros_like(inv_stride)
+        extent_h = ops.zeros_like(inv_stride)
+        extent_w = ops.zeros_like(inv_stride)
+        for i in range(len(self.strides)):
+            on = (levels == i).astype(ms.float32)
+            inv_stride = inv_stride + on / self.strides[i]
+            # Aligned sampling (-0.5) inside the block whose cell (0, 0) is at offset + 1.
+            row0 = row0 + on * (offsets[i][0] + 0.5)
+            col0 = col0 + on * (offsets[i][1] + 0.5)
+            extent_h = extent_h + on * (shapes[i][0] * self.strides[i])
+            extent_w = extent_w + on * (shapes[i][1] * self.strides[i])
+        x1 = ops.clamp(boxes[:, 0], 0.0, None)
+        y1 = ops.clamp(boxes[:, 1], 0.0, None)
+        x2 = ops.minimum(ops.maximum(boxes[:, 2], x1), extent_w)
+        y2 = ops.minimum(ops.maximum(boxes[:, 3], y1), extent_h)
+        x1 = ops.minimum(x1, extent_w)
+        y1 = ops.minimum(y1, extent_h)
+        image_index = ops.broadcast_to(ops.arange(batch).astype(ms.float32).reshape(batch, 1), (batch, num_rois))
+        canvas_rois = ops.stack((image_index.reshape(-1),
+                                 x1 * inv_stride + col0, y1 * inv_stride + row0,
+                                 x2 * inv_stride + col0 - 1.0, y2 * inv_stride + row0 - 1.0), axis=1)
+        return self.pool(canvas, canvas_rois.astype(dtype))
