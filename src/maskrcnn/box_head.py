@@ -9,6 +9,9 @@ from mindspore.common.initializer import HeUniform, Normal, initializer
 
 CLS_INIT_STD = 0.01
 DELTA_INIT_STD = 0.001
+# Kaiming-uniform slope of the hidden FC layers (the common default for dense layers: weights
+# uniform in +-1/sqrt(fan_in)), so the 12544-wide fc1 starts with unit-scale outputs.
+FC_KAIMING_SLOPE = math.sqrt(5)
 
 
 def _dense(in_channels: int, out_channels: int, weight_init) -> nn.Dense:
@@ -37,8 +40,8 @@ class BoxHead(nn.Cell):
     def __init__(self, in_channels: int, roi_size: int, hidden: int, num_classes: int):
         super().__init__()
         flat = in_channels * roi_size * roi_size
-        self.fc1 = _dense(flat, hidden, HeUniform(negative_slope=math.sqrt(5)))
-        self.fc2 = _dense(hidden, hidden, HeUniform(negative_slope=math.sqrt(5)))
+        self.fc1 = _dense(flat, hidden, HeUniform(negative_slope=FC_KAIMING_SLOPE))
+        self.fc2 = _dense(hidden, hidden, HeUniform(negative_slope=FC_KAIMING_SLOPE))
         self.cls_score = _dense(hidden, num_classes, Normal(sigma=CLS_INIT_STD))
         self.box_deltas = _dense(hidden, 4 * num_classes, Normal(sigma=DELTA_INIT_STD))
         self.relu = nn.ReLU()

@@ -27,23 +27,34 @@ BN_MOMENTUM = 0.9  # MindSpore convention: moving = momentum * moving + (1 - mom
 
 
 def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Conv2d:
-    """Bias-free conv with "same"-style explicit padding and He (fan_out) normal init."""
+    """Bias-free conv with "same"-style explicit padding and He (fan_in) normal init.
+
+    fan_in keeps the activation variance (and the weight norm) at the scale BatchNorm expects;
+    the gradient of a conv followed by BatchNorm scales with 1 / |w|, and fan_out init made the
+    7x7 stem's gradient ~5x larger (training from scratch diverged at lr 0.01).
+    """
     padding = kernel_size // 2
-    weight = initializer(HeNormal(mode="fan_out", nonlinearity="relu"),
+    weight = initializer(HeNormal(mode="fan_in", nonlinearity="relu"),
                          [out_channels, in_channels, kernel_size, kernel_size])
     return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
                      pad_mode="pad" if padding else "valid", padding=padding,
                      has_bias=False, weight_init=weight)
 
 
-def _norm(channels: int, norm: str) -> nn.BatchNorm2d:
-    """BatchNorm2d: batch statistics in training ("batch") or always moving stats ("frozen")."""
+def _norm(channels: int, norm: str, zero_gamma: bool = False) -> nn.BatchNorm2d:
+    """BatchNorm2d: batch statistics in training ("batch") or always moving stats ("frozen").
+
+    ``zero_gamma`` (random init only) starts the norm's scale at 0: used on the last norm of each
+    residual branch so every block starts as the identity, which keeps a from-scratch ResNet50's
+    early gradients small. A frozen norm always gets its values from a checkpoint.
+    """
     if norm == "frozen":
         bn = nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM, use_batch_statistics=False)
         bn.gamma.requires_grad = False
         bn.beta.requires_grad = False
         return bn
-    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM,
+                          gamma_init="zeros" if zero_gamma else "ones")
 
 
 class Bottleneck(nn.Cell):
@@ -64,7 +75,7 @@ class Bottleneck(nn.Cell):
         self.conv2 = _conv(width, width, 3, stride)
         self.bn2 = _norm(width, norm)
         self.conv3 = _conv(width, out_channels, 1)
-        self.bn3 = _norm(out_channels, norm)
+        self.bn3 = _norm(out_channels, norm, zero_gamma=True)
         self.relu = nn.ReLU()
         self.has_projection = stride != 1 or in_channels != out_channels
         if self.has_projection:
