@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import mindspore.nn as nn
-from mindspore.common.initializer import HeNormal, initializer
+from mindspore.common.initializer import HeNormal, Normal, initializer
+
+# The per-class predictor starts near zero (logit 0, p = 0.5) as in the published Mask R-CNN;
+# He init on a 1x1 conv with few outputs gives logits of several units and a diverging loss.
+MASK_LOGITS_INIT_STD = 0.001
 
 
 def _he(shape):
@@ -36,7 +40,8 @@ class MaskHead(nn.Cell):
                                          has_bias=True, weight_init=_he([channels, channels, 2, 2]),
                                          bias_init="zeros")
         self.mask_logits = nn.Conv2d(channels, num_classes, 1, pad_mode="valid", has_bias=True,
-                                     weight_init=_he([num_classes, channels, 1, 1]),
+                                     weight_init=initializer(Normal(MASK_LOGITS_INIT_STD),
+                                                             [num_classes, channels, 1, 1]),
                                      bias_init="zeros")
         self.relu = nn.ReLU()
 
