@@ -16,6 +16,7 @@ import sys
 import time
 from typing import List, Optional, Sequence
 
+import numpy as np
 import yaml
 
 from src.config import ConfigError, add_config_arguments, config_from_cli, resolve_path
@@ -102,21 +103,29 @@ def train(config, pre_trained: str = "", resume: str = "", log_every: int = 1) -
                                   dynamic_loss_scale=config.dynamic_loss_scale)
     train_cell.set_train(True)
 
-    start_epoch = 0
+    start_epoch = start_step = 0
     if resume:
         global_step = load_train_state(train_cell, resume)
         start_epoch = global_step // steps_per_epoch
+        start_step = start_epoch * steps_per_epoch
+        if global_step != start_step:
+            # e.g. the batch size or the data changed: restart the epoch, and the LR schedule with it
+            logger.warning("%s was saved mid-epoch (step %d): the run restarts at the start of epoch %d",
+                           resume, global_step, start_epoch + 1)
+            step_param = optimizer.global_step
+            step_param.set_data(Tensor(np.full(step_param.shape, start_step), step_param.dtype))
         logger.info("resumed from %s at global step %d (epoch %d)", resume, global_step, start_epoch)
         if start_epoch >= config.epoch_size:
             logger.info("nothing to do: the checkpoint is already at epoch %d of %d", start_epoch, config.epoch_size)
             return EXIT_OK
 
     loss_cb = LossCallBack(os.path.join(ckpt_dir, "losses.csv"), steps_per_epoch, config.epoch_size,
-                           log_every=log_every, lr_schedule=lr)
+                           log_every=log_every, lr_schedule=lr, step_offset=start_step)
     callbacks = [loss_cb]
     if rank == 0:
         callbacks.append(CheckpointCallback(save_checkpoint_atomic, ckpt_dir, "maskrcnn",
-                                            config.save_checkpoint_epochs, config.keep_checkpoint_max, loss_cb))
+                                            config.save_checkpoint_epochs, config.keep_checkpoint_max, loss_cb,
+                                            step_offset=start_step))
         if config.eval_interval:
             from src.evaluation import EvalCallback
 

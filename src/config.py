@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -31,6 +32,20 @@ LR_SCHEDULES = ("step", "cosine")
 
 class ConfigError(ValueError):
     """A configuration key is unknown, has the wrong type or an invalid value."""
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4`` / ``1e6`` as floats (YAML 1.1 wants ``1.0e-4``)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def _load_yaml(text_or_stream):
+    return yaml.load(text_or_stream, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 @dataclass(frozen=True)
@@ -260,7 +275,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] 
     path = path or DEFAULT_CONFIG_PATH
     try:
         with open(path, "r", encoding="utf-8") as handle:
-            values = yaml.safe_load(handle) or {}
+            values = _load_yaml(handle) or {}
     except FileNotFoundError as e:
         raise ConfigError(f"config file not found: {path}") from e
     except yaml.YAMLError as e:
@@ -297,7 +312,7 @@ def parse_overrides(extra_args: Sequence[str]) -> Dict[str, Any]:
         if key not in _FIELDS:
             raise ConfigError(f"command line: unknown key '{key}'")
         try:
-            overrides[key] = yaml.safe_load(text)
+            overrides[key] = _load_yaml(text)
         except yaml.YAMLError as e:
             raise ConfigError(f"command line: value of '{key}' is not valid: {text!r}") from e
     return overrides

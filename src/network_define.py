@@ -132,11 +132,14 @@ class LossCallBack(Callback):
 
     A non-finite total loss stops training: the error is kept in ``self.error`` (the weights
     were not updated on that step and the last checkpoint on disk is the last good one).
+    ``step_offset`` is the global step a resumed run starts from (``Model.train`` counts steps
+    from 0 again even with ``initial_epoch``).
     """
 
     def __init__(self, csv_path: str, steps_per_epoch: int, total_epochs: int, log_every: int = 1,
-                 lr_schedule: Optional[np.ndarray] = None):
+                 lr_schedule: Optional[np.ndarray] = None, step_offset: int = 0):
         super().__init__()
+        self.step_offset = step_offset
         self.csv_path = csv_path
         self.steps_per_epoch = steps_per_epoch
         self.total_epochs = total_epochs
@@ -160,7 +163,7 @@ class LossCallBack(Callback):
         values = [float(o.asnumpy()) for o in outputs[: 1 + len(LOSS_NAMES)]]
         finite_grads = bool(outputs[1 + len(LOSS_NAMES)].asnumpy())
         scale = float(outputs[2 + len(LOSS_NAMES)].asnumpy())
-        step = int(params.cur_step_num)
+        step = self.step_offset + int(params.cur_step_num)
         epoch = int(params.cur_epoch_num)
         seconds = time.time() - self._step_start
         lr = float(self.lr_schedule[min(step - 1, len(self.lr_schedule) - 1)]) if self.lr_schedule is not None else float("nan")
@@ -190,13 +193,15 @@ class LossCallBack(Callback):
 class CheckpointCallback(Callback):
     """Saves the whole train cell (weights, optimizer state, global step) atomically.
 
-    Files are ``<prefix>-<epoch>_<step>.ckpt`` plus ``last.ckpt``; at most ``keep_max`` numbered
+    Files are ``<prefix>-<epoch>_<global step>.ckpt`` plus ``last.ckpt``; at most ``keep_max`` numbered
     files are kept. Nothing is saved after a non-finite loss (``loss_callback.error``).
     """
 
     def __init__(self, save_fn: Callable[[nn.Cell, str], None], directory: str, prefix: str,
-                 every_epochs: int, keep_max: int, loss_callback: Optional[LossCallBack] = None):
+                 every_epochs: int, keep_max: int, loss_callback: Optional[LossCallBack] = None,
+                 step_offset: int = 0):
         super().__init__()
+        self.step_offset = step_offset
         self.save_fn = save_fn
         self.directory = directory
         self.prefix = prefix
@@ -212,7 +217,8 @@ class CheckpointCallback(Callback):
             return
         if not force and epoch % self.every_epochs:
             return
-        path = os.path.join(self.directory, f"{self.prefix}-{epoch}_{int(params.cur_step_num)}.ckpt")
+        step = self.step_offset + int(params.cur_step_num)
+        path = os.path.join(self.directory, f"{self.prefix}-{epoch}_{step}.ckpt")
         if path in self.saved:
             return
         self.save_fn(params.train_network, path)

@@ -57,6 +57,15 @@ def test_cli_overrides_are_typed_by_yaml():
     assert cfg.img_height == 256 and cfg.base_lr == 0.005 and cfg.keep_ratio is False
 
 
+def test_scientific_notation_is_a_number_in_yaml_and_on_the_command_line(tmp_path):
+    assert parse_overrides(["--base_lr", "1e-4", "--weight_decay", "5E-5", "--loss_scale", "1e3"]) == {
+        "base_lr": 1e-4, "weight_decay": 5e-5, "loss_scale": 1000.0}
+    path = tmp_path / "sci.yaml"
+    path.write_text("base_lr: 2e-3\ncoco_root: 1e3data\n")
+    cfg = load_config(str(path))
+    assert cfg.base_lr == 0.002 and cfg.coco_root == "1e3data"
+
+
 def test_cli_unknown_override_is_an_error():
     with pytest.raises(ConfigError, match="unknown key 'lr'"):
         parse_overrides(["--lr", "0.1"])

@@ -1,0 +1,107 @@
+"""End to end: train.py on the synthetic set at 256 px in graph mode.
+
+One short training run is shared by the tests (graph compilation dominates on the CPU): the loss
+falls, the run directory holds what the README promises, a resumed run continues at the saved
+step, and a run that blows up stops with a message naming the step and keeps the last good
+checkpoint byte for byte.
+"""
+
+import csv
+import hashlib
+import os
+import re
+
+import numpy as np
+import pytest
+
+import train
+from src.batch import LOSS_NAMES
+from src.synthetic import generate
+
+TRAIN_IMAGES = 16
+BATCH = 2
+EPOCHS = 4
+STEPS_PER_EPOCH = TRAIN_IMAGES // BATCH
+
+
+def _small_run_args(data_dir, run_dir, epochs):
+    return ["--coco_root", str(data_dir), "--run_dir", str(run_dir), "--img_height", "256", "--img_width", "256",
+            "--batch_size", str(BATCH), "--epoch_size", str(epochs), "--num_parallel_workers", "2",
+            "--rpn_pre_nms_top_k_train", "500", "--rpn_post_nms_top_k_train", "200", "--rcnn_num_samples", "64",
+            "--base_lr", "0.01", "--warmup_steps", "5", "--lr_schedule", "cosine", "--log_every", "8"]
+
+
+def _read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _digest(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    data_dir = root / "data"
+    generate(str(data_dir), TRAIN_IMAGES, 4, seed=3)
+    run_dir = root / "run"
+    code = train.main(_small_run_args(data_dir, run_dir, EPOCHS))
+    return code, data_dir, run_dir
+
+
+def test_training_runs_and_the_loss_falls(trained_run):
+    code, _, run_dir = trained_run
+    assert code == train.EXIT_OK
+    rows = _read_csv(run_dir / "losses.csv")
+    assert len(rows) == EPOCHS * STEPS_PER_EPOCH
+    assert [int(r["step"]) for r in rows] == list(range(1, EPOCHS * STEPS_PER_EPOCH + 1))
+    totals = np.array([float(r["total"]) for r in rows])
+    assert np.all(np.isfinite(totals))
+    components = np.array([[float(r[name]) for name in LOSS_NAMES] for r in rows])
+    np.testing.assert_allclose(components.sum(axis=1), totals, rtol=1e-4)
+    first, last = totals[:STEPS_PER_EPOCH].mean(), totals[-STEPS_PER_EPOCH:].mean()
+    assert last < 0.75 * first, f"loss did not fall clearly: first epoch {first:.3f}, last epoch {last:.3f}"
+
+
+def test_run_directory_holds_config_log_and_checkpoints(trained_run):
+    _, _, run_dir = trained_run
+    names = set(os.listdir(run_dir))
+    assert {"config.yaml", "train.log", "losses.csv", "last.ckpt"} <= names
+    assert f"maskrcnn-{EPOCHS}_{EPOCHS * STEPS_PER_EPOCH}.ckpt" in names
+    assert not [n for n in names if n.endswith(".tmp") or n.startswith(".")], names
+
+
+def test_resume_continues_at_the_saved_step(trained_run, tmp_path):
+    code, data_dir, run_dir = trained_run
+    assert code == train.EXIT_OK
+    resumed_dir = tmp_path / "resumed"
+    code = train.main(_small_run_args(data_dir, resumed_dir, EPOCHS + 1) + ["--resume", str(run_dir / "last.ckpt")])
+    assert code == train.EXIT_OK
+    rows = _read_csv(resumed_dir / "losses.csv")
+    assert [int(r["step"]) for r in rows] == list(range(EPOCHS * STEPS_PER_EPOCH + 1, (EPOCHS + 1) * STEPS_PER_EPOCH + 1))
+    assert [int(r["epoch"]) for r in rows] == [EPOCHS + 1] * STEPS_PER_EPOCH
+    # The resumed run starts from the trained weights: its loss is near the end of the first run.
+    first_run = np.array([float(r["total"]) for r in _read_csv(run_dir / "losses.csv")])
+    resumed = np.array([float(r["total"]) for r in rows])
+    assert resumed.mean() < first_run[:STEPS_PER_EPOCH].mean()
+
+
+def test_exploding_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint(trained_run, tmp_path, capsys):
+    _, data_dir, run_dir = trained_run
+    blown_dir = tmp_path / "blown"
+    os.makedirs(blown_dir)
+    good = blown_dir / "last.ckpt"
+    good.write_bytes((run_dir / "last.ckpt").read_bytes())
+    before = _digest(good)
+    args = _small_run_args(data_dir, blown_dir, EPOCHS + 2) + ["--resume", str(good), "--base_lr", "1e6",
+                                                               "--warmup_steps", "0"]
+    code = train.main(args)
+    assert code == train.EXIT_TRAINING_STOPPED
+    errors = [line for line in capsys.readouterr().err.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "training stopped: loss became" in errors[0], errors
+    step = int(re.search(r"at step (\d+)", errors[0]).group(1))
+    assert step > EPOCHS * STEPS_PER_EPOCH  # a step of the resumed run, not of the good one
+    rows = _read_csv(blown_dir / "losses.csv")
+    assert int(rows[-1]["step"]) == step and not np.isfinite(float(rows[-1]["total"]))
+    assert _digest(good) == before
