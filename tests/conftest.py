@@ -13,6 +13,18 @@ if REPO_ROOT not in sys.path:
 SHARED_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared")
 
 
+@pytest.fixture(params=["graph", "pynative"])
+def mode(request):
+    """Runs a test once in graph mode and once in PyNative mode (restored afterwards)."""
+    import mindspore as ms
+
+    wanted = ms.GRAPH_MODE if request.param == "graph" else ms.PYNATIVE_MODE
+    previous = ms.get_context("mode")
+    ms.set_context(mode=wanted, device_target="CPU")
+    yield wanted
+    ms.set_context(mode=previous)
+
+
 @pytest.fixture(scope="session")
 def shared_dir():
     """The team's shared folder beside the repository (name/shape lists of zoo checkpoints)."""

@@ -15,14 +15,6 @@ RPN_STDS = (1.0, 1.0, 1.0, 1.0)
 RCNN_STDS = (0.1, 0.1, 0.2, 0.2)
 
 
-@pytest.fixture(params=[ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
-def mode(request):
-    previous = ms.get_context("mode")
-    ms.set_context(mode=request.param, device_target="CPU")
-    yield request.param
-    ms.set_context(mode=previous)
-
-
 @pytest.fixture
 def graph_mode():
     previous = ms.get_context("mode")

@@ -12,14 +12,6 @@ from src.maskrcnn import box_ops
 RCNN_STDS = (0.1, 0.1, 0.2, 0.2)
 
 
-@pytest.fixture(params=[ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
-def mode(request):
-    previous = ms.get_context("mode")
-    ms.set_context(mode=request.param, device_target="CPU")
-    yield request.param
-    ms.set_context(mode=previous)
-
-
 class _BoxOpsNet(nn.Cell):
     """Runs every box op inside one construct, so graph mode is exercised."""
 

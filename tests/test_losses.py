@@ -10,14 +10,6 @@ from mindspore import Tensor, nn, ops
 from src.maskrcnn import losses
 
 
-@pytest.fixture(params=[ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
-def mode(request):
-    previous = ms.get_context("mode")
-    ms.set_context(mode=request.param, device_target="CPU")
-    yield request.param
-    ms.set_context(mode=previous)
-
-
 def _t(x, dtype=np.float32):
     return Tensor(np.asarray(x, dtype))
 

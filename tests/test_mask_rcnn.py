@@ -26,7 +26,7 @@ TEST_PROPOSALS = 32
 TEST_MAX_PER_IMG = 70
 # Optimizer steps of the training test (from-scratch training diverged within ~15 steps before
 # the backbone init was fixed; the RPN loss visibly drops within 10).
-TRAIN_STEPS = 10
+TRAIN_STEPS = 16
 
 
 def _tiny_config():

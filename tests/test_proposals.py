@@ -24,14 +24,6 @@ LOGITS = np.array([[3, 2, 1, 5, -1, 0, 4],
 IMAGE_SHAPE = np.array([[64, 64, 1, 1], [64, 64, 1, 1]], np.float32)
 
 
-@pytest.fixture(params=[ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
-def mode(request):
-    previous = ms.get_context("mode")
-    ms.set_context(mode=request.param, device_target="CPU")
-    yield request.param
-    ms.set_context(mode=previous)
-
-
 def test_topk_nms_levels_apart_and_padding(mode):
     deltas = np.zeros((2, 7, 4), np.float32)
     deltas[1, 4] = [0.1, 0, 0, 0]  # image 1, a4: shifted right by 0.1 * width 10

@@ -1,8 +1,5 @@
 """ResNet50 backbone: zoo parameter names, output shapes, frozen vs batch norm."""
 
-import os
-import re
-
 import numpy as np
 import pytest
 
@@ -10,27 +7,13 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from src.maskrcnn.resnet50 import ResNet50
-
-ZOO_PARAMS_NAME = "zoo_resnet50_params.txt"
-_LINE = re.compile(r"^(\S+) \(([\d, ]*)\)$")
+from zoo_checkpoints import ZOO_RESNET50_LIST, read_param_list
 
 
 def _zoo_params(shared_dir):
     """[(name, shape)] of the zoo ResNet50 checkpoint without the classifier end_point.*."""
-    path = os.path.join(shared_dir, ZOO_PARAMS_NAME)
-    params = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            match = _LINE.match(line)
-            assert match, f"unparsable line in {path}: {line!r}"
-            name = match.group(1)
-            shape = tuple(int(v) for v in match.group(2).split(",") if v.strip())
-            if not name.startswith("end_point."):
-                params.append((name, shape))
-    return params
+    shapes = read_param_list(shared_dir, ZOO_RESNET50_LIST)
+    return [(name, shape) for name, shape in shapes.items() if not name.startswith("end_point.")]
 
 
 @pytest.mark.parametrize("norm", ["batch", "frozen"])

@@ -12,14 +12,6 @@ OUT = 3
 SAMPLING = 2
 
 
-@pytest.fixture(params=[ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
-def mode(request):
-    previous = ms.get_context("mode")
-    ms.set_context(mode=request.param, device_target="CPU")
-    yield request.param
-    ms.set_context(mode=previous)
-
-
 def _bilinear(feature, y, x):
     """Bilinear sample of ``feature [H, W]`` at feature coords (pixel centres at integers)."""
     height, width = feature.shape
