@@ -22,6 +22,9 @@ def set_mindspore_context(device_target: str, seed: Optional[int] = None, graph_
     import mindspore as ms  # heavy import, kept out of module import time
 
     ms.set_context(mode=ms.GRAPH_MODE if graph_mode else ms.PYNATIVE_MODE)
-    ms.set_device(device_target)
+    # The device can be chosen once per process (before the first kernel runs); a second CLI
+    # call in the same process (tests, notebooks) keeps the device it already has.
+    if ms.get_context("device_target") != device_target:
+        ms.set_device(device_target)
     if seed is not None:
         ms.set_seed(seed)
