@@ -100,7 +100,8 @@ def train(config, pre_trained: str = "", resume: str = "", log_every: int = 1) -
                             momentum=config.momentum)
     net_with_loss = WithLossCell(net, LossNet())
     train_cell = TrainOneStepCell(net_with_loss, optimizer, loss_scale=config.loss_scale,
-                                  dynamic_loss_scale=config.dynamic_loss_scale)
+                                  dynamic_loss_scale=config.dynamic_loss_scale,
+                                  grad_clip_norm=config.grad_clip_norm)
     train_cell.set_train(True)
 
     start_epoch = start_step = 0

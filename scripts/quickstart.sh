@@ -13,7 +13,7 @@ RUN="FineTune/runs/quickstart"
 START=$(date +%s)
 
 echo "[1/5] generating the synthetic COCO-format set in $DATA"
-"$PY" -m src.synthetic --out "$DATA" --train 120 --val 30 --seed 0
+"$PY" -m src.synthetic --out "$DATA" --train 100 --val 30 --seed 0
 
 echo "[2/5] fine-tuning from random initialisation (config $CONFIG, run directory $RUN)"
 rm -rf "$RUN"

@@ -119,6 +119,7 @@ class Config:
     weight_decay: float = 1e-4
     loss_scale: float = 1.0  # static loss scale (float16 on Ascend wants e.g. 256)
     dynamic_loss_scale: bool = False  # float16: grow/shrink the scale on overflow
+    grad_clip_norm: float = 0.0  # clip gradients to this global L2 norm; 0 = no clipping
     save_checkpoint_epochs: int = 1
     keep_checkpoint_max: int = 5
     eval_interval: int = 0  # epochs between validation runs in training; 0 = never
@@ -246,6 +247,8 @@ def _validate(cfg: Config, source: str) -> None:
         raise bad("frozen_backbone_stages", "must be between 0 and 4")
     if cfg.base_lr <= 0:
         raise bad("base_lr", "must be positive")
+    if cfg.grad_clip_norm < 0:
+        raise bad("grad_clip_norm", "must not be negative (0 = no clipping)")
     if cfg.loss_scale <= 0:
         raise bad("loss_scale", "must be positive")
     if cfg.warmup_steps < 0 or cfg.eval_interval < 0:

@@ -70,14 +70,17 @@ class TrainOneStepCell(nn.Cell):
     The loss is multiplied by the loss scale before back-propagation (``sens``), gradients are
     divided by it again, and the optimizer only steps when every gradient is finite, so a
     NaN/Inf step never reaches the weights. With ``dynamic_loss_scale`` the scale halves on a
-    non-finite step and doubles after ``LOSS_SCALE_GROWTH_INTERVAL`` finite steps.
+    non-finite step and doubles after ``LOSS_SCALE_GROWTH_INTERVAL`` finite steps. With
+    ``grad_clip_norm`` > 0 the unscaled gradients are clipped to that global L2 norm (training
+    from random initialisation with batch statistics over 2 images needs it to stay stable).
 
     Returns ``(total, *components, finite (bool scalar), loss_scale (f32 scalar))``.
     """
 
     def __init__(self, network: nn.Cell, optimizer: nn.Optimizer, loss_scale: float = 1.0,
-                 dynamic_loss_scale: bool = False):
+                 dynamic_loss_scale: bool = False, grad_clip_norm: float = 0.0):
         super().__init__(auto_prefix=False)
+        self.grad_clip_norm = float(grad_clip_norm)
         self.network = network
         self.network.set_grad()
         self.optimizer = optimizer
@@ -117,6 +120,8 @@ class TrainOneStepCell(nn.Cell):
         grads = self.reducer(grads)
         grads = tuple(g / scale.astype(g.dtype) for g in grads)
         finite = _all_finite(grads)
+        if self.grad_clip_norm > 0:
+            grads = ops.clip_by_global_norm(grads, self.grad_clip_norm)
         if finite:
             self.optimizer(grads)
         self._update_scale(finite)

@@ -121,3 +121,16 @@ def test_checkpoint_callback_keeps_max_and_saves_nothing_after_nan(tmp_path):
     callback.on_train_epoch_end(context)
     callback.on_train_end(context)
     assert "m-4_20.ckpt" not in os.listdir(tmp_path)
+
+
+def test_gradient_clipping_limits_the_global_norm_of_the_update():
+    ms.set_context(mode=ms.GRAPH_MODE)
+    toy = ToyLosses()
+    opt = nn.Momentum(toy.trainable_params(), learning_rate=1.0, momentum=0.0)
+    cell = TrainOneStepCell(WithLossCell(toy, LossNet()), opt, loss_scale=8.0, grad_clip_norm=0.5)
+    w0 = toy.w.asnumpy().copy()
+    cell(*_batch((1.0, 1.0, 1.0, 1.0)))
+    step = w0 - toy.w.asnumpy()
+    # unclipped gradient: 15 * sum(w0) in every component (norm 15*2.5*2 = 75); clipped to 0.5
+    assert np.linalg.norm(step) == pytest.approx(0.5, rel=1e-4)
+    np.testing.assert_allclose(step / np.linalg.norm(step), np.full(4, 0.5), rtol=1e-5)
