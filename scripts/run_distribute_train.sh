@@ -10,17 +10,14 @@ DEVICE_NUM="$1"
 CONFIG="${2:-$ROOT/FineTune/default.yaml}"
 PRETRAINED="${3:-}"
 shift $(( $# > 3 ? 3 : $# ))
-if [ ! -f "$CONFIG" ]; then echo "error: config file not found: $CONFIG" >&2; exit 2; fi
-if [ -n "$PRETRAINED" ] && [ ! -f "$PRETRAINED" ]; then echo "error: checkpoint not found: $PRETRAINED" >&2; exit 2; fi
+source "$ROOT/scripts/train_args.sh"
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
-ARGS=(--config_path "$CONFIG")
-if [ -n "$PRETRAINED" ]; then ARGS+=(--pre_trained "$PRETRAINED"); fi
 LOG_DIR="$ROOT/FineTune/runs/msrun_logs"
 mkdir -p "$LOG_DIR"
 set +e
 "$VENV/bin/msrun" --worker_num="$DEVICE_NUM" --local_worker_num="$DEVICE_NUM" --master_port=8118 \
-  --log_dir="$LOG_DIR" --join=True train.py "${ARGS[@]}" "$@"
+  --log_dir="$LOG_DIR" --join=True train.py "${TRAIN_ARGS[@]}" "$@"
 status=$?
 set -e
 echo "msrun exited with $status (logs in $LOG_DIR)"

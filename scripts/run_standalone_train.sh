@@ -9,14 +9,11 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CONFIG="${1:-$ROOT/FineTune/default.yaml}"
 PRETRAINED="${2:-}"
 shift $(( $# > 2 ? 2 : $# ))
-if [ ! -f "$CONFIG" ]; then echo "error: config file not found: $CONFIG" >&2; exit 2; fi
-if [ -n "$PRETRAINED" ] && [ ! -f "$PRETRAINED" ]; then echo "error: checkpoint not found: $PRETRAINED" >&2; exit 2; fi
+source "$ROOT/scripts/train_args.sh"
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
-ARGS=(--config_path "$CONFIG")
-if [ -n "$PRETRAINED" ]; then ARGS+=(--pre_trained "$PRETRAINED"); fi
 set +e
-"$VENV/bin/python" train.py "${ARGS[@]}" "$@"
+"$VENV/bin/python" train.py "${TRAIN_ARGS[@]}" "$@"
 status=$?
 set -e
 echo "train.py exited with $status"
