@@ -76,8 +76,7 @@ def run_case(height: int, width: int, batch_size: int, steps: int, data_dir: str
     ms.set_seed(1)
     config = load_config(overrides={"img_height": height, "img_width": width, "batch_size": batch_size,
                                     "coco_root": data_dir})
-    image_dir, _ = config.split_paths(config.train_data_type)
-    dataset = create_new_dataset(image_dir, batch_size, is_training=True, num_parallel_workers=1, config=config)
+    dataset = create_new_dataset(data_dir, batch_size, is_training=True, num_parallel_workers=1, config=config)
     batch = next(dataset.create_tuple_iterator())
     net = build_model(config)
     net.set_train(True)
