@@ -57,15 +57,20 @@ class _ImageRecord:
     ann_ids: List[int]
 
 
+def read_json(path: str, what: str) -> Any:
+    """Parse a JSON file; DatasetError "<path>: <what> not found" or "<path>: not valid JSON"."""
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError as e:
+        raise DatasetError(f"{path}: {what} not found") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})") from e
+
+
 def load_coco_json(ann_file: str) -> Dict[str, Any]:
     """Read a COCO annotation file, checking its structure; DatasetError names what is wrong."""
-    try:
-        with open(ann_file, "r", encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError as e:
-        raise DatasetError(f"{ann_file}: annotation file not found") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{ann_file}: not valid JSON ({e})") from e
+    data = read_json(ann_file, "annotation file")
     if not isinstance(data, dict):
         raise DatasetError(f"{ann_file}: not a COCO annotation file (top level is a "
                            f"{type(data).__name__}, expected an object)")

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
-from src.dataset import DatasetError, MIN_POLYGON_POINTS, load_coco_json
+from src.dataset import DatasetError, MIN_POLYGON_POINTS, load_coco_json, read_json
 
 LOGGER = logging.getLogger(__name__)
 
@@ -108,13 +108,7 @@ def coco_subset(coco_dir: str, category: str, num_images: int, out_dir: str,
 
 def _via_entries(via_json: str) -> List[Dict[str, Any]]:
     """The per-image entries of a VIA project (2.x ``_via_img_metadata``) or export (flat)."""
-    try:
-        with open(via_json, "r", encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError as e:
-        raise DatasetError(f"{via_json}: VIA file not found") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{via_json}: not valid JSON ({e})") from e
+    data = read_json(via_json, "VIA file")
     if not isinstance(data, dict):
         raise DatasetError(f"{via_json}: not a VIA project (top level is a {type(data).__name__})")
     table = data.get("_via_img_metadata", data)

@@ -25,6 +25,17 @@ def mode(request):
     ms.set_context(mode=previous)
 
 
+@pytest.fixture
+def graph_mode():
+    """Runs a test in graph mode (restored afterwards)."""
+    import mindspore as ms
+
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    yield
+    ms.set_context(mode=previous)
+
+
 @pytest.fixture(scope="session")
 def shared_dir():
     """The team's shared folder beside the repository (name/shape lists of zoo checkpoints)."""

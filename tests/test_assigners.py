@@ -15,14 +15,6 @@ RPN_STDS = (1.0, 1.0, 1.0, 1.0)
 RCNN_STDS = (0.1, 0.1, 0.2, 0.2)
 
 
-@pytest.fixture
-def graph_mode():
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
-    yield
-    ms.set_context(mode=previous)
-
-
 def _t(x, dtype=np.float32):
     return Tensor(np.asarray(x, dtype))
 

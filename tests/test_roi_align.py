@@ -106,14 +106,6 @@ def _grads(features, rois, weights):
     return [g.asnumpy() for g in grads[:4]]
 
 
-@pytest.fixture
-def graph_mode():
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
-    yield
-    ms.set_context(mode=previous)
-
-
 def test_gradient_is_the_adjoint_of_the_reference(graph_mode):
     # RoIAlign is linear in the features, so for any direction D:
     # <d/dF sum(W * pool(F)), D> == sum(W * reference_pool(D)).

@@ -8,6 +8,8 @@ import mindspore.nn as nn
 import mindspore.ops as ops
 from mindspore.common.initializer import HeUniform, initializer
 
+from src.maskrcnn.layers import conv_with_bias
+
 # Input channels of C2..C5 for ResNet50.
 RESNET50_CHANNELS = (256, 512, 1024, 2048)
 # Kaiming-uniform with a=1 (the usual FPN initialisation) keeps the output variance of the
@@ -18,10 +20,7 @@ _KAIMING_A = 1.0
 def _conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Conv2d:
     weight = initializer(HeUniform(negative_slope=_KAIMING_A),
                          [out_channels, in_channels, kernel_size, kernel_size])
-    padding = kernel_size // 2
-    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=1,
-                     pad_mode="pad" if padding else "valid", padding=padding,
-                     has_bias=True, weight_init=weight, bias_init="zeros")
+    return conv_with_bias(in_channels, out_channels, kernel_size, weight)
 
 
 class FPN(nn.Cell):

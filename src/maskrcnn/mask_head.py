@@ -5,6 +5,8 @@ from __future__ import annotations
 import mindspore.nn as nn
 from mindspore.common.initializer import HeNormal, Normal, initializer
 
+from src.maskrcnn.layers import conv_with_bias
+
 # The per-class predictor starts near zero (logit 0, p = 0.5) as in the published Mask R-CNN;
 # He init on a 1x1 conv with few outputs gives logits of several units and a diverging loss.
 MASK_LOGITS_INIT_STD = 0.001
@@ -47,8 +49,7 @@ class MaskHead(nn.Cell):
 
     @staticmethod
     def _conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
-        return nn.Conv2d(in_channels, out_channels, 3, pad_mode="pad", padding=1, has_bias=True,
-                         weight_init=_he([out_channels, in_channels, 3, 3]), bias_init="zeros")
+        return conv_with_bias(in_channels, out_channels, 3, _he([out_channels, in_channels, 3, 3]))
 
     def construct(self, roi_features):
         x = self.relu(self.conv1(roi_features))

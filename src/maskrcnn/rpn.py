@@ -6,16 +6,15 @@ import mindspore.nn as nn
 import mindspore.ops as ops
 from mindspore.common.initializer import Normal, initializer
 
+from src.maskrcnn.layers import conv_with_bias
+
 RPN_INIT_STD = 0.01  # normal init of all three RPN convs (weights); biases zero
 
 
 def _conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Conv2d:
     weight = initializer(Normal(sigma=RPN_INIT_STD),
                          [out_channels, in_channels, kernel_size, kernel_size])
-    padding = kernel_size // 2
-    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=1,
-                     pad_mode="pad" if padding else "valid", padding=padding,
-                     has_bias=True, weight_init=weight, bias_init="zeros")
+    return conv_with_bias(in_channels, out_channels, kernel_size, weight)
 
 
 class RPNHead(nn.Cell):
