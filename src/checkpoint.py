@@ -495,6 +495,19 @@ def _file_to_model_names(arrays: Dict[str, np.ndarray], kind: str, model_names: 
     return arrays
 
 
+def _fit_problems(mismatched: List[str], unexpected: List[str], unexpected_what: str,
+                  missing: List[str], missing_what: str) -> List[str]:
+    """The parts of a "does not fit" error: shape mismatches, then unexpected, then missing names."""
+    problems = []
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches: " + "; ".join(mismatched))
+    if unexpected:
+        problems.append(f"{len(unexpected)} {unexpected_what}: {_listing(unexpected, None)}")
+    if missing:
+        problems.append(f"{len(missing)} {missing_what}: {_listing(missing, None)}")
+    return problems
+
+
 def load_pretrained(net: nn.Cell, ckpt_path: str) -> LoadReport:
     """Load pre-trained weights into ``net`` (a ``Mask_Rcnn_Resnet50`` or a bare ``ResNet50``).
 
@@ -561,14 +574,8 @@ def load_pretrained(net: nn.Cell, ckpt_path: str) -> LoadReport:
     else:
         backbone_names = set(ZOO_RESNET50_TO_OURS.values()) | set(RESNET50_SHAPES)
         missing = [n for n in not_in_file if n in backbone_names]
-    problems = []
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatches: " + "; ".join(mismatched))
-    if unknown:
-        problems.append(f"{len(unknown)} parameters not in the model: {_listing(unknown, None)}")
-    if missing:
-        problems.append(f"{len(missing)} model parameters missing from the {report.kind} "
-                        f"checkpoint: {_listing(missing, None)}")
+    problems = _fit_problems(mismatched, unknown, "parameters not in the model", missing,
+                             f"model parameters missing from the {report.kind} checkpoint")
     if problems:
         raise CheckpointError(f"{ckpt_path}: does not fit the model: " + " | ".join(problems))
     report.left_at_init = [n for n in not_in_file if n not in missing]
@@ -626,13 +633,8 @@ def load_train_state(train_cell: nn.Cell, ckpt_path: str) -> int:
     extra = [n for n in raw if n not in model_params]
     mismatched = [f"{n} file {_shape(v)} model {_shape(model_params[n])}" for n, v in raw.items()
                   if n in model_params and _shape(v) != _shape(model_params[n])]
-    problems = []
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatches: " + "; ".join(mismatched))
-    if extra:
-        problems.append(f"{len(extra)} parameters not in the training cell: {_listing(extra, None)}")
-    if missing:
-        problems.append(f"{len(missing)} parameters missing from the file: {_listing(missing, None)}")
+    problems = _fit_problems(mismatched, extra, "parameters not in the training cell", missing,
+                             "parameters missing from the file")
     if problems:
         raise CheckpointError(f"{ckpt_path}: does not match the training set-up: " + " | ".join(problems))
     _load_checked(train_cell, model_params, {n: _to_numpy(n, v, ckpt_path) for n, v in raw.items()}, ckpt_path)
