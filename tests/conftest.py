@@ -1,4 +1,4 @@
-"""Shared test set-up: repository on sys.path, quiet MindSpore logs, shared data paths."""
+"""Shared test set-up: repository on sys.path, quiet MindSpore logs, test data paths."""
 
 import os
 import sys
@@ -10,7 +10,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-SHARED_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared")
+# Facts the tests need (model-zoo parameter names and shapes) live in the repository itself.
+ZOO_LISTS_DIR = os.path.join(REPO_ROOT, "tests", "data")
 
 
 @pytest.fixture(params=["graph", "pynative"])
@@ -37,8 +38,6 @@ def graph_mode():
 
 
 @pytest.fixture(scope="session")
-def shared_dir():
-    """The team's shared folder beside the repository (name/shape lists of zoo checkpoints)."""
-    if not os.path.isdir(SHARED_DIR):
-        pytest.fail(f"../shared not found beside the repository (looked in {SHARED_DIR})")
-    return SHARED_DIR
+def zoo_lists_dir():
+    """tests/data: the name/shape lists of model-zoo checkpoints (facts, kept in the repository)."""
+    return ZOO_LISTS_DIR

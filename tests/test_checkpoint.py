@@ -48,18 +48,18 @@ def _build_model(**changes):
 
 
 @pytest.fixture(scope="module")
-def zoo_resnet50(shared_dir, tmp_path_factory):
+def zoo_resnet50(zoo_lists_dir, tmp_path_factory):
     """A random model-zoo ResNet50 checkpoint (+ optimizer state): (path, arrays by zoo name)."""
-    shapes = read_param_list(shared_dir, ZOO_RESNET50_LIST)
+    shapes = read_param_list(zoo_lists_dir, ZOO_RESNET50_LIST)
     shapes.update(ZOO_OPTIMIZER_STATE)
     arrays = random_arrays(shapes, seed=1)
     return save_arrays(arrays, str(tmp_path_factory.mktemp("zoo") / "resnet50.ckpt")), arrays
 
 
 @pytest.fixture(scope="module")
-def zoo_maskrcnn(shared_dir, tmp_path_factory):
+def zoo_maskrcnn(zoo_lists_dir, tmp_path_factory):
     """A random 81-class model-zoo Mask R-CNN checkpoint (+ optimizer state): (path, arrays)."""
-    shapes = read_param_list(shared_dir, ZOO_MASKRCNN_LIST)
+    shapes = read_param_list(zoo_lists_dir, ZOO_MASKRCNN_LIST)
     shapes.update({"moments.backbone.conv1.weight": (64, 3, 7, 7), "learning_rate": (1,), "global_step": (1,)})
     arrays = random_arrays(shapes, seed=2)
     return save_arrays(arrays, str(tmp_path_factory.mktemp("zoo") / "maskrcnn.ckpt")), arrays
@@ -68,8 +68,8 @@ def zoo_maskrcnn(shared_dir, tmp_path_factory):
 # ---- tables ---------------------------------------------------------------------------------
 
 
-def test_resnet50_table_is_the_zoo_list(shared_dir):
-    zoo = read_param_list(shared_dir, ZOO_RESNET50_LIST)
+def test_resnet50_table_is_the_zoo_list(zoo_lists_dir):
+    zoo = read_param_list(zoo_lists_dir, ZOO_RESNET50_LIST)
     expected = {n: s for n, s in zoo.items() if not n.startswith("end_point.")}
     assert list(ckpt.RESNET50_SHAPES.items()) == list(expected.items())
     assert len(ZOO_RESNET50_TO_OURS) == NUM_RESNET50_TENSORS
@@ -78,8 +78,8 @@ def test_resnet50_table_is_the_zoo_list(shared_dir):
     assert [(p.name, tuple(p.shape)) for p in ResNet50(0, "frozen").get_parameters()] == list(expected.items())
 
 
-def test_maskrcnn_table_covers_every_zoo_name_once(shared_dir):
-    zoo = read_param_list(shared_dir, ZOO_MASKRCNN_LIST)
+def test_maskrcnn_table_covers_every_zoo_name_once(zoo_lists_dir):
+    zoo = read_param_list(zoo_lists_dir, ZOO_MASKRCNN_LIST)
     assert set(ZOO_MASKRCNN_TO_OURS) == set(zoo)
     assert len(set(ZOO_MASKRCNN_TO_OURS.values())) == len(zoo) == 307
     assert ZOO_MASKRCNN_TO_OURS["backbone.layer3.0.conv_down_sample.weight"] == \

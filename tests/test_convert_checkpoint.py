@@ -25,16 +25,16 @@ def keep_pytest_logging(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def zoo_resnet50(shared_dir, tmp_path_factory):
-    shapes = read_param_list(shared_dir, ZOO_RESNET50_LIST)
+def zoo_resnet50(zoo_lists_dir, tmp_path_factory):
+    shapes = read_param_list(zoo_lists_dir, ZOO_RESNET50_LIST)
     shapes.update(ZOO_OPTIMIZER_STATE)
     arrays = random_arrays(shapes, seed=11)
     return save_arrays(arrays, str(tmp_path_factory.mktemp("zoo") / "resnet50.ckpt")), arrays
 
 
 @pytest.fixture(scope="module")
-def zoo_maskrcnn(shared_dir, tmp_path_factory):
-    arrays = random_arrays(read_param_list(shared_dir, ZOO_MASKRCNN_LIST), seed=12)
+def zoo_maskrcnn(zoo_lists_dir, tmp_path_factory):
+    arrays = random_arrays(read_param_list(zoo_lists_dir, ZOO_MASKRCNN_LIST), seed=12)
     return save_arrays(arrays, str(tmp_path_factory.mktemp("zoo") / "maskrcnn.ckpt")), arrays
 
 

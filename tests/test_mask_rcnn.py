@@ -89,7 +89,7 @@ def _losses(net, batch):
 
 # ---- parameter names (no compile) --------------------------------------------------------
 
-def _expected_params(config, shared_dir):
+def _expected_params(config, zoo_lists_dir):
     c = config.fpn_channels
     a = config.num_anchors_per_location
     k = config.num_classes
@@ -97,7 +97,7 @@ def _expected_params(config, shared_dir):
     m = config.mask_head_channels
     roi = config.roi_box_size
     expected = {}
-    with open(os.path.join(shared_dir, "zoo_resnet50_params.txt"), encoding="utf-8") as handle:
+    with open(os.path.join(zoo_lists_dir, "zoo_resnet50_params.txt"), encoding="utf-8") as handle:
         for line in handle:
             match = re.match(r"^(\S+) \(([\d, ]*)\)$", line.strip())
             if match and not match.group(1).startswith("end_point."):
@@ -125,9 +125,9 @@ def _expected_params(config, shared_dir):
     return expected
 
 
-def test_parameter_names_and_shapes_match_spec(net, config, shared_dir):
+def test_parameter_names_and_shapes_match_spec(net, config, zoo_lists_dir):
     ours = {p.name: tuple(p.shape) for p in net.get_parameters()}
-    expected = _expected_params(config, shared_dir)
+    expected = _expected_params(config, zoo_lists_dir)
     assert sorted(set(ours) - set(expected)) == []
     assert sorted(set(expected) - set(ours)) == []
     assert ours == expected

@@ -10,15 +10,15 @@ from src.maskrcnn.resnet50 import ResNet50
 from zoo_checkpoints import ZOO_RESNET50_LIST, read_param_list
 
 
-def _zoo_params(shared_dir):
+def _zoo_params(zoo_lists_dir):
     """[(name, shape)] of the zoo ResNet50 checkpoint without the classifier end_point.*."""
-    shapes = read_param_list(shared_dir, ZOO_RESNET50_LIST)
+    shapes = read_param_list(zoo_lists_dir, ZOO_RESNET50_LIST)
     return [(name, shape) for name, shape in shapes.items() if not name.startswith("end_point.")]
 
 
 @pytest.mark.parametrize("norm", ["batch", "frozen"])
-def test_parameter_names_and_shapes_equal_zoo(norm, shared_dir):
-    zoo = _zoo_params(shared_dir)
+def test_parameter_names_and_shapes_equal_zoo(norm, zoo_lists_dir):
+    zoo = _zoo_params(zoo_lists_dir)
     assert len(zoo) == 265
     ours = [(p.name, tuple(p.shape)) for p in ResNet50(0, norm).get_parameters()]
     assert sorted(ours) == sorted(zoo)

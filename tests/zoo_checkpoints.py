@@ -1,7 +1,8 @@
-"""Test helpers: randomly initialised model-zoo checkpoints built from the shared name/shape lists.
+"""Test helpers: randomly initialised model-zoo checkpoints built from name/shape lists.
 
-The lists (``../shared/zoo_resnet50_params.txt``, ``../shared/zoo_maskrcnn_params.txt``) are
-read at test time, never copied into the repository. No weights are downloaded.
+The lists (``tests/data/zoo_resnet50_params.txt``, ``tests/data/zoo_maskrcnn_params.txt``) are
+facts about the model zoo's checkpoints, kept in the repository so the suite stands alone.
+No weights are downloaded.
 """
 
 import os
@@ -24,9 +25,9 @@ ZOO_OPTIMIZER_STATE = {
 }
 
 
-def read_param_list(shared_dir: str, file_name: str) -> Dict[str, Tuple[int, ...]]:
+def read_param_list(zoo_lists_dir: str, file_name: str) -> Dict[str, Tuple[int, ...]]:
     """'name (d0, d1, ...)' lines -> {name: shape} in file order ('#' lines are comments)."""
-    path = os.path.join(shared_dir, file_name)
+    path = os.path.join(zoo_lists_dir, file_name)
     shapes = {}
     with open(path, encoding="utf-8") as handle:
         for line in handle:
