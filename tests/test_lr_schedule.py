@@ -18,17 +18,26 @@ def test_warmup_then_step_decay_exact_values():
 
 
 def test_cosine_reaches_zero_at_the_end_and_is_monotone_after_warmup():
-    cfg = load_config(overrides={"base_lr": 0.02, "warmup_steps": 3, "epoch_size": 4, "lr_schedule": "cosine"})
+    cfg = load_config(overrides={"base_lr": 0.02, "warmup_steps": 4, "epoch_size": 4, "lr_schedule": "cosine"})
     lr = build_lr_schedule(cfg, steps_per_epoch=25)
-    assert lr[3] == pytest.approx(0.02)
-    assert np.all(np.diff(lr[3:]) <= 1e-9)
+    assert lr[4] == pytest.approx(0.02)
+    assert np.all(np.diff(lr[4:]) <= 1e-9)
     assert lr[-1] < 0.02 * 0.01
+    # Decay spans steps 4..100 (96 steps); at a quarter, half and three quarters of it the
+    # half-cosine gives base/2 * (1 + cos(pi/4)), base/2 and base/2 * (1 - cos(pi/4)).
+    # (A quadratic decay (1 - p)^2 would give 0.01125 at the quarter point.)
+    half_sqrt2 = np.sqrt(2.0) / 2
+    np.testing.assert_allclose(lr[[28, 52, 76]], [0.01 * (1 + half_sqrt2), 0.01, 0.01 * (1 - half_sqrt2)],
+                               rtol=1e-5)
 
 
 def test_warmup_is_capped_for_tiny_runs():
-    cfg = load_config(overrides={"warmup_steps": 500, "epoch_size": 1})
+    cfg = load_config(overrides={"base_lr": 0.02, "warmup_steps": 500, "warmup_ratio": 0.1, "epoch_size": 1})
     lr = build_lr_schedule(cfg, steps_per_epoch=30)
-    # warm-up capped at a third of the 30 steps: full rate is reached by step 10
+    # warm-up capped at a third of the 30 steps: a linear ramp from base * 0.1 at step 0
+    # (0.002, + 0.0018 a step) that is still below base at step 9; full rate from step 10
+    np.testing.assert_allclose(lr[:10], 0.002 + 0.0018 * np.arange(10), rtol=1e-5)
+    assert lr[9] < cfg.base_lr
     assert lr[10] == pytest.approx(cfg.base_lr, rel=1e-3)
 
 

@@ -99,7 +99,14 @@ def test_overlay_blends_mask_colour_and_draws_box():
     np.testing.assert_array_equal(out[53, 37], palette()[0])  # bottom box edge in the instance colour
     np.testing.assert_array_equal(out[70, 90], [100, 100, 100])  # far from everything: untouched
     np.testing.assert_array_equal(out[45, 10], [100, 100, 100])
-    assert (out[20:40, 30:90] != 100).any()  # the caption above the box
+    # The caption sits above the box: look only at rows above the box line (the 2-px line
+    # drawn at y1 = 40 reaches row 39), where nothing but the caption can be drawn.
+    above = out[:39]
+    assert (above == palette()[0]).all(axis=2).any()  # the caption's filled background
+    assert (above > 200).all(axis=2).sum() >= 20  # white text strokes on it
+    other = overlay(image, m, box, [1], [0.12], ["background", "cat"])
+    assert (other[:39] != above).any()  # the text spells the class name and score
+    np.testing.assert_array_equal(other[42:], out[42:])  # ...and stays off the box's interior
     np.testing.assert_array_equal(image, np.full((80, 100, 3), 100, np.uint8))  # input untouched
 
 
