@@ -117,19 +117,37 @@ def test_batch_mode_uses_batch_statistics_and_updates_moving_stats():
     try:
         net = ResNet50(0, "batch")
         net.set_train(True)
+        norms = [cell for _, cell in net.cells_and_names() if isinstance(cell, nn.BatchNorm2d)]
+        assert len(norms) == 53  # stem + 3 per bottleneck x 16 + 4 down-sample norms
         rng = np.random.default_rng(2)
-        # An input far from zero mean: with batch statistics C2 is still normalised per channel
-        # before the last ReLU, so its scale stays moderate; moving stats move towards the data.
-        image = Tensor((5.0 + 3.0 * rng.standard_normal((2, 3, 64, 64))).astype(np.float32))
-        mean_before = net.bn1.moving_mean.asnumpy().copy()
-        net(image)
-        mean_after = net.bn1.moving_mean.asnumpy()
-        assert not np.allclose(mean_before, mean_after)
+        # An input far from zero mean, so batch statistics differ clearly from the initial
+        # moving ones (mean 0, variance 1).
+        image = (5.0 + 3.0 * rng.standard_normal((2, 3, 64, 64))).astype(np.float32)
+        means_before = [bn.moving_mean.asnumpy().copy() for bn in norms]
+        stem = net.conv1(Tensor(image)).asnumpy()
+        c2 = net(Tensor(image))[0].asnumpy()
+        # Every norm moved its running mean; the stem's by exactly (1 - momentum) x batch mean
+        # (its moving mean started at 0).
+        for bn, before in zip(norms, means_before):
+            assert not np.allclose(bn.moving_mean.asnumpy(), before), bn.moving_mean.name
+        np.testing.assert_allclose(net.bn1.moving_mean.asnumpy(), 0.1 * stem.mean(axis=(0, 2, 3)),
+                                   rtol=1e-4, atol=1e-6)
+        # Normalised with the batch's own statistics: per channel mean ~0 and variance ~1
+        # (gamma 1, beta 0), not (x - moving mean) / moving std.
+        normed = net.bn1(Tensor(stem)).asnumpy()
+        np.testing.assert_allclose(normed.mean(axis=(0, 2, 3)), 0.0, atol=1e-3)
+        np.testing.assert_allclose(normed.var(axis=(0, 2, 3)), 1.0, rtol=1e-2)
+        # ...so a sample's features depend on the other samples in its batch.
+        other = image.copy()
+        other[1] = 2.0 * other[1] - 4.0
+        c2_other = net(Tensor(other))[0].asnumpy()
+        assert np.abs(c2_other[0] - c2[0]).max() > 1e-2
         net.set_train(False)
         frozen = ResNet50(0, "frozen")
         frozen.set_train(True)
         frozen_mean = frozen.bn1.moving_mean.asnumpy().copy()
-        frozen(image)
+        frozen_c2 = frozen(Tensor(image))[0].asnumpy()
         np.testing.assert_array_equal(frozen.bn1.moving_mean.asnumpy(), frozen_mean)
+        np.testing.assert_allclose(frozen(Tensor(other))[0].asnumpy()[0], frozen_c2[0], rtol=1e-5, atol=1e-5)
     finally:
         ms.set_context(mode=ms.GRAPH_MODE)
