@@ -108,19 +108,24 @@ def test_checkpoint_callback_keeps_max_and_saves_nothing_after_nan(tmp_path):
 
     def save(network, path):
         saved.append(os.path.basename(path))
-        open(path, "w").close()
+        with open(path, "w") as handle:
+            handle.write(network)  # which state went into the file
 
     loss_cb = SimpleNamespace(error=None)
     callback = CheckpointCallback(save, str(tmp_path), "m", every_epochs=1, keep_max=2, loss_callback=loss_cb)
     for epoch in (1, 2, 3):
-        context, _ = _run_context(None, epoch * 5, epoch)
+        context, _ = _run_context(None, epoch * 5, epoch, network=f"state after epoch {epoch}")
         callback.on_train_epoch_end(context)
+    assert saved == ["m-1_5.ckpt", "last.ckpt", "m-2_10.ckpt", "last.ckpt", "m-3_15.ckpt", "last.ckpt"]
     assert sorted(os.listdir(tmp_path)) == ["last.ckpt", "m-2_10.ckpt", "m-3_15.ckpt"]
     loss_cb.error = NonFiniteLossError("nan")
-    context, _ = _run_context(None, 20, 4)
+    context, _ = _run_context(None, 20, 4, network="state after the NaN")
     callback.on_train_epoch_end(context)
     callback.on_train_end(context)
-    assert "m-4_20.ckpt" not in os.listdir(tmp_path)
+    # Nothing written after the NaN: last.ckpt still holds the last finite state.
+    assert len(saved) == 6
+    assert sorted(os.listdir(tmp_path)) == ["last.ckpt", "m-2_10.ckpt", "m-3_15.ckpt"]
+    assert (tmp_path / "last.ckpt").read_text() == "state after epoch 3"
 
 
 def test_gradient_clipping_limits_the_global_norm_of_the_update():

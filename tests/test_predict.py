@@ -7,6 +7,8 @@ checked against each other: the pictures against the JSON masks, eval.py's COCO 
 predict.py's detections of the same images.
 """
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -17,6 +19,8 @@ import numpy as np
 import pytest
 import yaml
 from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from src.visualize import class_map
 
@@ -33,8 +37,13 @@ TINY = {
 }
 
 
+def _rle(segmentation):
+    """A JSON RLE (counts as str) in the form pycocotools' C functions take (counts as bytes)."""
+    return {"size": segmentation["size"], "counts": segmentation["counts"].encode("ascii")}
+
+
 def _decode(rle):
-    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")})
+    return mask_utils.decode(_rle(rle))
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +72,41 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def eval_out(tiny):
+def eval_gt(tiny, predict_out):
+    """The val annotations plus, on each image predict.py ran on, its top detection as one more object.
+
+    A random network finds none of the synthetic objects (every AP and AR is 0), so metrics
+    computed from the wrong detections would still look right; with one object per image that
+    the network is sure to find, the APs are neither 0 nor 1. On the second image the object's
+    box is only the top-left quarter of the detected box (box IoU 0.25: missed by bbox, found by
+    segm), so bbox and segm metrics differ too.
+    """
+    cat_ids = {1: 84, 2: 44, 3: 90}  # contiguous label -> the file's ids of book, disc, triangle
+    ann = json.loads(json.dumps(tiny["ann"]))
+    next_id = max(a["id"] for a in ann["annotations"]) + 1
+    for index, img in enumerate(ann["images"][:2]):
+        stem = os.path.splitext(img["file_name"])[0]
+        dets = json.loads((predict_out / f"{stem}.json").read_text())["detections"]
+        best = max((d for d in dets if mask_utils.area(_rle(d["segmentation"])) > 0), key=lambda d: d["score"])
+        x1, y1, x2, y2 = best["box"]
+        shrink = 2.0 if index == 1 else 1.0
+        ann["annotations"].append({"id": next_id, "image_id": img["id"], "category_id": cat_ids[best["label"]],
+                                   "bbox": [x1, y1, (x2 - x1) / shrink, (y2 - y1) / shrink], "iscrowd": 0,
+                                   "area": float(mask_utils.area(_rle(best["segmentation"]))),
+                                   "segmentation": best["segmentation"]})
+        next_id += 1
+    path = tiny["root"] / "eval_gt.json"
+    path.write_text(json.dumps(ann))
+    return path
+
+
+@pytest.fixture(scope="module")
+def eval_out(tiny, eval_gt):
     import eval as eval_cli
 
     out = tiny["root"] / "eval_out"
     rc = eval_cli.main(["--ckpt", tiny["ckpt"], "--config_path", tiny["config_path"], "--out", str(out),
-                        "--no_progress"])
+                        "--ann_file", str(eval_gt), "--no_progress"])
     assert rc == 0
     return out
 
@@ -95,14 +133,33 @@ def predict_out(tiny):
     return out
 
 
-def test_eval_cli_writes_metrics_and_coco_results(tiny, eval_out):
+def test_eval_cli_writes_metrics_and_coco_results(tiny, eval_gt, eval_out):
     metrics = json.loads((eval_out / "metrics.json").read_text())
-    for iou_type in ("bbox", "segm"):
-        for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
-            assert -1.0 <= metrics[iou_type][key] <= 1.0
-        assert set(metrics[iou_type]["per_class"]) == {"book", "disc", "triangle"}
-    assert metrics["num_images"] == NUM_VAL_IMAGES
     results = json.loads((eval_out / "detections_val2017.json").read_text())
+    assert results
+    # The metrics are those of the written detections: pycocotools' own loadRes + COCOeval on
+    # the ground-truth file, over the configured classes, give the same 12 numbers (bbox results without masks, segm results
+    # without boxes, so loadRes takes each result's area from the box or from the mask).
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(eval_gt))
+    for iou_type, drop in (("bbox", "segmentation"), ("segm", "bbox")):
+        with contextlib.redirect_stdout(io.StringIO()):
+            dt = gt.loadRes([{k: v for k, v in r.items() if k != drop} for r in results])
+            coco_eval = COCOeval(gt, dt, iou_type)
+            coco_eval.params.catIds = [44, 84, 90]  # the configured classes (the file also has "cross")
+            coco_eval.evaluate()
+            coco_eval.accumulate()
+            coco_eval.summarize()
+        stats = [metrics[iou_type][key] for key in ("AP", "AP50", "AP75", "APs", "APm", "APl",
+                                                    "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")]
+        np.testing.assert_allclose(stats, coco_eval.stats, atol=1e-9, err_msg=iou_type)
+        assert 0 < metrics[iou_type]["AP"] < 1  # the added objects are found: the comparison has teeth
+        per_class = metrics[iou_type]["per_class"]
+        assert set(per_class) == {"book", "disc", "triangle"}
+        # Every class has ground truth here, so AP is the mean of the per-class APs.
+        assert metrics[iou_type]["AP"] == pytest.approx(np.mean(list(per_class.values())), abs=1e-9)
+    assert metrics["bbox"]["AR100"] < metrics["segm"]["AR100"]  # one added object is found by segm only
+    assert metrics["num_images"] == NUM_VAL_IMAGES
     images = {img["id"]: img for img in tiny["ann"]["images"]}
     assert metrics["num_detections"] == len(results) > 0
     per_image = {}
