@@ -22,7 +22,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from src.visualize import class_map
+from src.visualize import class_map, overlay, palette
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_VAL_IMAGES = 3
@@ -220,13 +220,52 @@ def test_predict_cli_pictures_match_the_json(tiny, predict_out):
         outside = splash[~union]
         assert (outside[:, 0] == outside[:, 1]).all() and (outside[:, 1] == outside[:, 2]).all()
 
-        for kind in ("overlay", "classmap_color"):
-            picture = cv2.imread(str(predict_out / f"{stem}_{kind}.png"))
-            assert picture.shape == shape + (3,)
+        # Colour class map: class c in palette colour c, background black, pixel for pixel.
+        colour_map = cv2.cvtColor(cv2.imread(str(predict_out / f"{stem}_classmap_color.png")), cv2.COLOR_BGR2RGB)
+        assert colour_map.shape == shape + (3,)
+        assert len(np.unique(label_map)) >= 2  # some class and the background
+        for label in np.unique(label_map):
+            expected_colour = [0, 0, 0] if label == 0 else palette()[label]
+            assert (colour_map[label_map == label] == expected_colour).all(), f"class {label}"
+
+        # Overlay: the picture visualize.overlay draws from the JSON's masks, boxes, labels and
+        # scores (instance colours follow the JSON order).
+        overlay_png = cv2.cvtColor(cv2.imread(str(predict_out / f"{stem}_overlay.png")), cv2.COLOR_BGR2RGB)
+        expected = overlay(cv2.cvtColor(original, cv2.COLOR_BGR2RGB), masks, np.array([d["box"] for d in dets]),
+                           [d["label"] for d in dets], [d["score"] for d in dets], tiny["config"].coco_classes)
+        assert (expected != cv2.cvtColor(original, cv2.COLOR_BGR2RGB)).any()
+        np.testing.assert_array_equal(overlay_png, expected)
 
 
 def test_predict_cli_video_becomes_splash_video(tiny, predict_out):
-    capture = cv2.VideoCapture(str(predict_out / "clip_splash.mp4"))
+    frames = _read_video(predict_out / "clip_splash.mp4")
+    assert len(frames) == VIDEO_FRAMES
+    assert frames[0].shape == VIDEO_SIZE + (3,)
+    record = json.loads((predict_out / "clip.json").read_text())
+    assert [f["frame"] for f in record["frames"]] == list(range(VIDEO_FRAMES))
+    inputs = _read_video(tiny["root"] / "inputs" / "clip.mp4")
+    for splash, frame, info in zip(frames, inputs, record["frames"]):
+        # Masks lie inside their boxes, so outside every box the splash is the grey of the input
+        # frame. mpeg4 leaves a little chroma on grey (|B-G| + |G-R| ~5 here, input ~19).
+        outside = np.ones(VIDEO_SIZE, bool)
+        for det in info["detections"]:
+            x1, y1, x2, y2 = det["box"]
+            outside[int(y1):int(np.ceil(y2)), int(x1):int(np.ceil(x2))] = False
+        assert outside.sum() > 1000
+        assert _chroma(frame)[outside].mean() > 15  # the input is colourful there
+        assert _chroma(splash)[outside].mean() < 8
+        grey = cv2.cvtColor(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+        assert np.abs(splash.astype(int) - grey)[outside].mean() < 5
+        # Inside the detections (the random network's masks cover much of its boxes) the
+        # splash keeps the input's colours.
+        coloured = (_chroma(splash) > 30) & ~outside
+        assert coloured.sum() > 1000
+        assert np.abs(splash.astype(int) - frame)[coloured].mean() < 6
+
+
+def _read_video(path):
+    """All frames of a video file, [H, W, 3] u8 BGR each."""
+    capture = cv2.VideoCapture(str(path))
     frames = []
     while True:
         ok, frame = capture.read()
@@ -234,10 +273,13 @@ def test_predict_cli_video_becomes_splash_video(tiny, predict_out):
             break
         frames.append(frame)
     capture.release()
-    assert len(frames) == VIDEO_FRAMES
-    assert frames[0].shape == VIDEO_SIZE + (3,)
-    record = json.loads((predict_out / "clip.json").read_text())
-    assert [f["frame"] for f in record["frames"]] == list(range(VIDEO_FRAMES))
+    return frames
+
+
+def _chroma(image):
+    """|B - G| + |G - R| per pixel: 0 for grey, [H, W] int."""
+    image = image.astype(int)
+    return np.abs(image[..., 0] - image[..., 1]) + np.abs(image[..., 1] - image[..., 2])
 
 
 def test_eval_cli_class_count_mismatch_is_a_one_line_error(tiny, capsys):
