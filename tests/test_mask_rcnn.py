@@ -245,7 +245,11 @@ class _SumOfLosses(nn.Cell):
 
 
 def test_momentum_steps_keep_losses_finite_change_parameters_and_learn(net):
-    """Random init, no warm-up, lr 0.02: finite, every part moves, the RPN learns the batch."""
+    """Random init, no warm-up, lr 0.02: finite, every part moves, RPN and RoI heads learn the batch.
+
+    No weight decay: decay alone moves every decayed weight, so a head cut off from its loss's
+    gradient would still "move"; without it a parameter changes only through its gradient.
+    """
     batch = _batch()
     watched = ["backbone.conv1.weight", "backbone.layer4.2.bn3.gamma", "fpn.output_convs.0.weight",
                "rpn_head.objectness.weight", "box_head.cls_score.weight",
@@ -253,8 +257,7 @@ def test_momentum_steps_keep_losses_finite_change_parameters_and_learn(net):
     params = {p.name: p for p in net.get_parameters()}
     before = {name: params[name].asnumpy().copy() for name in watched}
     start = _losses(net, batch)
-    optimizer = nn.Momentum(net.trainable_params(), learning_rate=0.02, momentum=0.9,
-                            weight_decay=1e-4)
+    optimizer = nn.Momentum(net.trainable_params(), learning_rate=0.02, momentum=0.9, weight_decay=0.0)
     step = nn.TrainOneStepCell(_SumOfLosses(net), optimizer)
     step.set_train(True)
     totals = [float(step(*batch).asnumpy()) for _ in range(TRAIN_STEPS)]
@@ -266,4 +269,6 @@ def test_momentum_steps_keep_losses_finite_change_parameters_and_learn(net):
     end = _losses(net, batch)
     assert all(np.isfinite(v) for v in end.values()), end
     assert end["rpn_cls"] < 0.9 * start["rpn_cls"], (start, end)
+    assert end["rcnn_cls"] < 0.9 * start["rcnn_cls"], (start, end)
+    assert end["rcnn_mask"] < 0.9 * start["rcnn_mask"], (start, end)
     assert sum(end.values()) < sum(start.values()), (start, end)
