@@ -306,3 +306,34 @@ def test_clis_refuse_an_unwritable_output_folder_before_any_work(cli, tmp_path, 
     errors = _error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and errors[0].endswith(
         f"{out}: cannot write the {what} folder there (Not a directory); choose a writable folder with --{what}")
+
+
+# ---------------------------------------------------------------------------------------------
+# predict.py command line
+
+
+@pytest.mark.parametrize("make_input, message", [
+    (lambda d: d / "absent.jpg", "input not found: {path}"),
+    (lambda d: d / "notes.txt", "{path}: unsupported file type; expected an image (.jpg, .jpeg, .png, .bmp, .tif, "
+                                ".tiff, .webp) or a video (.mp4, .avi, .mov, .mkv)"),
+    (lambda d: d / "empty_folder", "{path}: no image or video files (.jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp, "
+                                   ".mp4, .avi, .mov, .mkv)"),
+], ids=["missing", "unsupported-type", "folder-without-images"])
+def test_predict_cli_input_that_is_not_an_image_or_video(tmp_path, capsys, make_input, message):
+    path = make_input(tmp_path)
+    if path.name == "notes.txt":
+        path.write_text("hello")
+    elif path.name == "empty_folder":
+        path.mkdir()
+        (path / "readme.md").write_text("no pictures here")
+    code = predict.main(["--ckpt", str(tmp_path / "any.ckpt"), "--input", str(path), "--out", str(tmp_path / "o")])
+    assert code == EXIT_BAD_INPUT
+    errors = _error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and errors[0].endswith(message.format(path=path)), errors
+
+
+def test_predict_cli_score_threshold_out_of_range(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(["--ckpt", "x.ckpt", "--input", "x.jpg", "--out", str(tmp_path), "--score_thr", "1.5"])
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    assert "error: --score_thr must be between 0 and 1, got 1.5" in capsys.readouterr().err
