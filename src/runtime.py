@@ -3,7 +3,6 @@
 import logging
 import os
 import sys
-import tempfile
 from typing import List, Optional, Sequence
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -35,26 +34,32 @@ class OutputFolderError(SetupError):
 
 
 def ensure_writable_folder(path: str, what: str) -> str:
-    """Create ``path`` if needed and check that a file can be written in it, before any work.
+    """Check, before any work, that the output folder ``path`` can be written (or created).
+
+    Nothing is created: the folder itself, or else its nearest existing parent, must be a
+    folder this process may write to.
 
     Args:
         path: the folder.
-        what: how the user named it (``run_dir``, ``--out``), for the message.
+        what: the config key or option that named it (``run_dir``, ``out``), for the message.
 
     Returns:
         ``path``.
 
     Raises:
-        OutputFolderError: naming the folder, the option and the system's reason.
+        OutputFolderError: naming the folder, the blocking path and the option to change.
     """
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as e:
-        raise OutputFolderError(f"{path}: cannot write the {what} folder there ({e.strerror or e}); "
-                                f"choose a writable folder with --{what.lstrip('-')}") from e
-    return path
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        why = f"{existing} is not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        why = f"{existing} is not writable"
+    else:
+        return path
+    raise OutputFolderError(f"{path}: cannot write the {what} folder there ({why}); "
+                            f"choose a writable folder with --{what}")
 
 
 def available_devices() -> List[str]:

@@ -279,11 +279,18 @@ def test_train_cli_wrong_type_in_yaml_exits_2_with_the_key(tmp_path, capsys):
 def test_output_folder_that_cannot_be_written(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    with pytest.raises(OutputFolderError, match=rf"^{blocker}/out: cannot write the out folder there "
-                                                r"\(Not a directory\); choose a writable folder with --out$"):
-        ensure_writable_folder(str(blocker / "out"), "out")
+    with pytest.raises(OutputFolderError, match=rf"^{blocker}/out/sub: cannot write the out folder there "
+                                                rf"\({blocker} is not a folder\); choose a writable folder with --out$"):
+        ensure_writable_folder(str(blocker / "out" / "sub"), "out")
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    with pytest.MonkeyPatch.context() as patch:  # root may write anywhere: stand in for a read-only folder
+        patch.setattr(os, "access", lambda p, mode: os.path.abspath(p) != str(read_only))
+        with pytest.raises(OutputFolderError, match=rf"\({read_only} is not writable\); choose a writable "
+                                                    r"folder with --run_dir$"):
+            ensure_writable_folder(str(read_only / "run"), "run_dir")
     assert ensure_writable_folder(str(tmp_path / "new" / "out"), "out") == str(tmp_path / "new" / "out")
-    assert os.listdir(tmp_path / "new" / "out") == []  # the probe file is gone
+    assert not (tmp_path / "new").exists()  # the check creates nothing
 
 
 @pytest.mark.parametrize("cli", ["train", "eval", "predict"])
@@ -306,7 +313,8 @@ def test_clis_refuse_an_unwritable_output_folder_before_any_work(cli, tmp_path, 
     assert code == EXIT_BAD_INPUT
     errors = _error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and errors[0].endswith(
-        f"{out}: cannot write the {what} folder there (Not a directory); choose a writable folder with --{what}")
+        f"{out}: cannot write the {what} folder there ({blocker} is not a folder); choose a writable folder "
+        f"with --{what}")
 
 
 # ---------------------------------------------------------------------------------------------
