@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from src.checkpoint import GLOBAL_STEP_NAME, CKPT_SUFFIX, load_pretrained, read_checkpoint
-from src.config import REPO_ROOT
+from src.checkpoint import CKPT_SUFFIX, GLOBAL_STEP_NAME, load_pretrained, read_checkpoint
+from src.config import REPO_ROOT, load_config, parse_overrides
 from src.synthetic import generate
 
 TRAIN_IMAGES = 3  # all with objects (the synthetic set leaves every 25th image empty)
@@ -119,8 +119,6 @@ def test_resumed_run_finishes_with_every_step_logged_once(killed_and_resumed):
 
 
 def test_every_checkpoint_in_the_run_directory_loads(killed_and_resumed):
-    from src.config import load_config
-    from src.config import parse_overrides
     from src.maskrcnn.mask_rcnn import build_model
 
     run_dir, _, _, resumed = killed_and_resumed
