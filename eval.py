@@ -114,10 +114,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not os.path.isfile(args.ckpt):
         logger.error("checkpoint file not found: %s", args.ckpt)
         return EXIT_BAD_INPUT
-    set_mindspore_context(config.device_target, seed=config.seed)
+    from src.runtime import SetupError, ensure_writable_folder
+
     try:
+        ensure_writable_folder(out_dir, "out")
+        set_mindspore_context(config.device_target, seed=config.seed)
         run_eval(config, args.ckpt, args.data_path, args.ann_file, out_dir, progress=not args.no_progress)
-    except (CheckpointError, DatasetError, EvaluationError, FileNotFoundError) as e:
+    except (CheckpointError, DatasetError, EvaluationError, FileNotFoundError, SetupError) as e:
         logger.error("%s", e)
         return EXIT_BAD_INPUT
     return EXIT_OK

@@ -252,12 +252,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     setup_logging()
     from src.checkpoint import CheckpointError
+    from src.runtime import SetupError, ensure_writable_folder
 
     try:
         labels = parse_classes(args.classes, config.coco_classes)
         inputs = list_inputs(args.input)
         if not os.path.isfile(args.ckpt):
             raise PredictError(f"checkpoint file not found: {args.ckpt}")
+        ensure_writable_folder(args.out, "out")
         set_mindspore_context(config.device_target, seed=config.seed)
         from src.evaluation import load_inference_checkpoint
         from src.maskrcnn.mask_rcnn import build_model
@@ -271,7 +273,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 predict_video(predictor, path, args.out, config.coco_classes, args.max_frames)
             else:
                 predict_image(predictor, path, args.out, config.coco_classes)
-    except (PredictError, CheckpointError) as e:
+    except (PredictError, CheckpointError, SetupError) as e:
         logger.error("%s", e)
         return EXIT_BAD_INPUT
     return EXIT_OK

@@ -70,6 +70,7 @@ def train(config, pre_trained: str = "", resume: str = "", log_every: int = 1) -
 
     from src.checkpoint import load_pretrained, load_train_state, save_checkpoint_atomic
     from src.dataset import create_new_dataset
+    from src.loss_log import drop_rows_after_step
     from src.lr_schedule import build_lr_schedule
     from src.maskrcnn.mask_rcnn import build_model
     from src.network_define import CheckpointCallback, LossCallBack, LossNet, TrainOneStepCell, WithLossCell
@@ -120,6 +121,9 @@ def train(config, pre_trained: str = "", resume: str = "", log_every: int = 1) -
             logger.info("nothing to do: the checkpoint is already at epoch %d of %d", start_epoch, config.epoch_size)
             return EXIT_OK
 
+    if resume:
+        # The interrupted run may have logged steps after the checkpoint; they are run again.
+        drop_rows_after_step(os.path.join(ckpt_dir, "losses.csv"), start_step)
     loss_cb = LossCallBack(os.path.join(ckpt_dir, "losses.csv"), steps_per_epoch, config.epoch_size,
                            log_every=log_every, lr_schedule=lr, step_offset=start_step)
     callbacks = [loss_cb]
@@ -149,14 +153,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args, config = config_from_cli(parser, argv)
     from src.runtime import set_mindspore_context, setup_logging
 
-    setup_logging(os.path.join(resolve_path(config.run_dir), "train.log"))
-    set_mindspore_context(config.device_target, seed=config.seed)
     from src.checkpoint import CheckpointError
     from src.dataset import DatasetError
+    from src.runtime import SetupError, ensure_writable_folder
 
+    setup_logging()  # stderr only until the run folder is known to be writable
     try:
+        ensure_writable_folder(resolve_path(config.run_dir), "run_dir")
+        setup_logging(os.path.join(resolve_path(config.run_dir), "train.log"))
+        set_mindspore_context(config.device_target, seed=config.seed)
         return train(config, pre_trained=args.pre_trained, resume=args.resume, log_every=args.log_every)
-    except (ConfigError, CheckpointError, DatasetError) as e:
+    except (ConfigError, CheckpointError, DatasetError, SetupError) as e:
         logger.error("%s", e)
         return EXIT_BAD_INPUT
 

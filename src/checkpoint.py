@@ -433,7 +433,49 @@ def read_checkpoint(path: str) -> Dict[str, Parameter]:
                               f"MindSpore .ckpt): {reason}") from e
     if not params:
         raise CheckpointError(f"{path}: the checkpoint holds no parameters")
+    check_checkpoint_values(params, path)
     return params
+
+
+# Suffixes of BatchNorm running-variance names: MindSpore's (ours and the model zoo's) and PyTorch's.
+MOVING_VARIANCE_SUFFIXES = ("moving_variance", "running_var")
+
+
+def check_checkpoint_values(params: Mapping[str, object], source: str) -> None:
+    """Refuse values no usable network holds: NaN/Inf in any tensor, a negative BatchNorm variance.
+
+    Such a file (damaged, written by a diverged run, or wrongly converted) would otherwise load
+    without a word and make every training step non-finite. Integer tensors are not checked.
+
+    Args:
+        params: name -> Parameter / Tensor / ndarray, e.g. what ``mindspore.load_checkpoint`` returns.
+        source: file name for the message.
+
+    Raises:
+        CheckpointError: one line naming the file and every offending tensor (up to MAX_LISTED)
+            with the count of bad values.
+    """
+    non_finite, negative_variance = [], []
+    for name, value in params.items():
+        array = _to_numpy(name, value, source)
+        if not np.issubdtype(array.dtype, np.floating):
+            continue
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            non_finite.append(f"{name} ({bad} of {array.size})")
+        elif name.endswith(MOVING_VARIANCE_SUFFIXES) and not is_training_state(name):
+            negative = int(np.count_nonzero(array < 0))
+            if negative:
+                negative_variance.append(f"{name} ({negative} of {array.size}, min {float(array.min()):.4g})")
+    problems = []
+    if non_finite:
+        problems.append(f"NaN/Inf values in {len(non_finite)} tensors: {_listing(non_finite)}")
+    if negative_variance:
+        problems.append(f"negative BatchNorm moving variance in {len(negative_variance)} tensors: "
+                        f"{_listing(negative_variance)}")
+    if problems:
+        raise CheckpointError(f"{source}: values that cannot be right, refusing to load (damaged file, "
+                              f"diverged run or wrong conversion): " + " | ".join(problems))
 
 
 def convert_zoo_checkpoint(params: Mapping[str, object], mode: Optional[str] = None,

@@ -85,7 +85,26 @@ def load_coco_json(ann_file: str) -> Dict[str, Any]:
                 lacking = [f for f in fields if not isinstance(entry, dict) or f not in entry]
                 raise DatasetError(f"{ann_file}: not a COCO annotation file ({key}[{k}] has no "
                                    f"'{lacking[0]}')")
+    _check_unique_ids(ann_file, data)
     return data
+
+
+def _check_unique_ids(ann_file: str, data: Dict[str, Any]) -> None:
+    """An image listed twice (same id, or same file under two ids) or a reused annotation id
+    would be trained on twice or mix two objects' masks; DatasetError names both entries."""
+    for key, field_name in (("images", "id"), ("images", "file_name"), ("annotations", "id")):
+        first_index: Dict[Any, int] = {}
+        for k, entry in enumerate(data[key]):
+            value = entry[field_name]
+            if not isinstance(value, (int, str)):  # e.g. a list: no hashable id to compare
+                raise DatasetError(f"{ann_file}: {key}[{k}] has {field_name} {value!r}; expected a number "
+                                   f"or a string")
+            if value in first_index:
+                j = first_index[value]
+                what = (f"image file '{value}' is listed twice, under image ids {data[key][j]['id']} and "
+                        f"{entry['id']}" if field_name == "file_name" else f"{key[:-1]} id {value} is used twice")
+                raise DatasetError(f"{ann_file}: {what} ({key}[{j}] and {key}[{k}])")
+            first_index[value] = k
 
 
 def _check_segmentation(ann_file: str, ann: Dict[str, Any]) -> None:

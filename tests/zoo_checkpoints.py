@@ -41,7 +41,8 @@ def read_param_list(zoo_lists_dir: str, file_name: str) -> Dict[str, Tuple[int, 
 
 
 def random_arrays(shapes: Dict[str, Tuple[int, ...]], seed: int) -> Dict[str, np.ndarray]:
-    """Float32 standard-normal arrays of the given shapes (int32 for global_step)."""
+    """Float32 standard-normal arrays of the given shapes (int32 for global_step; BatchNorm moving
+    variances positive, as in any real checkpoint: loading refuses negative ones)."""
     rng = np.random.default_rng(seed)
     arrays = {}
     for name, shape in shapes.items():
@@ -49,6 +50,8 @@ def random_arrays(shapes: Dict[str, Tuple[int, ...]], seed: int) -> Dict[str, np
             arrays[name] = np.array([1234], np.int32)
         else:
             arrays[name] = rng.standard_normal(shape, dtype=np.float32)
+            if name.endswith("moving_variance"):
+                arrays[name] = np.abs(arrays[name]) + np.float32(1e-3)
     return arrays
 
 
