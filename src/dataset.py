@@ -284,8 +284,8 @@ class COCOSubDataset:
         counts = {"clipped": 0, "too_many": 0, "no_instance": 0}
         most = 0
         records = []
-        # Instances per training image before the max_instance_count cut (for src/inspect_data.py).
-        self.instances_per_image: Dict[int, int] = {}
+        # Rows [n, 6] of every kept image before the max_instance_count cut (src/inspect_data.py).
+        self.uncut_rows: Dict[int, np.ndarray] = {}
         for img_id in sorted(images):
             info = images[img_id]
             rows, segms, ann_ids = self._image_rows(info, per_image[img_id], counts, defects)
@@ -293,7 +293,7 @@ class COCOSubDataset:
             if self.is_training and n_real == 0:
                 counts["no_instance"] += 1
                 continue
-            self.instances_per_image[img_id] = n_real
+            self.uncut_rows[img_id] = np.array(rows, np.float32).reshape(-1, ANNO_COLUMNS)
             limit = self.config.max_instance_count
             if len(rows) > limit:
                 counts["too_many"] += 1
