@@ -146,11 +146,11 @@ def test_epoch_sampler_shards_cover_the_set_and_epochs_differ():
     assert [k % 7 for k in first] != [k % 7 for k in second]
 
 
-def _batches(root, workers, epochs=2):
+def _batches(root, workers, epochs=2, shuffle=True):
     cfg = Config().replace(coco_root=str(root), coco_classes=["background", "book", "disc", "triangle"],
                            max_instance_count=8, img_height=96, img_width=128, num_parallel_workers=workers,
                            crop_prob=0.5, scale_jitter_range=[0.6, 1.6], photometric_distortion=True, seed=5)
-    pipeline = create_new_dataset(str(root), 2, True, workers, cfg)
+    pipeline = create_new_dataset(str(root), 2, True, workers, cfg, shuffle=shuffle)
     iterator = pipeline.create_tuple_iterator(num_epochs=epochs, output_numpy=True)
     return [[np.stack(col) for col in zip(*[b for b in iterator])] for _ in range(epochs)]
 
@@ -161,5 +161,7 @@ def test_pipeline_reproducible_with_one_and_two_workers(tmp_path):
     for epoch in range(2):
         for a, b in zip(one[epoch], two[epoch]):
             np.testing.assert_array_equal(a, b)
-    # The augmentation differs between epochs.
+    # The shuffled order differs between epochs; in a fixed order the augmentation does too.
     assert not np.array_equal(one[0][0], one[1][0])
+    fixed = _batches(tmp_path, 1, shuffle=False)
+    assert not np.array_equal(fixed[0][0], fixed[1][0])
