@@ -230,6 +230,9 @@ class COCOSubDataset:
         image_ids: COCO image ids in item order.
         coco: the pycocotools COCO object of the whole file.
         ann_file, image_dir: paths.
+        uncut_rows: image id -> [n, 6] f32 rows of every kept image before the
+            max_instance_count cut (real instances by area desc, then crowd regions).
+        defect_counts: kind (a key of DEFECT_KINDS) -> annotations dropped or repaired.
 
     ``ds[i]`` -> ``(img bytes [L] u8, annos [n, 6] f32 (x1, y1, x2, y2, label, iscrowd),
     mask [n, h, w] u8, mask_shape [2] i32 (h, w))`` in original-image pixels, with at most
