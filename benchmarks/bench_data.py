@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from src import synthetic  # noqa: E402
 from src.config import load_config  # noqa: E402
-from src.dataset import COCOSubDataset, _TrainSource, create_new_dataset  # noqa: E402
+from src.dataset import COCOSubDataset, TrainSource, create_new_dataset  # noqa: E402
 
 SAMPLE_PERIOD_S = 0.2
 # Config overrides of each --augment choice.
@@ -118,7 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             iterator.stop()
         # CPU seconds per image in this process (one sample at a time): unlike images/s it
         # hardly depends on what else runs on the machine.
-        source = _TrainSource(COCOSubDataset(root, True, cfg), cfg)
+        source = TrainSource(COCOSubDataset(root, True, cfg), cfg)
         cpu_start = time.process_time()
         for key in range(args.cpu_samples):
             source[key]

@@ -466,7 +466,8 @@ class EpochSampler:
 
     def __iter__(self):
         # A generator: MindSpore calls iter() while building the pipeline without consuming it,
-        # so the epoch only advances when a pass really starts.
+        # so the epoch only advances when a pass really starts. Epochs count from the start of
+        # this process (a resumed run starts again at epoch 0 of the augmentation streams).
         epoch = self.epoch
         self.epoch += 1
         order = (np.random.default_rng([self.seed, epoch]).permutation(self.size) if self.shuffle
@@ -476,7 +477,7 @@ class EpochSampler:
             yield int(epoch * self.size + index)
 
 
-class _TrainSource:
+class TrainSource:
     """Random-access source for GeneratorDataset: decode + rasterise + augment in the worker.
 
     Keys are ``epoch * len(dataset) + index`` (see :class:`EpochSampler`); a plain index is
@@ -566,7 +567,7 @@ def create_new_dataset(image_dir: Optional[str], batch_size: int, is_training: b
         # The sampler shuffles and shards, and carries the epoch to the workers' augmentations.
         sampler = EpochSampler(len(dataset), cfg.seed, True if shuffle is None else shuffle,
                                num_shards, shard_id)
-        pipeline = ds.GeneratorDataset(_TrainSource(dataset, cfg), column_names=list(TRAIN_COLUMNS),
+        pipeline = ds.GeneratorDataset(TrainSource(dataset, cfg), column_names=list(TRAIN_COLUMNS),
                                        sampler=sampler, num_parallel_workers=workers,
                                        python_multiprocessing=workers > 1)
         return pipeline.batch(batch_size, drop_remainder=True)

@@ -220,13 +220,13 @@ def draw_network_sample(columns, config: Config) -> np.ndarray:
 
 def inspect(config: Config, split: Optional[str], out_dir: str, num: int) -> Dict[str, Any]:
     """Write the pictures, summary.json and object_sizes.png for ``split``; return the summary."""
-    from src.dataset import COCOSubDataset, _TrainSource
+    from src.dataset import COCOSubDataset, TrainSource
 
     if split:
         config = config.replace(train_data_type=split)
     dataset = COCOSubDataset(None, is_training=True, config=config)
     os.makedirs(out_dir, exist_ok=True)
-    source = _TrainSource(dataset, config)
+    source = TrainSource(dataset, config)
     for k in range(min(num, len(dataset))):
         picture = draw_network_sample(source[k], config)
         image_id = dataset.image_ids[k]
