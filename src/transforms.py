@@ -6,6 +6,8 @@ x2 = 10); masks are ``[N, H, W]`` uint8 with 1 on the object's pixels.
 
 Training order: keep-ratio rescale -> random horizontal flip -> normalise -> pad bottom/right to
 the network input; boxes and masks follow every geometric step so they stay on the object.
+The training pipeline runs the augmentation list of src/augment.py (built on these functions)
+and then :func:`pack_train`; :func:`preprocess_train` is the plain resize + flip + pack.
 """
 
 from __future__ import annotations
@@ -190,25 +192,15 @@ def preprocess_train(img: np.ndarray, annos: np.ndarray, masks: np.ndarray, out_
         raise ValueError(f"{n} instances exceed max_instances={max_instances}")
     resized, scale_h, scale_w = _rescale(img, out_h, out_w, keep_ratio)
     new_h, new_w = resized.shape[:2]
+    packed = annos.astype(np.float32).copy()
     boxes = scale_boxes(annos[:, :4], scale_h, scale_w)
     boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, new_w)
     boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, new_h)
-    mask_out = np.zeros((max_instances, out_h, out_w), np.uint8)
-    # Resize (+ flip) each mask straight into the padded buffer: one copy per instance.
-    resize_masks(masks, new_h, new_w, out=mask_out, flip=flip)
+    resized_masks = resize_masks(masks, new_h, new_w, flip=flip)
     if flip:
         resized, boxes, _ = flip_horizontal(resized, boxes, masks[:0])
-    image = _to_chw_padded(resized, mean, std, out_h, out_w)
-
-    box = np.zeros((max_instances, 4), np.float32)
-    box[:n] = boxes
-    crowd = annos[:, 5] > 0
-    label = np.zeros((max_instances,), np.int32)
-    label[:n] = np.where(crowd, CROWD_LABEL, annos[:, 4]).astype(np.int32)
-    valid_num = np.zeros((max_instances,), np.int32)
-    valid_num[:n] = (~crowd).astype(np.int32)
-    image_shape = np.array([new_h, new_w, scale_h, scale_w], np.float32)
-    return image, image_shape, box, label, valid_num, mask_out
+    packed[:, :4] = boxes
+    return pack_train(resized, packed, resized_masks, scale_h, scale_w, out_h, out_w, max_instances, mean, std)
 
 
 def pack_train(img: np.ndarray, annos: np.ndarray, masks: np.ndarray, scale_h: float, scale_w: float,
