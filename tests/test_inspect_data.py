@@ -56,10 +56,11 @@ def test_anchor_advice_fires_on_tiny_objects(tmp_path):
     root = tmp_path / "tiny"
     synthetic.generate(str(root), 8, 0, seed=0, object_scale=0.15)
     summary = _run(root, tmp_path / "out", "--img_height", "256", "--img_width", "256")
-    assert summary["fraction_under_half_smallest_anchor"] > 0.5
+    assert summary["too_small_below_px"] == 16 and summary["fraction_too_small"] > 0.5
     advice = [w for w in summary["warnings"] if "anchor_scales" in w]
     assert len(advice) == 1
-    assert "of instances are under 16 px at 256x256; the smallest anchor is 32 px: try anchor_scales: [" in advice[0]
+    assert ("of instances are under 16 px at 256x256; the smallest anchor is 32 px: try anchor_scales: ["
+            in advice[0])
 
 
 def test_anchor_advice_values():
