@@ -165,3 +165,18 @@ def test_pipeline_reproducible_with_one_and_two_workers(tmp_path):
     assert not np.array_equal(one[0][0], one[1][0])
     fixed = _batches(tmp_path, 1, shuffle=False)
     assert not np.array_equal(fixed[0][0], fixed[1][0])
+
+
+@pytest.mark.parametrize("values, key", [
+    ({"scale_jitter_range": [0.5, 1.0, 2.0]}, "scale_jitter_range"),
+    ({"scale_jitter_range": [1.5, 0.5]}, "scale_jitter_range"),
+    ({"scale_jitter_list": [0.0, 1.0]}, "scale_jitter_list"),
+    ({"scale_jitter_range": [0.5, 1.5], "scale_jitter_list": [1.0]}, "scale_jitter_list"),
+    ({"crop_prob": 1.5}, "crop_prob"),
+    ({"crop_min_side": 0.0}, "crop_min_side"),
+])
+def test_bad_augmentation_keys_name_the_key(values, key):
+    from src.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"key '{key}' = "):
+        Config().replace(**values)
