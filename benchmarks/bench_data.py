@@ -3,7 +3,11 @@
 Runs ``create_new_dataset(is_training=True)`` on the synthetic set (generated into a temporary
 folder unless ``--coco_root`` is given) at the configured input size and prints one JSON line::
 
-    python benchmarks/bench_data.py --img_height 768 --img_width 1280 --workers 2
+    python benchmarks/bench_data.py --img_height 768 --img_width 1280 --workers 2 [--augment full]
+
+``--augment``: ``plain`` = keep-ratio resize + flip (the pipeline before src/augment.py),
+``recipe`` = the augmentations of FineTune/default.yaml, ``full`` = every augmentation of
+src/augment.py (random crop p=0.5, scale jitter 0.5-2.0, flip, photometric distortion).
 
 Peak RSS is sampled every 200 ms over this process and all its children (the workers); RSS counts
 shared-memory pages once per process that maps them, PSS splits them (closer to real use).
@@ -27,9 +31,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from src import synthetic  # noqa: E402
 from src.config import load_config  # noqa: E402
-from src.dataset import create_new_dataset  # noqa: E402
+from src.dataset import COCOSubDataset, TrainSource, create_new_dataset  # noqa: E402
 
 SAMPLE_PERIOD_S = 0.2
+# Config overrides of each --augment choice.
+AUGMENT_PRESETS = {
+    "plain": {"scale_jitter_range": [], "crop_prob": 0.0, "photometric_distortion": False},
+    "recipe": {},
+    "full": {"scale_jitter_range": [0.5, 2.0], "crop_prob": 0.5, "photometric_distortion": True},
+}
 
 
 class _PeakRSS:
@@ -81,6 +91,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--max_instance_count", type=int, default=16)
     parser.add_argument("--warmup_batches", type=int, default=5)
     parser.add_argument("--batches", type=int, default=50, help="timed batches")
+    parser.add_argument("--cpu_samples", type=int, default=40, help="samples timed in CPU seconds")
+    parser.add_argument("--augment", choices=sorted(AUGMENT_PRESETS), default="plain",
+                        help="augmentation list (see the module docstring)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -92,7 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = load_config(overrides={
             "coco_root": root, "img_height": args.img_height, "img_width": args.img_width,
             "batch_size": args.batch_size, "num_parallel_workers": args.workers,
-            "max_instance_count": args.max_instance_count})
+            "max_instance_count": args.max_instance_count, **AUGMENT_PRESETS[args.augment]})
         with _PeakRSS() as rss:
             dataset = create_new_dataset(root, args.batch_size, True, args.workers, cfg)
             iterator = dataset.create_tuple_iterator(num_epochs=-1, output_numpy=True)
@@ -103,14 +116,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 next(iterator)
             elapsed = time.perf_counter() - start
             iterator.stop()
+        # CPU seconds per image in this process (one sample at a time): unlike images/s it
+        # hardly depends on what else runs on the machine.
+        source = TrainSource(COCOSubDataset(root, True, cfg), cfg)
+        cpu_start = time.process_time()
+        for key in range(args.cpu_samples):
+            source[key]
+        cpu_per_image = (time.process_time() - cpu_start) / args.cpu_samples
     images = args.batches * args.batch_size
     print(json.dumps({
         "benchmark": "data_pipeline_train", "img_height": args.img_height, "img_width": args.img_width,
         "batch_size": args.batch_size, "workers": args.workers,
-        "max_instance_count": args.max_instance_count, "images": images,
+        "max_instance_count": args.max_instance_count, "augment": args.augment, "images": images,
         "seconds": round(elapsed, 3), "images_per_s": round(images / elapsed, 2),
         "peak_rss_mb_incl_children": round(rss.peak / 2**20, 1),
-        "peak_pss_mb_incl_children": round(rss.peak_pss / 2**20, 1)}))
+        "peak_pss_mb_incl_children": round(rss.peak_pss / 2**20, 1),
+        "cpu_s_per_image": round(cpu_per_image, 4), "cpu_samples": args.cpu_samples}))
     return 0
 
 

@@ -126,6 +126,22 @@ class Config:
     seed: int = 1
     run_dir: str = "FineTune/runs/default"  # checkpoints, logs and the loss CSV go here
 
+    # ---- augmentation and annotation defects (src/augment.py, src/dataset.py) ----------------
+    # Training augmentations run in this order: random crop, resize (scale jitter or the plain
+    # keep-ratio resize), horizontal flip (flip_ratio above), photometric distortion. Each
+    # is drawn from a stream seeded by (seed, epoch, item), whatever the worker count.
+    scale_jitter_range: List[float] = field(default_factory=list)  # [lo, hi]: resize to a factor
+    #   drawn uniformly from [lo, hi] of the input size (keep ratio; > 1 is cropped back to the
+    #   input); empty = off
+    scale_jitter_list: List[float] = field(default_factory=list)  # factors of the input size, one
+    #   drawn per image (multi-scale training); empty = off; at most one of the two jitter keys
+    photometric_distortion: bool = False  # random brightness, contrast, saturation and hue
+    crop_prob: float = 0.0  # probability of an instance-aware random crop of the original image
+    crop_min_side: float = 0.5  # the crop's sides are at least this fraction of the image's
+    strict_annotations: bool = False  # annotation defects (bad polygon parts, zero-area boxes,
+    #   empty masks, boxes far from their mask, unknown image/category ids) are errors instead
+    #   of being dropped/repaired and counted in one warning per split
+
     # ---- derived values --------------------------------------------------------------------
     @property
     def num_classes(self) -> int:
@@ -255,6 +271,19 @@ def _validate(cfg: Config, source: str) -> None:
         raise bad("warmup_steps" if cfg.warmup_steps < 0 else "eval_interval", "must not be negative")
     if "{}" not in cfg.instance_set:
         raise bad("instance_set", "must contain '{}' where the split name goes")
+    if cfg.scale_jitter_range and cfg.scale_jitter_list:
+        raise bad("scale_jitter_list", "cannot be combined with scale_jitter_range (pick one)")
+    jitter = cfg.scale_jitter_range or cfg.scale_jitter_list
+    if any(f <= 0 for f in jitter):
+        raise bad("scale_jitter_range" if cfg.scale_jitter_range else "scale_jitter_list",
+                  "must hold positive factors of the input size")
+    if cfg.scale_jitter_range and (len(cfg.scale_jitter_range) != 2
+                                   or cfg.scale_jitter_range[0] > cfg.scale_jitter_range[1]):
+        raise bad("scale_jitter_range", "must be [lo, hi] with lo <= hi")
+    if not 0.0 <= cfg.crop_prob <= 1.0:
+        raise bad("crop_prob", "must be between 0 and 1")
+    if not 0.0 < cfg.crop_min_side <= 1.0:
+        raise bad("crop_min_side", "must be in (0, 1]")
     if sorted(cfg.lr_step_ratios) != cfg.lr_step_ratios or any(not 0 < r < 1 for r in cfg.lr_step_ratios):
         raise bad("lr_step_ratios", "must be increasing fractions between 0 and 1")
 

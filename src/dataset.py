@@ -7,8 +7,13 @@ decode, rasterise the masks and preprocess (src/transforms.py), then batches wit
 (the batch contract of src/batch.py).
 
 Everything cheap is checked when the dataset is built (JSON structure, category names, image
-ids, polygons, boxes, image files exist) so that bad input fails at once with a one-line
-:class:`DatasetError`; image decoding and mask rasterisation happen lazily per item.
+ids, polygons, boxes, masks, image files and their headers) so that bad input fails at once with
+a one-line :class:`DatasetError`; image decoding and mask decoding happen lazily per item.
+
+Annotation defects common in real exports (polygon parts with < 3 points or an odd number of
+coordinates, zero-area boxes, empty masks, boxes far from their mask, annotations of unknown
+images or categories) are dropped or repaired and counted in one warning per split, or are
+errors with ``strict_annotations: true``.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from pycocotools.coco import COCO
 
 from src.batch import EVAL_COLUMNS, TRAIN_COLUMNS
 from src.config import Config, load_config, resolve_path
-from src import transforms
+from src import augment, transforms
+from src.image_header import ImageHeaderError, read_image_size
 
 LOGGER = logging.getLogger(__name__)
 
@@ -38,6 +44,20 @@ PAD_IMAGE_ID = -1
 # Columns of one raw item (annos rows are x1, y1, x2, y2, label, iscrowd).
 ANNO_COLUMNS = 6
 MIN_POLYGON_POINTS = 3
+# A box whose IoU with its mask's extent is below this is replaced by that extent.
+BOX_MASK_MIN_IOU = 0.5
+# Annotation ids quoted per kind of defect in the summary warning.
+DEFECT_EXAMPLES = 3
+# Kinds of annotation defect, in the order of the summary: key -> what the count means.
+DEFECT_KINDS = {
+    "unknown_image": "annotations of unknown image ids dropped",
+    "unknown_category": "annotations of unknown category ids dropped",
+    "polygon_part": "polygon parts with < 3 points or an odd coordinate count dropped",
+    "no_segmentation": "annotations without a usable polygon/RLE dropped",
+    "zero_area_box": "zero-area boxes dropped",
+    "empty_mask": "empty masks dropped",
+    "box_from_mask": f"boxes replaced by their mask's extent (IoU < {BOX_MASK_MIN_IOU})",
+}
 
 
 class DatasetError(ValueError):
@@ -53,7 +73,7 @@ class _ImageRecord:
     height: int
     width: int
     annos: np.ndarray  # [n, 6] f32, real instances (largest first) then crowd regions
-    segmentations: List[Any]  # COCO segmentation of each row of annos
+    segmentations: List[Any]  # compressed RLE (bytes counts) of each row of annos
     ann_ids: List[int]
 
 
@@ -107,25 +127,97 @@ def _check_unique_ids(ann_file: str, data: Dict[str, Any]) -> None:
             first_index[value] = k
 
 
-def _check_segmentation(ann_file: str, ann: Dict[str, Any]) -> None:
+class _DefectLog:
+    """Annotation defects of one file: counted with a few example ids, or an error when strict."""
+
+    def __init__(self, ann_file: str, strict: bool):
+        self.ann_file = ann_file
+        self.strict = strict
+        self.counts = {kind: 0 for kind in DEFECT_KINDS}
+        self.examples: Dict[str, List[int]] = {kind: [] for kind in DEFECT_KINDS}
+
+    def found(self, kind: str, ann_id: Any, what: str) -> None:
+        """Record one defect; ``what`` completes "<file>: " into the strict error message."""
+        if self.strict:
+            raise DatasetError(f"{self.ann_file}: {what} (strict_annotations is true)")
+        self.counts[kind] += 1
+        if len(self.examples[kind]) < DEFECT_EXAMPLES:
+            self.examples[kind].append(ann_id)
+
+    def summary(self, split: str) -> Optional[str]:
+        """One line with every non-zero count and example annotation ids, or None."""
+        parts = [f"{self.counts[kind]} {text} (e.g. annotation {', '.join(map(str, self.examples[kind]))})"
+                 for kind, text in DEFECT_KINDS.items() if self.counts[kind]]
+        if not parts:
+            return None
+        return (f"{self.ann_file}: split '{split}': " + "; ".join(parts)
+                + ". Set strict_annotations: true to make these errors.")
+
+
+def _clean_segmentation(ann: Dict[str, Any], defects: _DefectLog) -> Optional[Any]:
+    """The usable part of an annotation's segmentation, or None (each problem goes to ``defects``).
+
+    Polygon parts with fewer than MIN_POLYGON_POINTS points, an odd number of coordinates or
+    non-numeric values are dropped; an RLE needs 'counts' and 'size'.
+    """
     segm = ann.get("segmentation")
-    ann_id = ann["id"]
+    where = f"annotation {ann['id']} (image {ann['image_id']})"
     if isinstance(segm, list):
-        if not segm:
-            raise DatasetError(f"{ann_file}: annotation {ann_id} (image {ann['image_id']}) has an "
-                               f"empty polygon list")
+        parts = []
         for poly in segm:
-            if not isinstance(poly, list) or len(poly) < 2 * MIN_POLYGON_POINTS:
-                points = len(poly) // 2 if isinstance(poly, list) else 0
-                raise DatasetError(f"{ann_file}: annotation {ann_id} (image {ann['image_id']}) has a "
-                                   f"polygon with {points} points (need at least {MIN_POLYGON_POINTS})")
-    elif isinstance(segm, dict):
+            numeric = isinstance(poly, list) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in poly)
+            if not numeric:
+                defects.found("polygon_part", ann["id"], f"{where} has a polygon part that is not a list "
+                                                         f"of numbers")
+            elif len(poly) % 2:
+                defects.found("polygon_part", ann["id"], f"{where} has a polygon with an odd number of "
+                                                         f"coordinates ({len(poly)})")
+            elif len(poly) < 2 * MIN_POLYGON_POINTS:
+                defects.found("polygon_part", ann["id"], f"{where} has a polygon with {len(poly) // 2} "
+                                                         f"points (need at least {MIN_POLYGON_POINTS})")
+            else:
+                parts.append(poly)
+        if not parts:
+            if not segm:
+                defects.found("no_segmentation", ann["id"], f"{where} has an empty polygon list")
+            else:
+                defects.found("no_segmentation", ann["id"], f"{where} has no polygon part left")
+            return None
+        return parts
+    if isinstance(segm, dict):
         if "counts" not in segm or "size" not in segm:
-            raise DatasetError(f"{ann_file}: annotation {ann_id} (image {ann['image_id']}) has an RLE "
-                               f"segmentation without 'counts'/'size'")
-    else:
-        raise DatasetError(f"{ann_file}: annotation {ann_id} (image {ann['image_id']}) has no "
-                           f"polygon or RLE segmentation")
+            defects.found("no_segmentation", ann["id"], f"{where} has an RLE segmentation without "
+                                                        f"'counts'/'size'")
+            return None
+        return segm
+    defects.found("no_segmentation", ann["id"], f"{where} has no polygon or RLE segmentation")
+    return None
+
+
+def to_rle(segmentation: Any, height: int, width: int) -> Dict[str, Any]:
+    """COCO polygon list / uncompressed RLE / compressed RLE -> compressed RLE (bytes counts).
+
+    Raises:
+        ValueError: an RLE whose size is not ``[height, width]``, or one pycocotools rejects.
+    """
+    if isinstance(segmentation, list):
+        return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    size = [int(v) for v in segmentation["size"]]
+    if size != [height, width]:
+        raise ValueError(f"RLE size {size[0]}x{size[1]} is not the image size {height}x{width}")
+    if isinstance(segmentation["counts"], list):
+        return mask_utils.frPyObjects(segmentation, height, width)
+    counts = segmentation["counts"]
+    return {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
+def _iou_xyxy(a: Sequence[float], b: Sequence[float]) -> float:
+    iw = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
+    ih = max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def rasterize(segmentation: Any, height: int, width: int) -> np.ndarray:
@@ -157,6 +249,9 @@ class COCOSubDataset:
         image_ids: COCO image ids in item order.
         coco: the pycocotools COCO object of the whole file.
         ann_file, image_dir: paths.
+        uncut_rows: image id -> [n, 6] f32 rows of every kept image before the
+            max_instance_count cut (real instances by area desc, then crowd regions).
+        defect_counts: kind (a key of DEFECT_KINDS) -> annotations dropped or repaired.
 
     ``ds[i]`` -> ``(img bytes [L] u8, annos [n, 6] f32 (x1, y1, x2, y2, label, iscrowd),
     mask [n, h, w] u8, mask_shape [2] i32 (h, w))`` in original-image pixels, with at most
@@ -193,40 +288,48 @@ class COCOSubDataset:
 
     # -- building -------------------------------------------------------------------------------
     def _build_records(self, data: Dict[str, Any]) -> List[_ImageRecord]:
+        defects = _DefectLog(self.ann_file, self.config.strict_annotations)
         images = {img["id"]: img for img in data["images"]}
+        known_cats = {cat["id"] for cat in data["categories"]}
         per_image: Dict[int, List[Dict[str, Any]]] = {img_id: [] for img_id in images}
         for ann in data["annotations"]:
             if ann["image_id"] not in images:
-                raise DatasetError(f"{self.ann_file}: annotation {ann['id']} refers to image id "
-                                   f"{ann['image_id']}, which is not in 'images'")
-            if ann["category_id"] in self.cat_id_to_label:
-                _check_segmentation(self.ann_file, ann)
+                defects.found("unknown_image", ann["id"], f"annotation {ann['id']} refers to image id "
+                                                          f"{ann['image_id']}, which is not in 'images'")
+            elif ann["category_id"] not in known_cats:
+                defects.found("unknown_category", ann["id"],
+                              f"annotation {ann['id']} (image {ann['image_id']}) has category id "
+                              f"{ann['category_id']}, which is not in 'categories'")
+            elif ann["category_id"] in self.cat_id_to_label:
                 per_image[ann["image_id"]].append(ann)
 
-        counts = {"zero_area": 0, "clipped": 0, "too_many": 0, "no_instance": 0}
+        counts = {"clipped": 0, "too_many": 0, "no_instance": 0}
         most = 0
         records = []
+        # Rows [n, 6] of every kept image before the max_instance_count cut (src/inspect_data.py).
+        self.uncut_rows: Dict[int, np.ndarray] = {}
         for img_id in sorted(images):
             info = images[img_id]
-            rows, segms, ann_ids = self._image_rows(info, per_image[img_id], counts)
+            rows, segms, ann_ids = self._image_rows(info, per_image[img_id], counts, defects)
             n_real = sum(1 for r in rows if r[5] == 0)
             if self.is_training and n_real == 0:
                 counts["no_instance"] += 1
                 continue
+            self.uncut_rows[img_id] = np.array(rows, np.float32).reshape(-1, ANNO_COLUMNS)
             limit = self.config.max_instance_count
             if len(rows) > limit:
                 counts["too_many"] += 1
                 most = max(most, len(rows))
                 rows, segms, ann_ids = rows[:limit], segms[:limit], ann_ids[:limit]
             path = os.path.join(self.image_dir, info["file_name"])
-            if not os.path.isfile(path):
-                raise DatasetError(f"{path}: image file not found (image id {img_id})")
+            self._check_image_file(path, img_id, int(info["height"]), int(info["width"]))
             annos = np.array(rows, np.float32).reshape(-1, ANNO_COLUMNS)
             records.append(_ImageRecord(img_id, path, int(info["height"]), int(info["width"]),
                                         annos, segms, ann_ids))
-        if counts["zero_area"]:
-            LOGGER.warning("%s: dropped %d annotations with a zero-area box", self.ann_file,
-                           counts["zero_area"])
+        summary = defects.summary(self.split)
+        self.defect_counts = dict(defects.counts)
+        if summary:
+            LOGGER.warning("%s", summary)
         if counts["clipped"]:
             LOGGER.warning("%s: clipped %d boxes that reached outside their image", self.ann_file,
                            counts["clipped"])
@@ -242,29 +345,65 @@ class COCOSubDataset:
                                f"{self.class_names} ({len(images)} images in the file)")
         return records
 
-    def _image_rows(self, info: Dict[str, Any], anns: List[Dict[str, Any]], counts: Dict[str, int]):
-        """Rows (x1, y1, x2, y2, label, iscrowd) of one image: real by area desc, then crowd."""
-        h, w = float(info["height"]), float(info["width"])
+    @staticmethod
+    def _check_image_file(path: str, img_id: int, height: int, width: int) -> None:
+        """Exists, has an image header OpenCV can read and the size the JSON gives."""
+        if not os.path.isfile(path):
+            raise DatasetError(f"{path}: image file not found (image id {img_id})")
+        try:
+            size = read_image_size(path)
+        except (OSError, ImageHeaderError) as e:
+            raise DatasetError(f"{path}: corrupt or unreadable image (image id {img_id}): {e}") from e
+        if size is not None and size != (height, width):
+            raise DatasetError(f"{path}: image is {size[0]}x{size[1]} but the annotation file says "
+                               f"{height}x{width} (image id {img_id})")
+
+    def _image_rows(self, info: Dict[str, Any], anns: List[Dict[str, Any]], counts: Dict[str, int],
+                    defects: _DefectLog):
+        """Rows (x1, y1, x2, y2, label, iscrowd), compressed RLEs and annotation ids of one image:
+        real instances by area desc, then crowd regions."""
+        height, width = int(info["height"]), int(info["width"])
+        h, w = float(height), float(width)
         kept = []
         for ann in anns:
+            where = f"annotation {ann['id']} (image {info['id']})"
             bbox = ann["bbox"]
             if not isinstance(bbox, list) or len(bbox) != 4:
-                raise DatasetError(f"{self.ann_file}: annotation {ann['id']} (image {info['id']}) has "
-                                   f"bbox {bbox!r}; expected [x, y, w, h]")
+                raise DatasetError(f"{self.ann_file}: {where} has bbox {bbox!r}; expected [x, y, w, h]")
             x, y, bw, bh = (float(v) for v in bbox)
-            if not all(math.isfinite(v) for v in (x, y, bw, bh)) or bw <= 0 or bh <= 0:
-                counts["zero_area"] += 1
-                continue
             x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + bw, w), min(y + bh, h)
+            if (not all(math.isfinite(v) for v in (x, y, bw, bh)) or bw <= 0 or bh <= 0
+                    or x2 - x1 <= 0 or y2 - y1 <= 0):
+                defects.found("zero_area_box", ann["id"], f"{where} has a zero-area box {bbox} "
+                                                          f"(inside the {width}x{height} image)")
+                continue
             if (x1, y1, x2, y2) != (x, y, x + bw, y + bh):
                 counts["clipped"] += 1
-            if x2 - x1 <= 0 or y2 - y1 <= 0:
-                counts["zero_area"] += 1
+            segm = _clean_segmentation(ann, defects)
+            if segm is None:
                 continue
+            try:
+                rle = to_rle(segm, height, width)
+            except (ValueError, TypeError, KeyError, IndexError) as e:
+                defects.found("no_segmentation", ann["id"], f"{where} has a segmentation that cannot "
+                                                            f"be rasterised: {e}")
+                continue
+            mask_area = float(mask_utils.area(rle))
+            if mask_area <= 0:
+                defects.found("empty_mask", ann["id"], f"{where} has an empty mask")
+                continue
+            mx, my, mw, mh = (float(v) for v in mask_utils.toBbox(rle))
+            mask_box = (mx, my, mx + mw, my + mh)
+            iou = _iou_xyxy((x1, y1, x2, y2), mask_box)
+            if iou < BOX_MASK_MIN_IOU:
+                defects.found("box_from_mask", ann["id"],
+                              f"{where} has bbox {bbox} far from its mask's extent "
+                              f"{[round(v, 1) for v in (mx, my, mw, mh)]} (IoU {iou:.2f})")
+                x1, y1, x2, y2 = mask_box
             crowd = 1 if ann.get("iscrowd", 0) else 0
             area = float(ann.get("area") or (x2 - x1) * (y2 - y1))
             row = [x1, y1, x2, y2, float(self.cat_id_to_label[ann["category_id"]]), float(crowd)]
-            kept.append((crowd, -area, ann["id"], row, ann["segmentation"]))
+            kept.append((crowd, -area, ann["id"], row, rle))
         kept.sort(key=lambda t: t[:3])
         return [k[3] for k in kept], [k[4] for k in kept], [k[2] for k in kept]
 
@@ -317,30 +456,75 @@ class COCOSubDataset:
         return self.read_bytes(index), annos, masks, np.array([rec.height, rec.width], np.int32)
 
 
-class _TrainSource:
-    """Random-access source for GeneratorDataset: decode + rasterise + preprocess in the worker."""
+class EpochSampler:
+    """Shuffled training order that tells the source the epoch of every item.
+
+    Each pass yields ``epoch * len(dataset) + index`` for a permutation of this shard's indices
+    drawn from ``(seed, epoch)``; the source splits that back into (epoch, index) and augments
+    the item with ``augment.sample_rng(seed, epoch, index)``. So the order and the augmentation
+    of every item depend only on the seed, never on which worker process handles it.
+
+    Args:
+        size: number of items of the whole dataset.
+        seed: the run's seed.
+        shuffle: permute the order each epoch (else 0..size-1).
+        num_shards, shard_id: data-parallel training: this shard's share of each permutation
+            (the permutation is padded by wrapping so that every shard has the same length).
+    """
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True, num_shards: int = 1, shard_id: int = 0):
+        self.size = size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.num_shards = num_shards
+        self.shard_id = shard_id
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return int(math.ceil(self.size / self.num_shards))
+
+    def __iter__(self):
+        # A generator: MindSpore calls iter() while building the pipeline without consuming it,
+        # so the epoch only advances when a pass really starts. Epochs count from the start of
+        # this process (a resumed run starts again at epoch 0 of the augmentation streams).
+        epoch = self.epoch
+        self.epoch += 1
+        order = (np.random.default_rng([self.seed, epoch]).permutation(self.size) if self.shuffle
+                 else np.arange(self.size))
+        padded = np.resize(order, len(self) * self.num_shards)
+        for index in padded[self.shard_id::self.num_shards]:
+            yield int(epoch * self.size + index)
+
+
+class TrainSource:
+    """Random-access source for GeneratorDataset: decode + rasterise + augment in the worker.
+
+    Keys are ``epoch * len(dataset) + index`` (see :class:`EpochSampler`); a plain index is
+    epoch 0.
+    """
 
     def __init__(self, dataset: COCOSubDataset, config: Config):
         self.dataset = dataset
         self.config = config
-        self._calls = 0
+        self.augmentations = augment.build_augmentations(config)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int):
-        cfg = self.config
-        index = int(index)
-        # A fresh stream per (seed, item, call) so flips differ between epochs but a run in one
-        # process is reproducible.
-        rng = np.random.default_rng([cfg.seed, index, self._calls])
-        self._calls += 1
+    def augmented(self, key: int) -> augment.Sample:
+        """The augmented sample of key ``epoch * len + index`` (image inside the input size)."""
+        epoch, index = divmod(int(key), len(self.dataset))
+        rng = augment.sample_rng(self.config.seed, epoch, index)
         img = self.dataset.decode(index)
         annos, masks = self.dataset.annotations(index)
-        flip = bool(rng.random() < cfg.flip_ratio)
-        return transforms.preprocess_train(
-            img, annos, masks, cfg.img_height, cfg.img_width, cfg.max_instance_count,
-            cfg.img_mean, cfg.img_std, flip, cfg.keep_ratio)
+        return augment.apply_augmentations(self.augmentations, augment.Sample(img, annos, masks), rng)
+
+    def __getitem__(self, key: int):
+        cfg = self.config
+        sample = self.augmented(key)
+        return transforms.pack_train(sample.image, sample.annos, sample.masks, sample.scale_h, sample.scale_w,
+                                     cfg.img_height, cfg.img_width, cfg.max_instance_count,
+                                     cfg.img_mean, cfg.img_std)
 
 
 class _EvalSource:
@@ -375,7 +559,8 @@ def create_new_dataset(image_dir: Optional[str], batch_size: int, is_training: b
         image_dir: the COCO-format root (folder with ``<split>/`` and ``annotations/``); None
             means ``config.coco_root``.
         batch_size: images per batch.
-        is_training: training columns TRAIN_COLUMNS (shuffled, random flip, drop_remainder) or
+        is_training: training columns TRAIN_COLUMNS (shuffled by EpochSampler, augmented with the
+            list of src/augment.py, drop_remainder) or
             eval columns EVAL_COLUMNS (in order, last batch padded with image id -1).
         num_parallel_workers: worker processes (default config.num_parallel_workers); 1 runs in
             the main process.
@@ -398,13 +583,16 @@ def create_new_dataset(image_dir: Optional[str], batch_size: int, is_training: b
         if len(dataset) < batch_size:
             raise DatasetError(f"{dataset.ann_file}: {len(dataset)} usable training images, fewer than "
                                f"batch_size={batch_size}")
-        source: Any = _TrainSource(dataset, cfg)
-        columns: Sequence[str] = TRAIN_COLUMNS
-        do_shuffle = True if shuffle is None else shuffle
-    else:
-        source = _EvalSource(dataset, cfg, batch_size)
-        columns = EVAL_COLUMNS
-        do_shuffle = False if shuffle is None else shuffle
+        # The sampler shuffles and shards, and carries the epoch to the workers' augmentations.
+        sampler = EpochSampler(len(dataset), cfg.seed, True if shuffle is None else shuffle,
+                               num_shards, shard_id)
+        pipeline = ds.GeneratorDataset(TrainSource(dataset, cfg), column_names=list(TRAIN_COLUMNS),
+                                       sampler=sampler, num_parallel_workers=workers,
+                                       python_multiprocessing=workers > 1)
+        return pipeline.batch(batch_size, drop_remainder=True)
+    source = _EvalSource(dataset, cfg, batch_size)
+    columns: Sequence[str] = EVAL_COLUMNS
+    do_shuffle = False if shuffle is None else shuffle
     pipeline = ds.GeneratorDataset(source, column_names=list(columns), shuffle=do_shuffle,
                                    num_parallel_workers=workers,
                                    python_multiprocessing=workers > 1,

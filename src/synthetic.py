@@ -234,9 +234,9 @@ def _bbox_of(mask: np.ndarray) -> List[float]:
     return [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]
 
 
-def _make_image(rng: np.random.Generator, empty: bool, style: str
+def _make_image(rng: np.random.Generator, empty: bool, style: str, object_scale: float = 1.0
                 ) -> Tuple[np.ndarray, List[Tuple[str, np.ndarray, int]]]:
-    """One image and its annotations.
+    """One image and its annotations (objects ``object_scale`` times the usual size).
 
     Returns:
         (rgb [H, W, 3] uint8, [(category name, visible mask [H, W] uint8, iscrowd), ...])
@@ -255,7 +255,7 @@ def _make_image(rng: np.random.Generator, empty: bool, style: str
     for _ in range(n_objects):
         category = names[int(rng.choice(len(names), p=probs / probs.sum()))]
         for _try in range(PLACEMENT_TRIES):
-            mask, rgb = _draw_object(rng, category, height, width, style)
+            mask, rgb = _draw_object(rng, category, height, width, style, scale=object_scale)
             on = mask.astype(bool)
             if not on.any():
                 continue
@@ -276,7 +276,7 @@ def _make_image(rng: np.random.Generator, empty: bool, style: str
         category = names[1 + int(rng.integers(0, len(names) - 1))]
         crowd = np.zeros((height, width), np.uint8)
         for _ in range(int(rng.integers(*CROWD_MEMBERS))):
-            mask, rgb = _draw_object(rng, "disc", height, width, style, scale=0.3)
+            mask, rgb = _draw_object(rng, "disc", height, width, style, scale=0.3 * object_scale)
             if category != "disc":
                 rgb[:] = _object_color(rng, category, style)
             on = mask.astype(bool)
@@ -290,7 +290,7 @@ def _make_image(rng: np.random.Generator, empty: bool, style: str
 
 
 def generate_split(out_dir: str, split: str, num_images: int, seed: int, style: str = "textured",
-                   first_ann_id: int = 1) -> Dict[str, object]:
+                   first_ann_id: int = 1, object_scale: float = 1.0) -> Dict[str, object]:
     """Write ``num_images`` JPEGs to ``out_dir/split`` and return the split's COCO dict.
 
     Args:
@@ -300,6 +300,8 @@ def generate_split(out_dir: str, split: str, num_images: int, seed: int, style: 
         seed: random seed; the same seed gives the same images and annotations.
         style: ``textured`` (default) or ``solid`` (flat colours of SOLID_COLORS, for tests).
         first_ann_id: id of the first annotation.
+        object_scale: object size factor (e.g. 0.15 for a set of tiny objects); 1.0 gives the
+            usual set, byte for byte.
 
     Returns:
         COCO dict with ``images``, ``annotations``, ``categories`` (boxes in [x, y, w, h]).
@@ -314,7 +316,7 @@ def generate_split(out_dir: str, split: str, num_images: int, seed: int, style: 
     for i in range(num_images):
         rng = np.random.default_rng([seed, split_key, i])
         empty = (i % EMPTY_EVERY) == EMPTY_EVERY - 1
-        img, objects = _make_image(rng, empty, style)
+        img, objects = _make_image(rng, empty, style, object_scale)
         image_id = IMAGE_ID_OFFSET.get(split, 0) + i + 1
         file_name = f"{image_id:012d}.jpg"
         ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
@@ -356,11 +358,12 @@ def write_json(data: Dict[str, object], path: str) -> None:
         json.dump(data, handle, sort_keys=True, separators=(",", ":"))
 
 
-def generate(out_dir: str, num_train: int, num_val: int, seed: int = 0, style: str = "textured") -> None:
+def generate(out_dir: str, num_train: int, num_val: int, seed: int = 0, style: str = "textured",
+             object_scale: float = 1.0) -> None:
     """Write the whole set: ``out_dir/{train2017,val2017}/*.jpg`` + ``annotations/instances_*.json``."""
     first_ann_id = 1
     for split, count in zip(SPLITS, (num_train, num_val)):
-        data = generate_split(out_dir, split, count, seed, style, first_ann_id)
+        data = generate_split(out_dir, split, count, seed, style, first_ann_id, object_scale)
         first_ann_id += len(data["annotations"])
         write_json(data, os.path.join(out_dir, "annotations", f"instances_{split}.json"))
         LOGGER.info("%s: %d images, %d annotations", split, count, len(data["annotations"]))
@@ -374,11 +377,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--style", choices=STYLES, default="textured",
                         help="'solid' draws each category in one flat colour (for tests)")
+    parser.add_argument("--object_scale", type=float, default=1.0,
+                        help="object size factor, e.g. 0.15 for tiny objects (1.0: the usual set)")
     args = parser.parse_args(argv)
     if args.train < 0 or args.val < 0:
         parser.error("--train and --val must not be negative")
+    if args.object_scale <= 0:
+        parser.error("--object_scale must be positive")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    generate(args.out, args.train, args.val, args.seed, args.style)
+    generate(args.out, args.train, args.val, args.seed, args.style, args.object_scale)
     return 0
 
 

@@ -6,6 +6,8 @@ x2 = 10); masks are ``[N, H, W]`` uint8 with 1 on the object's pixels.
 
 Training order: keep-ratio rescale -> random horizontal flip -> normalise -> pad bottom/right to
 the network input; boxes and masks follow every geometric step so they stay on the object.
+The training pipeline runs the augmentation list of src/augment.py (built on these functions)
+and then :func:`pack_train`; :func:`preprocess_train` is the plain resize + flip + pack.
 """
 
 from __future__ import annotations
@@ -31,16 +33,17 @@ def rescale_keep_ratio(img: np.ndarray, out_h: int, out_w: int) -> Tuple[np.ndar
     scale = min(out_h / h, out_w / w)
     new_h = min(max(int(round(h * scale)), 1), out_h)
     new_w = min(max(int(round(w * scale)), 1), out_w)
-    return _resize_image(img, new_h, new_w), new_h / h, new_w / w
+    return resize_image(img, new_h, new_w), new_h / h, new_w / w
 
 
 def rescale_stretch(img: np.ndarray, out_h: int, out_w: int) -> Tuple[np.ndarray, float, float]:
     """Resize ``img`` to exactly ``out_h x out_w`` (``keep_ratio: false``); same returns as above."""
     h, w = img.shape[:2]
-    return _resize_image(img, out_h, out_w), out_h / h, out_w / w
+    return resize_image(img, out_h, out_w), out_h / h, out_w / w
 
 
-def _resize_image(img: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
+def resize_image(img: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
+    """Resize an [h, w, C] image to [new_h, new_w, C]: area filter when shrinking, else bilinear."""
     if img.shape[:2] == (new_h, new_w):
         return img
     shrinking = new_h < img.shape[0] and new_w < img.shape[1]
@@ -189,23 +192,47 @@ def preprocess_train(img: np.ndarray, annos: np.ndarray, masks: np.ndarray, out_
         raise ValueError(f"{n} instances exceed max_instances={max_instances}")
     resized, scale_h, scale_w = _rescale(img, out_h, out_w, keep_ratio)
     new_h, new_w = resized.shape[:2]
+    packed = annos.astype(np.float32).copy()
     boxes = scale_boxes(annos[:, :4], scale_h, scale_w)
     boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, new_w)
     boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, new_h)
-    mask_out = np.zeros((max_instances, out_h, out_w), np.uint8)
-    # Resize (+ flip) each mask straight into the padded buffer: one copy per instance.
-    resize_masks(masks, new_h, new_w, out=mask_out, flip=flip)
+    resized_masks = resize_masks(masks, new_h, new_w, flip=flip)
     if flip:
         resized, boxes, _ = flip_horizontal(resized, boxes, masks[:0])
-    image = _to_chw_padded(resized, mean, std, out_h, out_w)
+    packed[:, :4] = boxes
+    return pack_train(resized, packed, resized_masks, scale_h, scale_w, out_h, out_w, max_instances, mean, std)
 
+
+def pack_train(img: np.ndarray, annos: np.ndarray, masks: np.ndarray, scale_h: float, scale_w: float,
+               out_h: int, out_w: int, max_instances: int, mean: Sequence[float], std: Sequence[float]):
+    """An augmented sample already inside the input size -> the padded columns of src/batch.py.
+
+    Args:
+        img: [h, w, 3] uint8 RGB with h <= out_h, w <= out_w (resized and augmented).
+        annos: [n, 6] float32 rows (x1, y1, x2, y2, label, iscrowd) in input pixels, real
+            instances first; rows beyond max_instances are dropped (the smallest / crowd ones).
+        masks: [n, h, w] uint8.
+        scale_h, scale_w: resize factor from the original image (input pixels per original pixel).
+        out_h, out_w, max_instances, mean, std: as in :func:`preprocess_train`.
+
+    Returns:
+        image [3, H, W] f32, image_shape [4] f32, box [N, 4] f32, label [N] i32, valid_num [N] i32,
+        mask [N, H, W] u8, as :func:`preprocess_train`.
+    """
+    n = min(annos.shape[0], max_instances)
+    new_h, new_w = img.shape[:2]
+    if new_h > out_h or new_w > out_w:
+        raise ValueError(f"augmented image {new_h}x{new_w} does not fit the input {out_h}x{out_w}")
+    image = _to_chw_padded(img, mean, std, out_h, out_w)
     box = np.zeros((max_instances, 4), np.float32)
-    box[:n] = boxes
-    crowd = annos[:, 5] > 0
+    box[:n] = annos[:n, :4]
+    crowd = annos[:n, 5] > 0
     label = np.zeros((max_instances,), np.int32)
-    label[:n] = np.where(crowd, CROWD_LABEL, annos[:, 4]).astype(np.int32)
+    label[:n] = np.where(crowd, CROWD_LABEL, annos[:n, 4]).astype(np.int32)
     valid_num = np.zeros((max_instances,), np.int32)
     valid_num[:n] = (~crowd).astype(np.int32)
+    mask_out = np.zeros((max_instances, out_h, out_w), np.uint8)
+    mask_out[:n, :new_h, :new_w] = masks[:n]
     image_shape = np.array([new_h, new_w, scale_h, scale_w], np.float32)
     return image, image_shape, box, label, valid_num, mask_out
 

@@ -180,8 +180,16 @@ def test_missing_image_file(small_set):
 
 
 def test_corrupt_image(small_set):
-    with open(os.path.join(small_set, "train2017", "7.png"), "wb") as handle:
+    path = os.path.join(small_set, "train2017", "7.png")
+    with open(path, "rb") as handle:
+        header = handle.read(40)  # a valid PNG header, no image data
+    with open(path, "wb") as handle:
         handle.write(b"not a png at all")
+    # Reported by name when the dataset is built, before any worker decodes it.
+    with pytest.raises(DatasetError, match=r"7\.png: corrupt or unreadable image \(image id 7\): not an image"):
+        COCOSubDataset(str(small_set), True, _cfg(small_set))
+    with open(path, "wb") as handle:
+        handle.write(header)
     ds = COCOSubDataset(str(small_set), True, _cfg(small_set))
     with pytest.raises(DatasetError, match=r"7\.png: corrupt or unreadable image \(image id 7\)"):
         ds.decode(1)
@@ -205,7 +213,7 @@ def test_category_not_in_file_lists_available(small_set):
 def test_polygon_with_two_points(tmp_path):
     _write_set(str(tmp_path), [_img(1)], [_ann(9, 1, 84, (1, 1, 5, 5), segm=[[1, 1, 5, 5]])])
     with pytest.raises(DatasetError, match="annotation 9 \\(image 1\\) has a polygon with 2 points"):
-        COCOSubDataset(str(tmp_path), True, _cfg(tmp_path))
+        COCOSubDataset(str(tmp_path), True, _cfg(tmp_path, strict_annotations=True))
 
 
 def test_zero_area_dropped_and_outside_clipped_are_counted(tmp_path, caplog):
@@ -214,7 +222,7 @@ def test_zero_area_dropped_and_outside_clipped_are_counted(tmp_path, caplog):
     _write_set(str(tmp_path), [_img(1)], anns)
     with caplog.at_level(logging.WARNING, logger="src.dataset"):
         ds = COCOSubDataset(str(tmp_path), True, _cfg(tmp_path))
-    assert "dropped 2 annotations with a zero-area box" in caplog.text
+    assert "2 zero-area boxes dropped (e.g. annotation 1, 2)" in caplog.text
     assert "clipped 2 boxes that reached outside their image" in caplog.text
     _, annos, mask, _ = ds[0]
     np.testing.assert_array_equal(annos[:, :5], [[50, 30, 60, 40, 1], [0, 2, 8, 9, 2]])
@@ -224,7 +232,7 @@ def test_zero_area_dropped_and_outside_clipped_are_counted(tmp_path, caplog):
 def test_annotation_with_unknown_image_id(tmp_path):
     _write_set(str(tmp_path), [_img(1)], [_ann(3, 1, 84, (1, 1, 9, 9)), _ann(4, 77, 84, (1, 1, 9, 9))])
     with pytest.raises(DatasetError, match="annotation 4 refers to image id 77, which is not in 'images'"):
-        COCOSubDataset(str(tmp_path), True, _cfg(tmp_path))
+        COCOSubDataset(str(tmp_path), True, _cfg(tmp_path, strict_annotations=True))
 
 
 def test_empty_dataset_after_filtering(tmp_path):
