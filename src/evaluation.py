@@ -647,13 +647,16 @@ def build_eval_split(config, data_root: Optional[str] = None, batch_size: Option
 # File in the checkpoint folder collecting one JSON line of metrics per evaluation in training.
 EVAL_HISTORY_FILE = "eval_metrics.jsonl"
 BEST_CKPT_NAME = "best.ckpt"
+# Folder in the checkpoint folder with the report page of the best checkpoint (src/report.py).
+BEST_REPORT_DIR = "best_report"
 
 
 class EvalCallback(Callback):
     """Evaluate on the val split every ``interval`` epochs during training; keep the best model.
 
     Appends ``{"epoch", "bbox_AP", "segm_AP", ...}`` to ``ckpt_dir/eval_metrics.jsonl`` and saves
-    ``ckpt_dir/best.ckpt`` (with ``save_fn(net, path)``) whenever segm AP improves.
+    ``ckpt_dir/best.ckpt`` (with ``save_fn(net, path)``) whenever segm AP improves, together with
+    the report page of that evaluation in ``ckpt_dir/best_report/report.html``.
 
     Args:
         net: the ``Mask_Rcnn_Resnet50`` being trained (switched to inference for the evaluation
@@ -685,7 +688,7 @@ class EvalCallback(Callback):
             return
         if self._split is None:
             self._split = build_eval_split(self.config, num_parallel_workers=1)
-        dataset, evaluator, _ = self._split
+        dataset, evaluator, sub = self._split
         try:
             metrics = evaluate_model(self.net, dataset, evaluator, progress=False)
         finally:
@@ -702,3 +705,8 @@ class EvalCallback(Callback):
             path = os.path.join(self.ckpt_dir, BEST_CKPT_NAME)
             self.save_fn(self.net, path)
             logger.info("new best segm AP %.4f: saved %s", self.best_segm_ap, path)
+            from src.report import write_report
+
+            report = write_report(os.path.join(self.ckpt_dir, BEST_REPORT_DIR), evaluator, metrics, sub.image_dir,
+                                  info={"checkpoint": path, "epoch": epoch})
+            logger.info("report of the best checkpoint: %s", report)

@@ -205,3 +205,30 @@ def test_command_line_rebuilds_the_report_from_saved_detections(dataset, tmp_pat
                  "--out", str(out)]) == 2
     assert main(["--ann_file", str(ann_file), "--detections", str(detections), "--image_dir", str(tmp_path),
                  "--out", str(out)]) == 2  # images not there
+
+
+def test_training_eval_callback_writes_the_report_of_the_best_checkpoint(tmp_path):
+    """EvalCallback (train.py --eval_interval) writes best_report/ next to best.ckpt, numbers as logged."""
+    from types import SimpleNamespace
+
+    from test_evaluation import _GroundTruthNet  # the network stand-in returning ground truth
+
+    from src.config import load_config
+    from src.dataset import COCOSubDataset
+    from src.evaluation import BEST_REPORT_DIR, EVAL_HISTORY_FILE, EvalCallback
+    from src.synthetic import generate
+
+    generate(str(tmp_path / "data"), num_train=0, num_val=2, seed=6, style="solid")
+    config = load_config(overrides={"coco_root": str(tmp_path / "data"), "img_height": 128, "img_width": 160,
+                                    "batch_size": 2, "num_parallel_workers": 1})
+    sub = COCOSubDataset(str(tmp_path / "data"), is_training=False, config=config)
+    callback = EvalCallback(_GroundTruthNet(sub, config.test_max_per_img), config, str(tmp_path), interval=1,
+                            save_fn=lambda net, path: None)
+    callback.on_train_epoch_end(SimpleNamespace(original_args=lambda: SimpleNamespace(cur_epoch_num=1)))
+    logged = json.loads((tmp_path / EVAL_HISTORY_FILE).read_text().splitlines()[0])
+    report = json.loads((tmp_path / BEST_REPORT_DIR / REPORT_JSON).read_text())
+    assert (tmp_path / BEST_REPORT_DIR / REPORT_HTML).is_file()
+    assert report["info"]["epoch"] == 1
+    for iou_type in ("bbox", "segm"):
+        assert report["ap_table"][iou_type]["all"]["AP"] == logged[f"{iou_type}_AP"]
+    assert report["max_dets"] == config.test_max_per_img
