@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 REPORT_HTML = "report.html"
 REPORT_JSON = "report.json"
+# Where predict.py --score_thr auto looks by default, relative to the run directory.
+DEFAULT_REPORT_JSON = os.path.join("eval", "report", REPORT_JSON)
 REPORT_FORMAT_VERSION = 1
 # IoU type whose best-F1 thresholds are the deployment thresholds (the product is the mask).
 THRESHOLD_IOU_TYPE = "segm"
