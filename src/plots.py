@@ -136,8 +136,9 @@ def error_breakdown_figure(rows: Mapping[str, Mapping[str, Optional[float]]]) ->
     axes.invert_yaxis()
     axes.set_xlim(0.0, 1.0)
     axes.set_xlabel("AP at IoU 0.5 and the AP lost to each error kind")
-    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35 if len(labels) < 4 else -0.12), ncol=5,
-                fontsize="small", frameon=False)
+    # legend above the bars, clear of the axis label below them
+    axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(BREAKDOWN_COLOURS), fontsize="small",
+                frameon=False)
     figure.tight_layout()
     return figure
 
