@@ -81,7 +81,8 @@ def main() -> int:
     with open(detections, "w", encoding="utf-8") as handle:
         json.dump(simulate(ann, np.random.default_rng(args.seed)), handle)
     return report.main(["--ann_file", ann_file, "--detections", detections, "--image_dir",
-                        os.path.join(data, "val2017"), "--out", os.path.join(args.out_dir, "report")])
+                        os.path.join(data, "val2017"), "--out", os.path.join(args.out_dir, "report"),
+                        "--title", "Evaluation report of a simulated detector (scripts/make_demo_report.py)"])
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ REPORT_JSON = "report.json"
 # Where predict.py --score_thr auto looks by default, relative to the run directory.
 DEFAULT_REPORT_JSON = os.path.join("eval", "report", REPORT_JSON)
 REPORT_FORMAT_VERSION = 1
+DEFAULT_TITLE = "Mask R-CNN evaluation report"
 # IoU type whose best-F1 thresholds are the deployment thresholds (the product is the mask).
 THRESHOLD_IOU_TYPE = "segm"
 TABLE_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -52,6 +53,7 @@ GALLERY_SIZE = 6
 GALLERY_HALF_WIDTH = 480
 JPEG_QUALITY = 88
 GALLERY_GAP = 6  # white pixels between the two halves
+PR_DISPLAY_WIDTH = 280  # CSS pixels of a PR plot on the page (four side by side)
 # COCO area-range label of each size column of the table.
 _AREA_OF_KEY = {"AP": "all", "AP50": "all", "AP75": "all", "APs": "small", "APm": "medium", "APl": "large"}
 
@@ -283,7 +285,8 @@ def render_html(report: Mapping[str, object], pictures: Mapping[str, object], ti
                  "points, IoU 0.5 and 0.75, all sizes.</p>")
     for iou_type in IOU_TYPES:
         parts.append(f"<h3>{iou_type}</h3><div class=grid>"
-                     + "".join(_figure_html(src, caption) for src, caption in pictures["pr"][iou_type]) + "</div>")
+                     + "".join(_figure_html(src, caption, PR_DISPLAY_WIDTH) for src, caption in pictures["pr"][iou_type])
+                     + "</div>")
     parts.append("<h2>Error breakdown</h2><p class=note>AP at IoU 0.5 plus the AP lost to each error kind adds up "
                  "to 100: <b>localisation</b> = gained when IoU 0.1 counts as a match; <b>confusion</b> = gained when "
                  "false positives on an object of another class are ignored; <b>background</b> = gained when all "
@@ -309,12 +312,24 @@ def render_html(report: Mapping[str, object], pictures: Mapping[str, object], ti
     return "\n".join(parts)
 
 
+def _reached(precision: Sequence[float]) -> np.ndarray:
+    """Precision at the recall points up to the last one reached; NaN after it (not drawn).
+
+    COCO fills the recall points beyond the largest recall with precision 0, which would draw
+    as a drop to 0 and a line along the axis.
+    """
+    values = np.asarray(precision, dtype=np.float64).copy()
+    reached = np.flatnonzero(values > 0)
+    values[(reached[-1] + 1 if reached.size else 0):] = np.nan
+    return values
+
+
 def _jsonable(report: Mapping[str, object]) -> dict:
     return {k: v for k, v in report.items() if not k.startswith("_")}
 
 
 def write_report(out_dir: str, evaluator: COCOEvaluator, metrics: Mapping[str, object], image_dir: str,
-                 title: str = "Mask R-CNN evaluation report", info: Optional[Mapping[str, object]] = None,
+                 title: str = DEFAULT_TITLE, info: Optional[Mapping[str, object]] = None,
                  gallery_size: int = GALLERY_SIZE) -> str:
     """Write ``report.html``, ``report.json`` and the pictures into ``out_dir``.
 
@@ -342,8 +357,8 @@ def write_report(out_dir: str, evaluator: COCOEvaluator, metrics: Mapping[str, o
         for index, (name, errors) in enumerate(per_class.items()):
             if not errors.num_gt:
                 continue
-            curves = {f"IoU 0.50 (AP {_fmt(errors.ap50, False)})": errors.pr50,
-                      f"IoU 0.75 (AP {_fmt(errors.ap75, False)})": errors.pr75}
+            curves = {f"IoU 0.50 (AP {_fmt(errors.ap50, False)})": _reached(errors.pr50),
+                      f"IoU 0.75 (AP {_fmt(errors.ap75, False)})": _reached(errors.pr75)}
             rel = f"img/pr_{iou_type}_{index}.png"
             save_png(pr_figure(f"{name} ({iou_type})", recall_points, curves), os.path.join(out_dir, rel))
             pictures["pr"][iou_type].append((rel, f"{name}: precision-recall ({iou_type})"))
@@ -434,6 +449,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--max_dets", type=int, default=100, help="test_max_per_img of the model")
     parser.add_argument("--classes", default="", help="comma-separated class names (default: all categories)")
+    parser.add_argument("--title", default=DEFAULT_TITLE, help="page title")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from pycocotools.coco import COCO
@@ -466,7 +482,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for image_id, image_results in by_image.items():
             evaluator.add_results(image_id, image_results)
         metrics = evaluator.evaluate()
-        path = write_report(args.out, evaluator, metrics, args.image_dir,
+        path = write_report(args.out, evaluator, metrics, args.image_dir, title=args.title,
                             info={"annotations": os.path.abspath(args.ann_file),
                                   "detections": os.path.abspath(args.detections)})
     except (EvaluationError, ReportError) as e:
