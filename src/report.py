@@ -345,6 +345,10 @@ def write_report(out_dir: str, evaluator: COCOEvaluator, metrics: Mapping[str, o
     Returns:
         the path of report.html.
     """
+    missing = [evaluator.coco_gt.imgs[i]["file_name"] for i in evaluator.image_ids
+               if not os.path.isfile(os.path.join(image_dir, evaluator.coco_gt.imgs[i]["file_name"]))]
+    if missing:  # fail before the analysis, not at the gallery
+        raise ReportError(f"{image_dir}: {len(missing)} evaluated images are missing (e.g. {missing[0]})")
     os.makedirs(os.path.join(out_dir, "img"), exist_ok=True)
     report = compute_report(evaluator, metrics)
     report["info"] = dict(info or {})

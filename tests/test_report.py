@@ -205,6 +205,8 @@ def test_command_line_rebuilds_the_report_from_saved_detections(dataset, tmp_pat
                  "--out", str(out)]) == 2
     assert main(["--ann_file", str(ann_file), "--detections", str(detections), "--image_dir", str(tmp_path),
                  "--out", str(out)]) == 2  # images not there
+    with pytest.raises(ReportError, match=f"{tmp_path}: {NUM_IMAGES} evaluated images are missing \\(e.g. im1.png\\)"):
+        write_report(str(out), *_evaluate(ann_file, []), str(tmp_path))
 
 
 def test_training_eval_callback_writes_the_report_of_the_best_checkpoint(tmp_path):
@@ -232,3 +234,16 @@ def test_training_eval_callback_writes_the_report_of_the_best_checkpoint(tmp_pat
     for iou_type in ("bbox", "segm"):
         assert report["ap_table"][iou_type]["all"]["AP"] == logged[f"{iou_type}_AP"]
     assert report["max_dets"] == config.test_max_per_img
+
+
+def test_report_without_any_detection(dataset, tmp_path):
+    """No detection at all: AP 0, everything lost to missed objects, no threshold, every image among the worst."""
+    root, ann_file, objects = dataset
+    evaluator, metrics = _evaluate(ann_file, [])
+    write_report(str(tmp_path), evaluator, metrics, str(root))
+    report = json.loads((tmp_path / REPORT_JSON).read_text())
+    assert report["ap_table"]["segm"]["all"]["AP"] == 0.0
+    assert report["error_breakdown"]["segm"]["all"]["missed"] == pytest.approx(1.0)
+    assert report["score_thresholds"] == {"book": None, "disc": None}
+    assert len(report["gallery"]["worst"]) == NUM_IMAGES
+    assert load_score_thresholds(str(tmp_path / REPORT_JSON), CLASSES, fallback=0.5) == {1: 0.5, 2: 0.5}
