@@ -28,13 +28,15 @@ _STAT_SPECS = (
 def max_dets_setting(max_per_image: int) -> List[int]:
     """``params.maxDets`` for a model keeping ``max_per_image`` detections: [1, 10, max_per_image].
 
+    The first two entries (COCO's AR1 and AR10) are capped at ``max_per_image``.
+
     Raises:
-        ValueError: ``max_per_image`` below 10 (COCO's AR@10 column would not be monotonic).
+        ValueError: ``max_per_image`` below 1.
     """
     max_per_image = int(max_per_image)
-    if max_per_image < COCO_MAX_DETS[1]:
-        raise ValueError(f"max detections per image must be >= {COCO_MAX_DETS[1]}, got {max_per_image}")
-    return [COCO_MAX_DETS[0], COCO_MAX_DETS[1], max_per_image]
+    if max_per_image < 1:
+        raise ValueError(f"max detections per image must be >= 1, got {max_per_image}")
+    return [min(COCO_MAX_DETS[0], max_per_image), min(COCO_MAX_DETS[1], max_per_image), max_per_image]
 
 
 def _mean_valid(values: np.ndarray) -> float:

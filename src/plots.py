@@ -17,6 +17,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 DPI = 100
 LOSS_FIGSIZE = (9.0, 5.0)
@@ -80,10 +81,13 @@ def loss_figure(losses: Mapping[str, np.ndarray], components: Sequence[str], smo
                                   label="learning rate")
         lr_axes.set_ylabel("learning rate", color=LR_COLOUR)
         lr_axes.tick_params(axis="y", colors=LR_COLOUR)
-        lr_axes.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+        # plain tick labels: a "1e-2" offset text would sit under the legend
+        lr_axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
         handles.append(lr_line)
         labels.append("learning rate")
-    axes.legend(handles, labels, loc="upper right", fontsize="small")
+    # below the axes: the curves and the LR fill the plot area in different corners
+    axes.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=4, fontsize="small",
+                frameon=False)
     figure.tight_layout()
     return figure
 

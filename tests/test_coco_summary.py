@@ -58,11 +58,17 @@ def test_max_dets_follows_test_max_per_img(max_dets, expected_ap):
         assert m["AR1"] == pytest.approx(1 / NUM_INSTANCES)
 
 
-def test_too_few_max_dets_is_a_clear_error():
-    with pytest.raises(ValueError, match="must be >= 10, got 5"):
-        max_dets_setting(5)
+def test_fewer_than_ten_max_dets_caps_every_column():
+    assert max_dets_setting(5) == [1, 5, 5]
+    with pytest.raises(ValueError, match="must be >= 1, got 0"):
+        max_dets_setting(0)
     coco = _crowded_coco()
     evaluator = COCOEvaluator(coco, [CAT_ID], [1], max_dets=5)
+    evaluator.add_results(1, _gt_as_results(coco))
+    metrics = evaluator.evaluate()
+    assert metrics["bbox"]["AR100"] == pytest.approx(5 / NUM_INSTANCES)  # the AR@max column
+    assert metrics["bbox"]["AR10"] == pytest.approx(5 / NUM_INSTANCES)
+    evaluator = COCOEvaluator(coco, [CAT_ID], [1], max_dets=0)
     evaluator.add_results(1, _gt_as_results(coco)[:3])
-    with pytest.raises(EvaluationError, match="test_max_per_img"):
+    with pytest.raises(EvaluationError, match="test_max_per_img: max detections per image must be >= 1, got 0"):
         evaluator.evaluate()
