@@ -114,8 +114,11 @@ def _iou_with_others(coco_eval: COCOeval, dt_id: int, image_id: int, cat_id: int
     return float(np.max(mask_utils.iou(dts, gts, [0] * len(gts))))
 
 
-def _relaxed_ap(coco_eval: COCOeval, ignore: Dict[int, np.ndarray], k: int) -> Optional[float]:
-    """AP at IoU 0.1 of class index k after setting dtIgnore where ``ignore[entry index]`` is True."""
+def _relaxed_precision(coco_eval: COCOeval, ignore: Dict[int, np.ndarray]) -> np.ndarray:
+    """Accumulated precision [T, R, K, A, M] after setting dtIgnore where ``ignore[entry index]`` is True.
+
+    ``coco_eval.evalImgs`` is restored afterwards (the entries are copied, not changed).
+    """
     saved = coco_eval.evalImgs
     relaxed = list(saved)
     for index, extra in ignore.items():
@@ -127,7 +130,7 @@ def _relaxed_ap(coco_eval: COCOeval, ignore: Dict[int, np.ndarray], k: int) -> O
         coco_eval.accumulate()
     finally:
         coco_eval.evalImgs = saved
-    return _class_ap(coco_eval.eval["precision"], _T_RELAXED, k)
+    return coco_eval.eval["precision"].copy()
 
 
 def run_analysis_eval(coco_gt: COCO, results: List[Dict[str, object]], cat_ids: Sequence[int],
@@ -155,11 +158,12 @@ def analyse_errors(coco_eval: COCOeval, class_names: Mapping[int, str]) -> Dict[
     precision = coco_eval.eval["precision"].copy()
     num_images = len(coco_eval.params.imgIds)
     num_areas = len(coco_eval.params.areaRng)
+    # entry index -> detections to ignore; one dict for all classes (an entry belongs to one class)
+    confusion_ignore: Dict[int, np.ndarray] = {}
+    all_fp_ignore: Dict[int, np.ndarray] = {}
     out: Dict[str, ClassErrors] = {}
     for k, cat_id in enumerate(coco_eval.params.catIds):
         counts = dict(true_positive=0, localisation=0, confusion=0, background=0, missed=0)
-        confusion_ignore: Dict[int, np.ndarray] = {}
-        all_fp_ignore: Dict[int, np.ndarray] = {}
         num_gt = num_dets = 0
         start = k * num_areas * num_images + _AREA_ALL * num_images
         for index in range(start, start + num_images):
@@ -188,28 +192,29 @@ def analyse_errors(coco_eval: COCOeval, class_names: Mapping[int, str]) -> Dict[
                     counts["background"] += 1
             confusion_ignore[index] = confused
             all_fp_ignore[index] = ~matched_relaxed
-        errors = ClassErrors(name=class_names[cat_id], num_gt=num_gt, num_dets=num_dets, counts=counts)
-        pr50, pr75 = precision[_T_REFERENCE, :, k, _AREA_ALL, -1], precision[_T_STRICT, :, k, _AREA_ALL, -1]
-        errors.pr50 = [float(max(v, 0.0)) for v in pr50]
-        errors.pr75 = [float(max(v, 0.0)) for v in pr75]
-        if num_gt:
-            errors.ap50 = _class_ap(precision, _T_REFERENCE, k)
-            errors.ap75 = _class_ap(precision, _T_STRICT, k)
-            errors.ap_relaxed_iou = _class_ap(precision, _T_RELAXED, k)
-            with contextlib.redirect_stdout(io.StringIO()):
-                errors.ap_no_confusion = _relaxed_ap(coco_eval, confusion_ignore, k)
-                errors.ap_no_background = _relaxed_ap(coco_eval, all_fp_ignore, k)
-            errors.lost = {
-                "localisation": errors.ap_relaxed_iou - errors.ap50,
-                "confusion": errors.ap_no_confusion - errors.ap_relaxed_iou,
-                "background": errors.ap_no_background - errors.ap_no_confusion,
-                "missed": 1.0 - errors.ap_no_background,
-            }
-        else:
-            errors.lost = {kind: None for kind in ERROR_KINDS}
-        out[errors.name] = errors
+        out[class_names[cat_id]] = ClassErrors(name=class_names[cat_id], num_gt=num_gt, num_dets=num_dets,
+                                               counts=counts)
     with contextlib.redirect_stdout(io.StringIO()):
+        no_confusion = _relaxed_precision(coco_eval, confusion_ignore)
+        no_background = _relaxed_precision(coco_eval, all_fp_ignore)
         coco_eval.accumulate()  # leave coco_eval.eval as it was
+    for k, errors in enumerate(out.values()):
+        errors.pr50 = [float(max(v, 0.0)) for v in precision[_T_REFERENCE, :, k, _AREA_ALL, -1]]
+        errors.pr75 = [float(max(v, 0.0)) for v in precision[_T_STRICT, :, k, _AREA_ALL, -1]]
+        if not errors.num_gt:
+            errors.lost = {kind: None for kind in ERROR_KINDS}
+            continue
+        errors.ap50 = _class_ap(precision, _T_REFERENCE, k)
+        errors.ap75 = _class_ap(precision, _T_STRICT, k)
+        errors.ap_relaxed_iou = _class_ap(precision, _T_RELAXED, k)
+        errors.ap_no_confusion = _class_ap(no_confusion, _T_RELAXED, k)
+        errors.ap_no_background = _class_ap(no_background, _T_RELAXED, k)
+        errors.lost = {
+            "localisation": errors.ap_relaxed_iou - errors.ap50,
+            "confusion": errors.ap_no_confusion - errors.ap_relaxed_iou,
+            "background": errors.ap_no_background - errors.ap_no_confusion,
+            "missed": 1.0 - errors.ap_no_background,
+        }
     return out
 
 
