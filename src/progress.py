@@ -8,6 +8,7 @@ The per-step ``losses.csv`` is written either way (``src.network_define.LossCall
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
 import time
 from typing import Optional, TextIO, Tuple
@@ -18,6 +19,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 # Log lines per step when there is no bar and --log_every was not given.
 DEFAULT_LOG_EVERY = 1
+# Bar width when the terminal does not report its size.
+FALLBACK_COLUMNS, FALLBACK_ROWS = 100, 24
 
 
 def console_mode(log_every: Optional[int], steps_per_epoch: int, stream: TextIO = sys.stdout) -> Tuple[bool, int]:
@@ -62,8 +65,12 @@ class ProgressBarCallback(Callback):
         self._epoch = int(run_context.original_args().cur_epoch_num)
         if self._started is None:
             self._started = time.monotonic()
+        # a pseudo-terminal can report 0 columns (e.g. under `script`); tqdm would then draw nothing
+        dynamic = shutil.get_terminal_size((0, 0)).columns > 0
         self.bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self._epoch}/{self.total_epochs}", unit="step",
-                        file=self.stream, dynamic_ncols=True, leave=True)
+                        file=self.stream, dynamic_ncols=dynamic, ncols=None if dynamic else FALLBACK_COLUMNS,
+                        nrows=None if dynamic else FALLBACK_ROWS,
+                        leave=True)
 
     def on_train_step_end(self, run_context) -> None:
         if self.bar is None:
