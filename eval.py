@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device_target", default=None, choices=("CPU", "Ascend", "GPU"),
                         help="overrides the config's device_target")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    parser.add_argument("--report", default=None, metavar="DIR",
+                        help="also write DIR/report.html (AP table, PR curves, error breakdown, best-F1 score "
+                             "thresholds in DIR/report.json for predict.py --score_thr auto, gallery)")
     return parser
 
 
@@ -62,7 +65,7 @@ def _root_with_ann_file(root: str, split: str, instance_set: str, ann_file: str,
 
 
 def run_eval(config, ckpt: str, data_root: Optional[str], ann_file: Optional[str], out_dir: str,
-             progress: bool = True) -> dict:
+             progress: bool = True, report_dir: Optional[str] = None) -> dict:
     """Build the model, load ``ckpt``, evaluate the val split, write the results; returns the metrics."""
     from src.evaluation import build_eval_split, load_inference_checkpoint, run_inference
     from src.maskrcnn.mask_rcnn import build_model
@@ -80,6 +83,12 @@ def run_eval(config, ckpt: str, data_root: Optional[str], ann_file: Optional[str
         for predictions, image_ids, image_shapes in run_inference(net, dataset, progress=progress):
             evaluator.process(predictions, image_ids, image_shapes)
         metrics = evaluator.evaluate()
+        if report_dir:
+            from src.report import write_report
+
+            report_path = write_report(report_dir, evaluator, metrics, sub.image_dir,
+                                       info={"checkpoint": os.path.abspath(ckpt), "annotations": sub.ann_file})
+            print(f"report: {os.path.abspath(report_path)}")
 
     os.makedirs(out_dir, exist_ok=True)
     det_path = os.path.join(out_dir, f"detections_{config.val_data_type}.json")
@@ -110,6 +119,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from src.checkpoint import CheckpointError
     from src.dataset import DatasetError
     from src.evaluation import EvaluationError
+    from src.report import ReportError
 
     if not os.path.isfile(args.ckpt):
         logger.error("checkpoint file not found: %s", args.ckpt)
@@ -119,8 +129,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         ensure_writable_folder(out_dir, "out")
         set_mindspore_context(config.device_target, seed=config.seed)
-        run_eval(config, args.ckpt, args.data_path, args.ann_file, out_dir, progress=not args.no_progress)
-    except (CheckpointError, DatasetError, EvaluationError, FileNotFoundError, SetupError) as e:
+        run_eval(config, args.ckpt, args.data_path, args.ann_file, out_dir, progress=not args.no_progress,
+                 report_dir=args.report)
+    except (CheckpointError, DatasetError, EvaluationError, ReportError, FileNotFoundError, SetupError) as e:
         logger.error("%s", e)
         return EXIT_BAD_INPUT
     return EXIT_OK

@@ -1,6 +1,6 @@
 """Run a Mask R-CNN checkpoint on images or a video and draw the results.
 
-    python predict.py --ckpt PATH --input IMAGE|DIR|VIDEO --out DIR [--score_thr 0.5]
+    python predict.py --ckpt PATH --input IMAGE|DIR|VIDEO --out DIR [--score_thr 0.5|auto]
                       [--classes book,disc] [--config_path FILE] [--device_target CPU]
                       [--any_config_key VALUE ...]
 
@@ -13,6 +13,9 @@ For every image ``NAME.ext`` the output folder receives
   ``NAME_classmap_color.png`` its coloured version;
 * ``NAME.json``          the detections (box x1, y1, x2, y2 in original pixels, score, label,
   class name, RLE mask).
+
+``--score_thr auto`` takes each class's best-F1 threshold from the ``report.json`` of
+``eval.py --report DIR`` (``--report_json``, default ``<run_dir>/eval/report/report.json``).
 
 A video (.mp4, .avi, .mov, .mkv) becomes ``NAME_splash.mp4`` (colour splash of every frame,
 mp4v) plus ``NAME.json`` with the boxes of every frame.
@@ -41,6 +44,7 @@ VIDEO_FOURCC = "mp4v"
 # Frame rate written when the input video does not report one.
 DEFAULT_FPS = 25.0
 DEFAULT_SCORE_THR = 0.5
+AUTO_THRESHOLD = "auto"
 
 
 class PredictError(ValueError):
@@ -53,8 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpt", required=True, help="checkpoint of this model written by train.py")
     parser.add_argument("--input", required=True, help="an image, a folder of images, or a video")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--score_thr", type=float, default=DEFAULT_SCORE_THR,
-                        help=f"keep detections with at least this score (default {DEFAULT_SCORE_THR})")
+    parser.add_argument("--score_thr", default=str(DEFAULT_SCORE_THR),
+                        help=f"keep detections with at least this score (default {DEFAULT_SCORE_THR}); 'auto': "
+                             f"per class the best-F1 threshold of the validation split from --report_json")
+    parser.add_argument("--report_json", default=None,
+                        help="report.json of eval.py --report DIR for --score_thr auto "
+                             "(default <run_dir>/eval/report/report.json)")
     parser.add_argument("--classes", default="",
                         help="comma-separated class names to keep (default: all classes of the config)")
     parser.add_argument("--max_frames", type=int, default=0, help="video: stop after N frames (0 = all)")
@@ -119,16 +127,21 @@ class Predictor:
     Args:
         net: ``Mask_Rcnn_Resnet50`` with its weights loaded.
         config: the Config the network was built from.
-        score_thr: minimum score of a kept detection.
+        score_thr: minimum score of a kept detection, one number or {label: threshold}.
         labels: contiguous labels to keep.
     """
 
-    def __init__(self, net, config, score_thr: float, labels: Sequence[int]):
+    def __init__(self, net, config, score_thr, labels: Sequence[int]):
         self.net = net
         self.net.set_train(False)
         self.config = config
-        self.score_thr = float(score_thr)
+        self.score_thr = score_thr
         self.labels = np.asarray(sorted(labels), dtype=np.int32)
+        per_label = score_thr if isinstance(score_thr, dict) else {int(l): float(score_thr) for l in labels}
+        # threshold indexed by label; labels that are not kept get +inf
+        self.label_thr = np.full(len(config.coco_classes), np.inf, dtype=np.float32)
+        for label in self.labels:
+            self.label_thr[label] = per_label[int(label)]
 
     def __call__(self, image: np.ndarray):
         """Detections of an RGB [H, W, 3] uint8 image in its own pixels (src.evaluation.Detections)."""
@@ -143,7 +156,8 @@ class Predictor:
                                                  cfg.img_std, cfg.keep_ratio)
         outputs = self.net(ms.Tensor(net_input[None]), ms.Tensor(image_shape[None]))
         boxes, scores, labels, valid, masks = (o.asnumpy()[0] for o in outputs)
-        keep = valid.astype(bool) & (scores >= self.score_thr) & np.isin(labels, self.labels)
+        in_range = (labels >= 0) & (labels < len(self.label_thr))
+        keep = valid.astype(bool) & in_range & (scores >= self.label_thr[np.where(in_range, labels, 0)])
         return predictions_to_original(boxes[keep], scores[keep], labels[keep], np.ones(int(keep.sum()), bool),
                                        masks[keep], image_shape, height, width, cfg.mask_thr)
 
@@ -246,17 +260,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args, config = config_from_cli(parser, argv)
     if args.device_target:
         config = config.replace(device_target=args.device_target)
-    if not 0.0 <= args.score_thr <= 1.0:
-        parser.error(f"--score_thr must be between 0 and 1, got {args.score_thr}")
+    if args.score_thr != AUTO_THRESHOLD:
+        try:
+            args.score_thr = float(args.score_thr)
+        except ValueError:
+            parser.error(f"--score_thr must be a number between 0 and 1 or 'auto', got {args.score_thr!r}")
+        if not 0.0 <= args.score_thr <= 1.0:
+            parser.error(f"--score_thr must be between 0 and 1, got {args.score_thr}")
     from src.runtime import set_mindspore_context, setup_logging
 
     setup_logging()
     from src.checkpoint import CheckpointError
     from src.runtime import SetupError, ensure_writable_folder
+    from src.report import DEFAULT_REPORT_JSON, ReportError, load_score_thresholds
 
     try:
         labels = parse_classes(args.classes, config.coco_classes)
         inputs = list_inputs(args.input)
+        if args.score_thr == AUTO_THRESHOLD:
+            from src.config import resolve_path
+
+            report_json = args.report_json or os.path.join(resolve_path(config.run_dir), DEFAULT_REPORT_JSON)
+            args.score_thr = load_score_thresholds(report_json, config.coco_classes, DEFAULT_SCORE_THR)
+            logger.info("score thresholds from %s: %s", report_json, ", ".join(
+                f"{config.coco_classes[l]} {t:.3f}" for l, t in sorted(args.score_thr.items())))
         if not os.path.isfile(args.ckpt):
             raise PredictError(f"checkpoint file not found: {args.ckpt}")
         ensure_writable_folder(args.out, "out")
@@ -268,12 +295,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         load_inference_checkpoint(net, args.ckpt)
         predictor = Predictor(net, config, args.score_thr, labels)
         os.makedirs(args.out, exist_ok=True)
-        for path in inputs:
+        from tqdm import tqdm
+
+        for path in tqdm(inputs, desc="predict", unit="file", disable=None if len(inputs) > 1 else True):
             if path.lower().endswith(VIDEO_EXTENSIONS):
                 predict_video(predictor, path, args.out, config.coco_classes, args.max_frames)
             else:
                 predict_image(predictor, path, args.out, config.coco_classes)
-    except (PredictError, CheckpointError, SetupError) as e:
+    except (PredictError, CheckpointError, ReportError, SetupError) as e:
         logger.error("%s", e)
         return EXIT_BAD_INPUT
     return EXIT_OK

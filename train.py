@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", default="",
                         help="checkpoint written by this script (e.g. RUN_DIR/last.ckpt): restores the "
                              "weights, optimizer state and global step, and continues from there")
-    parser.add_argument("--log_every", type=int, default=1, help="print the losses every N steps")
+    parser.add_argument("--log_every", type=int, default=None,
+                        help="print the losses every N steps instead of a progress bar (default: a bar with "
+                             "steps/s and ETA on a terminal, a line every step otherwise)")
     return parser
 
 
@@ -62,7 +64,7 @@ def _optimizer_groups(net, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def train(config, pre_trained: str = "", resume: str = "", log_every: int = 1) -> int:
+def train(config, pre_trained: str = "", resume: str = "", log_every: Optional[int] = None) -> int:
     """Run the fine-tuning described by ``config``; returns the process exit code."""
     import mindspore as ms
     from mindspore import Tensor, nn
@@ -124,9 +126,15 @@ def train(config, pre_trained: str = "", resume: str = "", log_every: int = 1) -
     if resume:
         # The interrupted run may have logged steps after the checkpoint; they are run again.
         drop_rows_after_step(os.path.join(ckpt_dir, "losses.csv"), start_step)
+    from src.progress import ProgressBarCallback, console_mode, redirect_logging
+
+    show_bar, log_every = console_mode(log_every, steps_per_epoch)
+    show_bar = show_bar and rank == 0
     loss_cb = LossCallBack(os.path.join(ckpt_dir, "losses.csv"), steps_per_epoch, config.epoch_size,
                            log_every=log_every, lr_schedule=lr, step_offset=start_step)
     callbacks = [loss_cb]
+    if show_bar:
+        callbacks.append(ProgressBarCallback(steps_per_epoch, config.epoch_size, loss_cb))
     if rank == 0:
         callbacks.append(CheckpointCallback(save_checkpoint_atomic, ckpt_dir, "maskrcnn",
                                             config.save_checkpoint_epochs, config.keep_checkpoint_max, loss_cb,
@@ -139,8 +147,9 @@ def train(config, pre_trained: str = "", resume: str = "", log_every: int = 1) -
     model = Model(train_cell)
     sink = config.device_target == "Ascend"
     started = time.time()
-    model.train(config.epoch_size, dataset, callbacks=callbacks, dataset_sink_mode=sink,
-                initial_epoch=start_epoch)
+    with redirect_logging(show_bar):
+        model.train(config.epoch_size, dataset, callbacks=callbacks, dataset_sink_mode=sink,
+                    initial_epoch=start_epoch)
     logger.info("training took %.1f s", time.time() - started)
     if loss_cb.error is not None:
         logger.error("training stopped: %s", loss_cb.error)

@@ -17,27 +17,29 @@ echo "[1/5] generating the synthetic COCO-format set in $DATA"
 
 echo "[2/5] fine-tuning from random initialisation (config $CONFIG, run directory $RUN)"
 rm -rf "$RUN"
-"$PY" train.py --config_path "$CONFIG" --coco_root "$DATA" --run_dir "$RUN" --log_every 10 "$@"
+"$PY" train.py --config_path "$CONFIG" --coco_root "$DATA" --run_dir "$RUN" "$@"
 
-echo "[3/5] evaluating $RUN/last.ckpt on the validation split"
-"$PY" eval.py --config_path "$CONFIG" --coco_root "$DATA" --ckpt "$RUN/last.ckpt" --out "$RUN/eval" "$@"
+echo "[3/5] evaluating $RUN/last.ckpt on the validation split (report page in $RUN/eval/report)"
+"$PY" eval.py --config_path "$CONFIG" --coco_root "$DATA" --ckpt "$RUN/last.ckpt" --out "$RUN/eval" \
+  --report "$RUN/eval/report" "$@"
 
-echo "[4/5] drawing masks, colour splash and cut-outs for 4 validation images"
+echo "[4/5] drawing masks, colour splash and cut-outs for 4 validation images (per-class best-F1 thresholds)"
 mkdir -p "$RUN/samples"
 ls "$DATA/val2017"/*.jpg | head -n 4 | xargs -I{} cp {} "$RUN/samples/"
 "$PY" predict.py --config_path "$CONFIG" --ckpt "$RUN/last.ckpt" --input "$RUN/samples" --out "$RUN/pictures" \
-  --score_thr 0.5
+  --score_thr auto --report_json "$RUN/eval/report/report.json"
 
 echo "[5/5] loss curve"
 "$PY" -m src.loss_curve "$RUN/losses.csv" "$RUN/loss_curve.png"
 
 END=$(date +%s)
 "$PY" - "$RUN" "$((END - START))" <<'PYEOF'
-import json, sys
+import json, os, sys
 run, seconds = sys.argv[1], int(sys.argv[2])
 metrics = json.load(open(f"{run}/eval/metrics.json"))
 print(f"quick start done in {seconds // 60} min {seconds % 60} s")
 print(f"segm AP50 = {metrics['segm']['AP50']:.3f}  segm AP = {metrics['segm']['AP']:.3f}  "
       f"bbox AP50 = {metrics['bbox']['AP50']:.3f}")
 print(f"pictures: {run}/pictures  loss curve: {run}/loss_curve.png  metrics: {run}/eval/metrics.json")
+print(f"report: {os.path.abspath(run)}/eval/report/report.html (open it in a browser)")
 PYEOF

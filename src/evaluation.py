@@ -36,6 +36,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from src.batch import MASK_OUT_SIZE, PREDICTION_NAMES
+from src.coco_summary import COCO_MAX_DETS, max_dets_setting
+from src.coco_summary import summarize as summarize_coco_stats
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,8 @@ PADDING_IMAGE_ID = -1
 _RESIZED_H, _RESIZED_W, _SCALE_H, _SCALE_W = range(4)
 # Digits kept for box coordinates and scores in the results JSON.
 _JSON_DECIMALS = 3
+# Detections per image scored by COCOeval unless the config says otherwise (test_max_per_img).
+DEFAULT_MAX_DETS = COCO_MAX_DETS[-1]
 
 
 class EvaluationError(ValueError):
@@ -328,7 +332,7 @@ def _results_coco(coco_gt: COCO, results: List[Dict[str, object]], iou_type: str
 
 
 def _per_class_ap(coco_eval: COCOeval) -> Dict[int, Optional[float]]:
-    """AP@[.5:.95] per category id (area all, max 100 dets); None for a class without GT."""
+    """AP@[.5:.95] per category id (area all, largest maxDets); None for a class without GT."""
     precision = coco_eval.eval["precision"]  # [T, R, K, A, M]
     per_class = {}
     for k, cat_id in enumerate(coco_eval.params.catIds):
@@ -338,8 +342,34 @@ def _per_class_ap(coco_eval: COCOeval) -> Dict[int, Optional[float]]:
     return per_class
 
 
+def run_cocoeval(coco_gt: COCO, results: List[Dict[str, object]], cat_ids: Sequence[int],
+                 image_ids: Sequence[int], iou_type: str, max_dets: int = DEFAULT_MAX_DETS,
+                 iou_thrs: Optional[Sequence[float]] = None) -> COCOeval:
+    """An evaluated and accumulated ``COCOeval`` (see :func:`coco_evaluate` for the arguments).
+
+    ``max_dets`` detections per image are scored (maxDets [1, 10, max_dets]); ``iou_thrs``
+    replaces COCO's IoU thresholds .50:.05:.95 when given (the error analysis uses 0.1).
+    """
+    if iou_type not in IOU_TYPES:
+        raise EvaluationError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
+    coco_dt = _results_coco(coco_gt, results, iou_type)
+    coco_eval = COCOeval(coco_gt, coco_dt, iou_type)
+    coco_eval.params.catIds = sorted(int(c) for c in cat_ids)
+    coco_eval.params.imgIds = sorted(int(i) for i in image_ids)
+    try:
+        coco_eval.params.maxDets = max_dets_setting(max_dets)
+    except ValueError as e:
+        raise EvaluationError(f"test_max_per_img: {e}") from e
+    if iou_thrs is not None:
+        coco_eval.params.iouThrs = np.asarray(iou_thrs, dtype=np.float64)
+    _quiet(coco_eval.evaluate)
+    _quiet(coco_eval.accumulate)
+    return coco_eval
+
+
 def coco_evaluate(coco_gt: COCO, results: List[Dict[str, object]], cat_ids: Sequence[int],
-                  image_ids: Sequence[int], iou_type: str) -> Tuple[Dict[str, object], str]:
+                  image_ids: Sequence[int], iou_type: str,
+                  max_dets: int = DEFAULT_MAX_DETS) -> Tuple[Dict[str, object], str]:
     """Run COCOeval on ``results`` for one IoU type.
 
     Args:
@@ -348,25 +378,17 @@ def coco_evaluate(coco_gt: COCO, results: List[Dict[str, object]], cat_ids: Sequ
         cat_ids: category ids to evaluate (the configured classes).
         image_ids: image ids to evaluate.
         iou_type: "bbox" or "segm".
+        max_dets: detections per image that are scored (``config.test_max_per_img``); the
+            AP entries and AR100/ARs/ARm/ARl use this many (COCO's own summary uses 100).
 
     Returns:
         (metrics, summary): metrics has the 12 COCO stats by name (AP, AP50, ..., ARl; -1 where
         COCO has no ground truth for the area range) and ``per_class`` {cat_id: AP or None};
-        summary is the 12-line text COCOeval.summarize prints.
+        summary is the 12-line text in COCOeval.summarize's format.
     """
-    if iou_type not in IOU_TYPES:
-        raise EvaluationError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
-    coco_dt = _results_coco(coco_gt, results, iou_type)
-    coco_eval = COCOeval(coco_gt, coco_dt, iou_type)
-    coco_eval.params.catIds = sorted(int(c) for c in cat_ids)
-    coco_eval.params.imgIds = sorted(int(i) for i in image_ids)
-    _quiet(coco_eval.evaluate)
-    _quiet(coco_eval.accumulate)
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        coco_eval.summarize()
-    summary = "\n".join(line for line in buffer.getvalue().splitlines() if line.startswith(" Average"))
-    metrics: Dict[str, object] = {name: float(v) for name, v in zip(COCO_STAT_NAMES, coco_eval.stats)}
+    coco_eval = run_cocoeval(coco_gt, results, cat_ids, image_ids, iou_type, max_dets)
+    stats, summary = summarize_coco_stats(coco_eval)
+    metrics: Dict[str, object] = {name: float(v) for name, v in zip(COCO_STAT_NAMES, stats)}
     metrics["per_class"] = _per_class_ap(coco_eval)
     return metrics, summary
 
@@ -401,11 +423,14 @@ class COCOEvaluator:
         mask_thr: threshold of the pasted mask probabilities (``config.mask_thr``).
         label_to_cat_id: optional explicit label -> category id map (defaults to the
             ``cat_ids`` order).
+        max_dets: detections per image COCOeval scores (``config.test_max_per_img``).
     """
 
     def __init__(self, coco_gt: COCO, cat_ids: Sequence[int], image_ids: Sequence[int],
-                 mask_thr: float = 0.5, label_to_cat_id: Optional[Mapping[int, int]] = None):
+                 mask_thr: float = 0.5, label_to_cat_id: Optional[Mapping[int, int]] = None,
+                 max_dets: int = DEFAULT_MAX_DETS):
         self.coco_gt = coco_gt
+        self.max_dets = int(max_dets)
         self.cat_ids = [int(c) for c in cat_ids]
         unknown = [c for c in self.cat_ids if c not in coco_gt.cats]
         if unknown:
@@ -489,12 +514,14 @@ class COCOEvaluator:
             logger.warning("no detections at all: every AP is 0")
         metrics: Dict[str, object] = {}
         for iou_type in IOU_TYPES:
-            stats, summary = coco_evaluate(self.coco_gt, self.results, self.cat_ids, self.image_ids, iou_type)
+            stats, summary = coco_evaluate(self.coco_gt, self.results, self.cat_ids, self.image_ids, iou_type,
+                                           self.max_dets)
             stats["per_class"] = {self.class_names[c]: ap for c, ap in stats["per_class"].items()}
             metrics[iou_type] = stats
             logger.info("COCO %s metrics:\n%s", iou_type, summary)
         metrics["num_images"] = len(self.image_ids)
         metrics["num_detections"] = len(self.results)
+        metrics["max_dets"] = self.max_dets
         logger.info("per-class AP:\n%s", format_per_class_table(metrics, self.class_names))
         return metrics
 
@@ -609,7 +636,8 @@ def build_eval_split(config, data_root: Optional[str] = None, batch_size: Option
     root = data_root if data_root is not None else config.coco_root
     sub = COCOSubDataset(root, is_training=False, config=config)
     cat_ids = [sub.label_to_cat_id[label] for label in sorted(sub.label_to_cat_id)]
-    evaluator = COCOEvaluator(sub.coco, cat_ids, sub.image_ids, config.mask_thr, sub.label_to_cat_id)
+    evaluator = COCOEvaluator(sub.coco, cat_ids, sub.image_ids, config.mask_thr, sub.label_to_cat_id,
+                              max_dets=config.test_max_per_img)
     dataset = create_new_dataset(root, batch_size or config.batch_size, is_training=False,
                                  num_parallel_workers=num_parallel_workers or config.num_parallel_workers,
                                  config=config)
@@ -619,13 +647,16 @@ def build_eval_split(config, data_root: Optional[str] = None, batch_size: Option
 # File in the checkpoint folder collecting one JSON line of metrics per evaluation in training.
 EVAL_HISTORY_FILE = "eval_metrics.jsonl"
 BEST_CKPT_NAME = "best.ckpt"
+# Folder in the checkpoint folder with the report page of the best checkpoint (src/report.py).
+BEST_REPORT_DIR = "best_report"
 
 
 class EvalCallback(Callback):
     """Evaluate on the val split every ``interval`` epochs during training; keep the best model.
 
     Appends ``{"epoch", "bbox_AP", "segm_AP", ...}`` to ``ckpt_dir/eval_metrics.jsonl`` and saves
-    ``ckpt_dir/best.ckpt`` (with ``save_fn(net, path)``) whenever segm AP improves.
+    ``ckpt_dir/best.ckpt`` (with ``save_fn(net, path)``) whenever segm AP improves, together with
+    the report page of that evaluation in ``ckpt_dir/best_report/report.html``.
 
     Args:
         net: the ``Mask_Rcnn_Resnet50`` being trained (switched to inference for the evaluation
@@ -657,7 +688,7 @@ class EvalCallback(Callback):
             return
         if self._split is None:
             self._split = build_eval_split(self.config, num_parallel_workers=1)
-        dataset, evaluator, _ = self._split
+        dataset, evaluator, sub = self._split
         try:
             metrics = evaluate_model(self.net, dataset, evaluator, progress=False)
         finally:
@@ -674,3 +705,8 @@ class EvalCallback(Callback):
             path = os.path.join(self.ckpt_dir, BEST_CKPT_NAME)
             self.save_fn(self.net, path)
             logger.info("new best segm AP %.4f: saved %s", self.best_segm_ap, path)
+            from src.report import write_report
+
+            report = write_report(os.path.join(self.ckpt_dir, BEST_REPORT_DIR), evaluator, metrics, sub.image_dir,
+                                  info={"checkpoint": path, "epoch": epoch})
+            logger.info("report of the best checkpoint: %s", report)

@@ -106,7 +106,7 @@ def eval_out(tiny, eval_gt):
 
     out = tiny["root"] / "eval_out"
     rc = eval_cli.main(["--ckpt", tiny["ckpt"], "--config_path", tiny["config_path"], "--out", str(out),
-                        "--ann_file", str(eval_gt), "--no_progress"])
+                        "--ann_file", str(eval_gt), "--no_progress", "--report", str(out / "report")])
     assert rc == 0
     return out
 
@@ -173,6 +173,20 @@ def test_eval_cli_writes_metrics_and_coco_results(tiny, eval_gt, eval_out):
         per_image[res["image_id"]] = per_image.get(res["image_id"], 0) + 1
     assert set(per_image) == set(images)
     assert max(per_image.values()) <= MAX_PER_IMG
+
+
+def test_eval_cli_report_shows_the_numbers_of_metrics_json(tiny, eval_out):
+    """eval.py --report: report.json's AP table is metrics.json's, with a threshold entry per class."""
+    metrics = json.loads((eval_out / "metrics.json").read_text())
+    report = json.loads((eval_out / "report" / "report.json").read_text())
+    assert (eval_out / "report" / "report.html").is_file()
+    assert report["max_dets"] == MAX_PER_IMG == metrics["max_dets"]
+    for iou_type in ("bbox", "segm"):
+        for key in ("AP", "AP50", "AP75"):
+            assert report["ap_table"][iou_type]["all"][key] == metrics[iou_type][key]
+        for name, ap in metrics[iou_type]["per_class"].items():
+            assert report["ap_table"][iou_type][name]["AP"] == pytest.approx(ap, abs=1e-12)
+    assert set(report["score_thresholds"]) == {"book", "disc", "triangle"}
 
 
 def test_eval_and_predict_agree_on_the_same_images(tiny, eval_out, predict_out):
