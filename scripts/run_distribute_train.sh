@@ -38,8 +38,8 @@ if [ "$status" -ne 0 ]; then
     [ -f "$log" ] || continue
     if grep -qE "Traceback|ERROR train|Error:" "$log"; then
       rank="${log##*worker_}"; rank="${rank%.log}"
-      echo "rank $rank failed; last lines of $log:" >&2
-      tail -n 15 "$log" >&2
+      echo "rank $rank failed; last lines of $log (MindSpore INFO/WARNING lines left out):" >&2
+      grep -vE '^\[(INFO|WARNING|DEBUG)\]|^[[:space:]]*$' "$log" | tail -n 20 >&2
     fi
   done
 fi

@@ -174,3 +174,19 @@ def test_ranks_saw_different_images_and_the_step_is_the_averaged_gradient(start,
     rel = np.linalg.norm(observed - expected) / np.linalg.norm(expected)
     assert rel < 1e-3, f"relative difference {rel:.2e} between the step and -lr * mean gradient"
     np.testing.assert_allclose(observed, expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
+
+
+def test_a_failing_rank_ends_the_job_with_its_message(start, tmp_path):
+    """One corrupt image: the rank whose shard holds it fails; msrun stops the other (no hang)."""
+    import shutil
+
+    root, data_dir, _, init_ckpt = start
+    broken = tmp_path / "data"
+    shutil.copytree(data_dir, broken)
+    victim = sorted((broken / "train2017").iterdir())[0]
+    victim.write_bytes(b"not a jpeg")
+    result = _launch(broken, tmp_path / "run", init_ckpt, timeout=400)
+    assert result.returncode != 0
+    failed = re.findall(r"rank (\d) failed; last lines of \S+worker_(\d)\.log", result.stderr)
+    assert len(failed) == 1 and failed[0][0] == failed[0][1], result.stderr[-3000:]
+    assert f"{victim}: corrupt or unreadable image" in result.stderr
