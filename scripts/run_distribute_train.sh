@@ -5,7 +5,8 @@
 # RUN_DIR/msrun_logs/worker_<rank>.log. When a rank fails, msrun stops the others and this script
 # prints the last lines of the failing rank's log.
 # Usage: bash scripts/run_distribute_train.sh DEVICE_NUM [CONFIG_PATH] [PRETRAINED_CKPT] [--key value ...]
-# Environment: MS_MASTER_PORT (scheduler port, default: a free one), MSRUN_CLUSTER_TIMEOUT (s, default 300).
+# Environment: MS_MASTER_PORT (scheduler port, default: a free one), MSRUN_CLUSTER_TIMEOUT (s, default 300),
+# RANK_TABLE_FILE (Ascend: an HCCL rank table, e.g. hccl_8p.json, passed to msrun --rank_table_file).
 set -euo pipefail
 if [ $# -lt 1 ] || ! [[ "$1" =~ ^[0-9]+$ ]]; then
   echo "Usage: bash $0 DEVICE_NUM [CONFIG_PATH] [PRETRAINED_CKPT] [--key value ...]" >&2; exit 2
@@ -28,6 +29,7 @@ PORT="${MS_MASTER_PORT:-$(python -m src.distributed free-port)}"
 set +e
 msrun --worker_num="$DEVICE_NUM" --local_worker_num="$DEVICE_NUM" --master_port="$PORT" \
   --cluster_time_out="${MSRUN_CLUSTER_TIMEOUT:-300}" --log_dir="$LOG_DIR" --join=True \
+  ${RANK_TABLE_FILE:+--rank_table_file="$RANK_TABLE_FILE"} \
   train.py "${TRAIN_ARGS[@]}" "$@"
 status=$?
 set -e
