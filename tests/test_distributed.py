@@ -15,6 +15,7 @@ import csv
 import os
 import re
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -55,6 +56,33 @@ def _launch(data_dir, run_dir, init_ckpt, timeout=600):
     return subprocess.run(["bash", "scripts/run_distribute_train.sh", str(RANKS), "FineTune/default.yaml",
                            str(init_ckpt), *_overrides(data_dir, run_dir)],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_learning_rate_rule_for_the_global_batch():
+    from src.distributed import scaled_base_lr
+
+    assert scaled_base_lr(0.01, 8, "linear") == pytest.approx(0.08)
+    assert scaled_base_lr(0.01, 8, "none") == 0.01
+    assert scaled_base_lr(0.01, 1, "linear") == 0.01
+    with pytest.raises(ValueError, match="lr_scaling must be one of"):
+        scaled_base_lr(0.01, 2, "sqrt")
+
+
+def test_bad_lr_scaling_and_compute_dtype_keys_are_named():
+    from src.config import ConfigError
+
+    with pytest.raises(ConfigError, match="key 'lr_scaling' = 'sqrt' must be 'linear' or 'none'"):
+        load_config(None, {"lr_scaling": "sqrt"})
+    with pytest.raises(ConfigError, match="key 'compute_dtype' = 'bf16'"):
+        load_config(None, {"compute_dtype": "bf16"})
+
+
+def test_launcher_reads_the_run_directory_of_config_and_overrides(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "src.distributed", "run-dir", "--config_path",
+                             "FineTune/default.yaml", "--run_dir", str(tmp_path / "r")],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(tmp_path / "r")
 
 
 def _worker_log(run_dir, rank):
