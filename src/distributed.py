@@ -36,6 +36,9 @@ WRITER_RANK = 0
 # Prefix of the log line with each rank's parameter digest (tests and users compare the ranks).
 DIGEST_LOG_PREFIX = "parameter digest"
 
+# MS_ROLE values msrun gives its scheduler and worker processes.
+MSRUN_ROLES = ("MS_SCHED", "MS_WORKER")
+
 _group: Optional[Tuple[int, int]] = None
 
 
@@ -59,7 +62,10 @@ def init_data_parallel() -> Tuple[int, int]:
     global _group
     if _group is not None:
         return _group
-    if requested_world_size() <= 1:
+    # msrun runs this script in its scheduler process too (MS_ROLE=MS_SCHED): init() makes that
+    # process serve the cluster instead of training, so it must be called even for one worker.
+    launched_by_msrun = os.environ.get("MS_ROLE") in MSRUN_ROLES
+    if requested_world_size() <= 1 and not launched_by_msrun:
         _group = (0, 1)
         return _group
     import mindspore as ms
@@ -67,8 +73,9 @@ def init_data_parallel() -> Tuple[int, int]:
 
     init()
     rank, size = get_rank(), get_group_size()
-    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
-                                 device_num=size)
+    if size > 1:
+        ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
+                                     device_num=size)
     _group = (rank, size)
     return _group
 
