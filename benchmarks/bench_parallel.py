@@ -41,6 +41,9 @@ def run(workers: int, size: int, images: int, epochs: int) -> dict:
         with open(os.path.join(run_dir, "losses.csv"), newline="") as handle:
             rows = list(csv.DictReader(handle))
     steps_per_epoch = len(rows) // epochs
+    if steps_per_epoch != images // workers:
+        # e.g. a second process writing the same losses.csv
+        sys.exit(f"{workers} workers: losses.csv has {len(rows)} rows, expected {epochs * (images // workers)}")
     steady = [float(r["step_seconds"]) for i, r in enumerate(rows) if i % steps_per_epoch != 0]
     step = statistics.median(steady)
     return {"benchmark": "data_parallel_train", "workers": workers, "img_size": size, "batch_per_rank": 1,
