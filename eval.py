@@ -1,6 +1,6 @@
 """Evaluate a Mask R-CNN checkpoint on the val split: COCO bbox + segm mAP and per-class AP.
 
-    python eval.py --ckpt PATH [--config_path FineTune/default.yaml] [--data_path ROOT]
+    python eval.py --ckpt PATH|--mindir FILE [--config_path FineTune/default.yaml] [--data_path ROOT]
                    [--ann_file FILE] [--out DIR] [--device_target CPU|Ascend|GPU]
                    [--any_config_key VALUE ...]
 

@@ -1,6 +1,6 @@
 """Run a Mask R-CNN checkpoint on images or a video and draw the results.
 
-    python predict.py --ckpt PATH --input IMAGE|DIR|VIDEO --out DIR [--score_thr 0.5]
+    python predict.py --ckpt PATH|--mindir FILE --input IMAGE|DIR|VIDEO --out DIR [--score_thr 0.5]
                       [--classes book,disc] [--config_path FILE] [--device_target CPU]
                       [--any_config_key VALUE ...]
 
