@@ -1,6 +1,6 @@
 """Evaluate a Mask R-CNN checkpoint on the val split: COCO bbox + segm mAP and per-class AP.
 
-    python eval.py --ckpt PATH [--config_path FineTune/default.yaml] [--data_path ROOT]
+    python eval.py --ckpt PATH|--mindir FILE [--config_path FineTune/default.yaml] [--data_path ROOT]
                    [--ann_file FILE] [--out DIR] [--device_target CPU|Ascend|GPU]
                    [--any_config_key VALUE ...]
 
@@ -31,7 +31,9 @@ DEFAULT_OUT_SUBDIR = "eval"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
-    parser.add_argument("--ckpt", required=True, help="checkpoint of this model written by train.py")
+    weights = parser.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--ckpt", help="checkpoint of this model written by train.py")
+    weights.add_argument("--mindir", help="graph written by export.py (batch 1, the config's input size)")
     parser.add_argument("--data_path", default=None,
                         help="COCO-format root with <val split>/ and annotations/ (default: coco_root)")
     parser.add_argument("--ann_file", default=None,
@@ -65,19 +67,28 @@ def _root_with_ann_file(root: str, split: str, instance_set: str, ann_file: str,
 
 
 def run_eval(config, ckpt: str, data_root: Optional[str], ann_file: Optional[str], out_dir: str,
-             progress: bool = True, report_dir: Optional[str] = None) -> dict:
-    """Build the model, load ``ckpt``, evaluate the val split, write the results; returns the metrics."""
+             progress: bool = True, report_dir: Optional[str] = None, mindir: Optional[str] = None) -> dict:
+    """Build the model, load ``ckpt`` (or run the exported ``mindir``, batch 1), evaluate the val
+    split, write the results (and the report page in ``report_dir``); returns the metrics."""
     from src.evaluation import build_eval_split, load_inference_checkpoint, run_inference
     from src.maskrcnn.mask_rcnn import build_model
 
-    net = build_model(config)
-    report = load_inference_checkpoint(net, ckpt)
-    logger.info("loaded %s: %d parameters", ckpt, len(report.loaded))
+    eval_batch = None
+    if mindir:
+        from export import load_exported
+
+        net = load_exported(mindir)
+        eval_batch = 1  # the exported graph's static batch (export.py --export_batch default)
+        ckpt = mindir
+    else:
+        net = build_model(config)
+        report = load_inference_checkpoint(net, ckpt)
+        logger.info("loaded %s: %d parameters", ckpt, len(report.loaded))
     root = resolve_path(data_root if data_root is not None else config.coco_root)
     with tempfile.TemporaryDirectory(prefix="eval_root_") as workdir:
         if ann_file:
             root = _root_with_ann_file(root, config.val_data_type, config.instance_set, ann_file, workdir)
-        dataset, evaluator, sub = build_eval_split(config, data_root=root)
+        dataset, evaluator, sub = build_eval_split(config, data_root=root, batch_size=eval_batch)
         logger.info("evaluating %d images of %s (%s)", len(sub), sub.image_dir, sub.ann_file)
         evaluator.reset()
         for predictions, image_ids, image_shapes in run_inference(net, dataset, progress=progress):
@@ -120,9 +131,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from src.dataset import DatasetError
     from src.evaluation import EvaluationError
     from src.report import ReportError
+    from export import ExportError
 
-    if not os.path.isfile(args.ckpt):
-        logger.error("checkpoint file not found: %s", args.ckpt)
+    weights = args.mindir or args.ckpt
+    if not os.path.isfile(weights):
+        logger.error("%s file not found: %s", "MindIR" if args.mindir else "checkpoint", weights)
         return EXIT_BAD_INPUT
     from src.runtime import SetupError, ensure_writable_folder
 
@@ -130,8 +143,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ensure_writable_folder(out_dir, "out")
         set_mindspore_context(config.device_target, seed=config.seed)
         run_eval(config, args.ckpt, args.data_path, args.ann_file, out_dir, progress=not args.no_progress,
-                 report_dir=args.report)
-    except (CheckpointError, DatasetError, EvaluationError, ReportError, FileNotFoundError, SetupError) as e:
+                 report_dir=args.report, mindir=args.mindir)
+    except (CheckpointError, DatasetError, EvaluationError, ReportError, ExportError, FileNotFoundError,
+            SetupError) as e:
         logger.error("%s", e)
         return EXIT_BAD_INPUT
     return EXIT_OK

@@ -1,6 +1,6 @@
 """Run a Mask R-CNN checkpoint on images or a video and draw the results.
 
-    python predict.py --ckpt PATH --input IMAGE|DIR|VIDEO --out DIR [--score_thr 0.5|auto]
+    python predict.py --ckpt PATH|--mindir FILE --input IMAGE|DIR|VIDEO --out DIR [--score_thr 0.5|auto]
                       [--classes book,disc] [--config_path FILE] [--device_target CPU]
                       [--any_config_key VALUE ...]
 
@@ -54,7 +54,9 @@ class PredictError(ValueError):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
-    parser.add_argument("--ckpt", required=True, help="checkpoint of this model written by train.py")
+    weights = parser.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--ckpt", help="checkpoint of this model written by train.py")
+    weights.add_argument("--mindir", help="graph written by export.py (batch 1, the config's input size)")
     parser.add_argument("--input", required=True, help="an image, a folder of images, or a video")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--score_thr", default=str(DEFAULT_SCORE_THR),
@@ -270,6 +272,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from src.runtime import set_mindspore_context, setup_logging
 
     setup_logging()
+    from export import ExportError
     from src.checkpoint import CheckpointError
     from src.runtime import SetupError, ensure_writable_folder
     from src.report import DEFAULT_REPORT_JSON, ReportError, load_score_thresholds
@@ -284,15 +287,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.score_thr = load_score_thresholds(report_json, config.coco_classes, DEFAULT_SCORE_THR)
             logger.info("score thresholds from %s: %s", report_json, ", ".join(
                 f"{config.coco_classes[l]} {t:.3f}" for l, t in sorted(args.score_thr.items())))
-        if not os.path.isfile(args.ckpt):
-            raise PredictError(f"checkpoint file not found: {args.ckpt}")
+        weights = args.mindir or args.ckpt
+        if not os.path.isfile(weights):
+            raise PredictError(f"{'MindIR' if args.mindir else 'checkpoint'} file not found: {weights}")
         ensure_writable_folder(args.out, "out")
         set_mindspore_context(config.device_target, seed=config.seed)
-        from src.evaluation import load_inference_checkpoint
-        from src.maskrcnn.mask_rcnn import build_model
+        if args.mindir:
+            from export import load_exported
 
-        net = build_model(config)
-        load_inference_checkpoint(net, args.ckpt)
+            net = load_exported(args.mindir)
+        else:
+            from src.evaluation import load_inference_checkpoint
+            from src.maskrcnn.mask_rcnn import build_model
+
+            net = build_model(config)
+            load_inference_checkpoint(net, args.ckpt)
         predictor = Predictor(net, config, args.score_thr, labels)
         os.makedirs(args.out, exist_ok=True)
         from tqdm import tqdm
@@ -302,7 +311,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 predict_video(predictor, path, args.out, config.coco_classes, args.max_frames)
             else:
                 predict_image(predictor, path, args.out, config.coco_classes)
-    except (PredictError, CheckpointError, ReportError, SetupError) as e:
+    except (PredictError, CheckpointError, ReportError, ExportError, SetupError) as e:
         logger.error("%s", e)
         return EXIT_BAD_INPUT
     return EXIT_OK

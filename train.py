@@ -43,19 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _init_distributed():
-    """Data parallelism when launched by msrun/mpirun (several ranks); returns (rank, group size)."""
-    import mindspore as ms
-    from mindspore.communication import get_group_size, get_rank, init
-
-    if int(os.environ.get("MS_WORKER_NUM", os.environ.get("RANK_SIZE", "1"))) <= 1:
-        return 0, 1
-    init()
-    rank, size = get_rank(), get_group_size()
-    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=size)
-    return rank, size
-
-
 def _optimizer_groups(net, weight_decay: float):
     """Weight decay on conv/dense weights only, not on biases and norm parameters."""
     trainable = net.trainable_params()
@@ -77,12 +64,17 @@ def train(config, pre_trained: str = "", resume: str = "", log_every: Optional[i
     from src.maskrcnn.mask_rcnn import build_model
     from src.network_define import CheckpointCallback, LossCallBack, LossNet, TrainOneStepCell, WithLossCell
 
-    rank, group_size = _init_distributed()
+    from src.distributed import init_data_parallel, is_writer, log_parameter_digest, scaled_base_lr
+
+    rank, group_size = init_data_parallel()
+    # Data parallel: rank 0 alone writes the run directory (see src/distributed.py).
+    writer = is_writer(rank)
     run_dir = resolve_path(config.run_dir)
-    ckpt_dir = run_dir if group_size == 1 else os.path.join(run_dir, f"rank_{rank}")
-    os.makedirs(ckpt_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as handle:
-        yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
+    ckpt_dir = run_dir
+    if writer:
+        os.makedirs(ckpt_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as handle:
+            yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
 
     image_dir, _ = config.split_paths(config.train_data_type)
     dataset = create_new_dataset(resolve_path(config.coco_root), config.batch_size, is_training=True,
@@ -98,7 +90,11 @@ def train(config, pre_trained: str = "", resume: str = "", log_every: Optional[i
         report = load_pretrained(net, pre_trained)
         logger.info("pre-trained weights: %s", report)
 
-    lr = build_lr_schedule(config, steps_per_epoch)
+    lr_base = scaled_base_lr(config.base_lr, group_size, config.lr_scaling)
+    if group_size > 1:
+        logger.info("rank %d of %d: global batch %d, base_lr %g (lr_scaling=%s)", rank, group_size,
+                    group_size * config.batch_size, lr_base, config.lr_scaling)
+    lr = build_lr_schedule(config.replace(base_lr=lr_base), steps_per_epoch)
     optimizer = nn.Momentum(_optimizer_groups(net, config.weight_decay), learning_rate=Tensor(lr),
                             momentum=config.momentum)
     net_with_loss = WithLossCell(net, LossNet())
@@ -123,19 +119,19 @@ def train(config, pre_trained: str = "", resume: str = "", log_every: Optional[i
             logger.info("nothing to do: the checkpoint is already at epoch %d of %d", start_epoch, config.epoch_size)
             return EXIT_OK
 
-    if resume:
+    if resume and writer:
         # The interrupted run may have logged steps after the checkpoint; they are run again.
         drop_rows_after_step(os.path.join(ckpt_dir, "losses.csv"), start_step)
     from src.progress import ProgressBarCallback, console_mode, redirect_logging
 
     show_bar, log_every = console_mode(log_every, steps_per_epoch)
-    show_bar = show_bar and rank == 0
-    loss_cb = LossCallBack(os.path.join(ckpt_dir, "losses.csv"), steps_per_epoch, config.epoch_size,
-                           log_every=log_every, lr_schedule=lr, step_offset=start_step)
+    show_bar = show_bar and writer
+    loss_cb = LossCallBack(os.path.join(ckpt_dir, "losses.csv") if writer else None, steps_per_epoch,
+                           config.epoch_size, log_every=log_every, lr_schedule=lr, step_offset=start_step)
     callbacks = [loss_cb]
     if show_bar:
         callbacks.append(ProgressBarCallback(steps_per_epoch, config.epoch_size, loss_cb))
-    if rank == 0:
+    if writer:
         callbacks.append(CheckpointCallback(save_checkpoint_atomic, ckpt_dir, "maskrcnn",
                                             config.save_checkpoint_epochs, config.keep_checkpoint_max, loss_cb,
                                             step_offset=start_step))
@@ -145,12 +141,13 @@ def train(config, pre_trained: str = "", resume: str = "", log_every: Optional[i
             callbacks.append(EvalCallback(net, config, ckpt_dir, config.eval_interval, save_checkpoint_atomic))
 
     model = Model(train_cell)
-    sink = config.device_target == "Ascend"
     started = time.time()
     with redirect_logging(show_bar):
-        model.train(config.epoch_size, dataset, callbacks=callbacks, dataset_sink_mode=sink,
+        model.train(config.epoch_size, dataset, callbacks=callbacks, dataset_sink_mode=config.dataset_sink_mode,
                     initial_epoch=start_epoch)
     logger.info("training took %.1f s", time.time() - started)
+    if group_size > 1:
+        log_parameter_digest(train_cell, rank, group_size)
     if loss_cb.error is not None:
         logger.error("training stopped: %s", loss_cb.error)
         return EXIT_TRAINING_STOPPED
@@ -160,6 +157,7 @@ def train(config, pre_trained: str = "", resume: str = "", log_every: Optional[i
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args, config = config_from_cli(parser, argv)
+    from src.distributed import init_data_parallel, is_writer
     from src.runtime import set_mindspore_context, setup_logging
 
     from src.checkpoint import CheckpointError
@@ -169,8 +167,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging()  # stderr only until the run folder is known to be writable
     try:
         ensure_writable_folder(resolve_path(config.run_dir), "run_dir")
-        setup_logging(os.path.join(resolve_path(config.run_dir), "train.log"))
         set_mindspore_context(config.device_target, seed=config.seed)
+        rank, _ = init_data_parallel()
+        # Other ranks log to the console only (msrun keeps it in msrun_logs/worker_<rank>.log).
+        if is_writer(rank):
+            setup_logging(os.path.join(resolve_path(config.run_dir), "train.log"))
         return train(config, pre_trained=args.pre_trained, resume=args.resume, log_every=args.log_every)
     except (ConfigError, CheckpointError, DatasetError, SetupError) as e:
         logger.error("%s", e)

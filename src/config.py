@@ -142,6 +142,11 @@ class Config:
     #   empty masks, boxes far from their mask, unknown image/category ids) are errors instead
     #   of being dropped/repaired and counted in one warning per split
 
+    # ---- devices, parallelism, precision (src/distributed.py, src/precision.py) -------------
+    lr_scaling: str = "linear"  # data parallel over N ranks: "linear" = N * base_lr, "none" = base_lr
+    dataset_sink_mode: bool = False  # feed batches through the device queue (Ascend: true)
+    compute_dtype: str = "auto"  # backbone/FPN/heads: "float16", "float32", "auto" (float16 on Ascend)
+
     # ---- derived values --------------------------------------------------------------------
     @property
     def num_classes(self) -> int:
@@ -164,8 +169,10 @@ class Config:
 
     @property
     def compute_float16(self) -> bool:
-        """float16 compute on Ascend, float32 elsewhere."""
-        return self.device_target == "Ascend"
+        """float16 compute of backbone/FPN/heads (``compute_dtype``; "auto" = on Ascend only)."""
+        if self.compute_dtype == "auto":
+            return self.device_target == "Ascend"
+        return self.compute_dtype == "float16"
 
     def split_paths(self, split: str) -> Tuple[str, str]:
         """(image folder, annotation file) of ``split`` under ``coco_root``."""
@@ -269,6 +276,10 @@ def _validate(cfg: Config, source: str) -> None:
         raise bad("loss_scale", "must be positive")
     if cfg.warmup_steps < 0 or cfg.eval_interval < 0:
         raise bad("warmup_steps" if cfg.warmup_steps < 0 else "eval_interval", "must not be negative")
+    if cfg.lr_scaling not in ("linear", "none"):
+        raise bad("lr_scaling", "must be 'linear' or 'none'")
+    if cfg.compute_dtype not in ("auto", "float16", "float32"):
+        raise bad("compute_dtype", "must be 'auto', 'float16' or 'float32'")
     if "{}" not in cfg.instance_set:
         raise bad("instance_set", "must contain '{}' where the split name goes")
     if cfg.scale_jitter_range and cfg.scale_jitter_list:

@@ -138,10 +138,11 @@ class LossCallBack(Callback):
     A non-finite total loss stops training: the error is kept in ``self.error`` (the weights
     were not updated on that step and the last checkpoint on disk is the last good one).
     ``step_offset`` is the global step a resumed run starts from (``Model.train`` counts steps
-    from 0 again even with ``initial_epoch``).
+    from 0 again even with ``initial_epoch``). ``csv_path`` None writes no CSV (data-parallel
+    ranks other than 0).
     """
 
-    def __init__(self, csv_path: str, steps_per_epoch: int, total_epochs: int, log_every: int = 1,
+    def __init__(self, csv_path: Optional[str], steps_per_epoch: int, total_epochs: int, log_every: int = 1,
                  lr_schedule: Optional[np.ndarray] = None, step_offset: int = 0):
         super().__init__()
         self.step_offset = step_offset
@@ -153,6 +154,9 @@ class LossCallBack(Callback):
         self.error: Optional[NonFiniteLossError] = None
         self.history: List[dict] = []
         self._step_start = 0.0
+        self._csv = self._writer = None
+        if csv_path is None:
+            return
         new_file = not os.path.exists(csv_path)
         self._csv = open(csv_path, "a", newline="", encoding="utf-8")
         self._writer = csv.writer(self._csv)
@@ -172,8 +176,9 @@ class LossCallBack(Callback):
         epoch = int(params.cur_epoch_num)
         seconds = time.time() - self._step_start
         lr = float(self.lr_schedule[min(step - 1, len(self.lr_schedule) - 1)]) if self.lr_schedule is not None else float("nan")
-        self._writer.writerow([epoch, step, *[f"{v:.6f}" for v in values], f"{lr:.6g}", scale, f"{seconds:.3f}"])
-        self._csv.flush()
+        if self._writer is not None:
+            self._writer.writerow([epoch, step, *[f"{v:.6f}" for v in values], f"{lr:.6g}", scale, f"{seconds:.3f}"])
+            self._csv.flush()
         record = dict(zip(("total",) + LOSS_NAMES, values), step=step, epoch=epoch, seconds=seconds)
         self.history.append(record)
         if not math.isfinite(values[0]):
@@ -192,7 +197,8 @@ class LossCallBack(Callback):
                         step, total_steps, values[0], parts, lr, seconds)
 
     def on_train_end(self, run_context):
-        self._csv.close()
+        if self._csv is not None:
+            self._csv.close()
 
 
 class CheckpointCallback(Callback):

@@ -58,9 +58,11 @@ class Mask_Rcnn_Resnet50(nn.Cell):  # pylint: disable=invalid-name  (the name us
         pretrained_backbone: True when a pretrained ResNet50 will be loaded: frozen BatchNorm
             (moving statistics, not trained) and the stem + ``config.frozen_backbone_stages``
             stages frozen. False (random init): trainable BatchNorm with batch statistics.
+        roi_align_kernel: ``MultiLevelRoIAlign`` kernel ("sparse", "native"; None = by device);
+            ``src.precision.roi_align_kernel`` decides it (export needs "native").
     """
 
-    def __init__(self, config, pretrained_backbone: bool = False):
+    def __init__(self, config, pretrained_backbone: bool = False, roi_align_kernel=None):
         super().__init__()
         num_classes = config.num_classes
         channels = config.fpn_channels
@@ -110,9 +112,9 @@ class Mask_Rcnn_Resnet50(nn.Cell):  # pylint: disable=invalid-name  (the name us
                                         config.rcnn_pos_iou_thr, config.rcnn_neg_iou_thr, stds,
                                         seed=config.seed + 1)
         self.box_roi_align = MultiLevelRoIAlign(config.roi_box_size, config.roi_sampling_ratio,
-                                                FEATURE_STRIDES)
+                                                FEATURE_STRIDES, kernel=roi_align_kernel)
         self.mask_roi_align = MultiLevelRoIAlign(config.roi_mask_size, config.roi_sampling_ratio,
-                                                 FEATURE_STRIDES)
+                                                 FEATURE_STRIDES, kernel=roi_align_kernel)
 
         # Inference: candidates over (RoI, class) pairs before NMS.
         num_pairs = config.rpn_post_nms_top_k_test * (num_classes - 1)
@@ -285,6 +287,12 @@ class Mask_Rcnn_Resnet50(nn.Cell):  # pylint: disable=invalid-name  (the name us
         return top_boxes, top_scores, top_labels
 
 
-def build_model(config, pretrained_backbone: bool = False) -> Mask_Rcnn_Resnet50:
-    """The Mask R-CNN of ``config`` (see :class:`Mask_Rcnn_Resnet50`)."""
-    return Mask_Rcnn_Resnet50(config, pretrained_backbone=pretrained_backbone)
+def build_model(config, pretrained_backbone: bool = False, for_export: bool = False) -> Mask_Rcnn_Resnet50:
+    """The Mask R-CNN of ``config`` (see :class:`Mask_Rcnn_Resnet50`).
+
+    ``for_export``: only graph-exportable kernels (see ``src.precision.roi_align_kernel``).
+    """
+    from src.precision import roi_align_kernel
+
+    return Mask_Rcnn_Resnet50(config, pretrained_backbone=pretrained_backbone,
+                              roi_align_kernel=roi_align_kernel(config, for_export))

@@ -38,6 +38,8 @@ CANONICAL_BOX_SIZE = 224.0
 CANONICAL_LEVEL = 4
 MIN_LEVEL = 2
 MAX_LEVEL = 5
+# "sparse": SciPy pyfunc op (CPU training speed); "native": ops.ROIAlign (exportable).
+ROI_ALIGN_KERNELS = ("sparse", "native")
 # Keeps log2 finite for empty (padding) RoIs; they land on the finest level.
 _EPS = 1e-6
 
@@ -188,6 +190,9 @@ class MultiLevelRoIAlign(nn.Cell):
         out_size: output side (7 for the box head, 14 for the mask head).
         sampling_ratio: bilinear samples per output cell and axis (2).
         strides: strides of the given feature levels, finest first (4, 8, 16, 32 = P2..P5).
+        kernel: ``"sparse"`` (the SciPy ``pyfunc`` op, fast on the CPU, cannot go into an
+            exported MindIR), ``"native"`` (``ops.ROIAlign``, any device, exportable), or None
+            (sparse on the CPU backend, native elsewhere, read from the context).
 
     Inputs:
         features: tuple of ``[B, C, H_l, W_l]`` maps, one per stride (P6 must not be passed).
@@ -197,7 +202,7 @@ class MultiLevelRoIAlign(nn.Cell):
         ``[B*R, C, out_size, out_size]``, RoI ``r`` of image ``b`` at row ``b*R + r``.
     """
 
-    def __init__(self, out_size, sampling_ratio, strides=(4, 8, 16, 32)):
+    def __init__(self, out_size, sampling_ratio, strides=(4, 8, 16, 32), kernel=None):
         super().__init__()
         if int(out_size) <= 0 or int(sampling_ratio) <= 0:
             raise ValueError(f"MultiLevelRoIAlign: out_size and sampling_ratio must be positive, "
@@ -213,7 +218,12 @@ class MultiLevelRoIAlign(nn.Cell):
         self.first_level = int(round(math.log2(strides[0])))
         self.last_level = self.first_level + len(strides) - 1
         # Canvas coordinates are feature cells (scale 1); roi_end_mode=1, see the module notes.
-        if ms.get_context("device_target") == "CPU":
+        if kernel is None:
+            kernel = "sparse" if ms.get_context("device_target") == "CPU" else "native"
+        if kernel not in ROI_ALIGN_KERNELS:
+            raise ValueError(f"MultiLevelRoIAlign: kernel must be one of {ROI_ALIGN_KERNELS}, got {kernel!r}")
+        self.kernel = kernel
+        if kernel == "sparse":
             self.pool = _sparse_roi_align_op(self.out_size, int(sampling_ratio))
         else:
             self.pool = ops.ROIAlign(self.out_size, self.out_size, 1.0, int(sampling_ratio), 1)
