@@ -13,6 +13,15 @@ masking would cost 4x), and the gradient reaches only the RoI's own level. RoIs 
 their level's feature extent (``[0, W_l * stride]``), which keeps every sample inside its block;
 the replicate border reproduces RoIAlign's clamping at the map edge exactly.
 
+Conventions (``src/maskrcnn/numerics.py``): ``alignment="aligned"`` is the above;
+``alignment="legacy"`` maps ``x`` to ``x / stride`` (no half-pixel shift) and widens every RoI to
+at least one feature cell, which is what MindSpore's ``ROIAlign(roi_end_mode=0)`` (model zoo) and
+torchvision's ``roi_align(aligned=False)`` compute. ``level_rule`` selects the level formula
+(:func:`roi_levels`). Known difference in the legacy mode: a RoI narrower than one cell that lies
+within one cell of the far (right/bottom) edge of its level samples beyond the map, where the
+native op reads zeros and the canvas reads the next block's border; only boxes thinner than one
+stride at the padded input's edge are affected.
+
 MindSpore op notes (2.7.2, CPU): ``ops.ROIAlign``'s gradient kernel always uses the
 ``roi_end_mode=1`` convention (end + 1 cell) even when the forward uses ``roi_end_mode=0`` -- the
 gradient then does not match the forward. This module therefore uses ``roi_end_mode=1`` and passes
@@ -33,6 +42,8 @@ import numpy as np
 import scipy.sparse
 from mindspore import nn, ops
 
+from src.maskrcnn.numerics import ROI_ALIGN_MODES, ROI_LEVEL_RULES, check_choice
+
 # Canonical box size and level of the FPN paper's level-assignment rule.
 CANONICAL_BOX_SIZE = 224.0
 CANONICAL_LEVEL = 4
@@ -40,21 +51,36 @@ MIN_LEVEL = 2
 MAX_LEVEL = 5
 # Keeps log2 finite for empty (padding) RoIs; they land on the finest level.
 _EPS = 1e-6
+# The model zoo's rule is written with its finest scale (level 2 below 2 * 56 = 112 pixels).
+ZOO_FINEST_SCALE = 56.0
+# torchvision adds its epsilon to the level, not inside the log; empty RoIs get this size.
+_TINY_SIZE = 1e-12
 
 
-def roi_levels(rois, min_level=MIN_LEVEL, max_level=MAX_LEVEL):
+def roi_levels(rois, min_level=MIN_LEVEL, max_level=MAX_LEVEL, rule="sqrt_area"):
     """FPN level of each RoI.
 
     Args:
         rois: ``[..., 4]`` boxes in input pixels.
+        min_level, max_level: clamp of the level.
+        rule: ``"sqrt_area"``: ``floor(4 + log2(sqrt(w h) / 224 + 1e-6))`` (native);
+            ``"sqrt_area_plus_one"``: ``2 + floor(log2(sqrt(w + 1) sqrt(h + 1) / 56 + 1e-6))``
+            (model zoo); ``"torchvision"``: ``floor(4 + log2(sqrt(w h) / 224) + 1e-6)``.
 
     Returns:
         ``[...]`` int32 levels in ``[min_level, max_level]``.
     """
     width = ops.relu(rois[..., 2] - rois[..., 0])
     height = ops.relu(rois[..., 3] - rois[..., 1])
-    size = ops.sqrt(width * height + _EPS)
-    level = ops.floor(CANONICAL_LEVEL + ops.log(size / CANONICAL_BOX_SIZE + _EPS) / math.log(2.0))
+    if rule == "sqrt_area_plus_one":
+        size = ops.sqrt(width + 1.0) * ops.sqrt(height + 1.0)
+        level = MIN_LEVEL + ops.floor(ops.log(size / ZOO_FINEST_SCALE + _EPS) / math.log(2.0))
+    elif rule == "torchvision":
+        size = ops.maximum(ops.sqrt(width * height), _TINY_SIZE)
+        level = ops.floor(CANONICAL_LEVEL + ops.log(size / CANONICAL_BOX_SIZE) / math.log(2.0) + _EPS)
+    else:
+        size = ops.sqrt(width * height + _EPS)
+        level = ops.floor(CANONICAL_LEVEL + ops.log(size / CANONICAL_BOX_SIZE + _EPS) / math.log(2.0))
     return ops.clamp(level, float(min_level), float(max_level)).astype(ms.int32)
 
 
@@ -188,6 +214,10 @@ class MultiLevelRoIAlign(nn.Cell):
         out_size: output side (7 for the box head, 14 for the mask head).
         sampling_ratio: bilinear samples per output cell and axis (2).
         strides: strides of the given feature levels, finest first (4, 8, 16, 32 = P2..P5).
+        alignment: ``"aligned"`` (half-pixel shift, no minimum size) or ``"legacy"`` (no shift,
+            RoIs at least one cell); see the module notes.
+        level_rule: ``"sqrt_area"``, ``"sqrt_area_plus_one"`` or ``"torchvision"``
+            (:func:`roi_levels`).
 
     Inputs:
         features: tuple of ``[B, C, H_l, W_l]`` maps, one per stride (P6 must not be passed).
@@ -197,8 +227,13 @@ class MultiLevelRoIAlign(nn.Cell):
         ``[B*R, C, out_size, out_size]``, RoI ``r`` of image ``b`` at row ``b*R + r``.
     """
 
-    def __init__(self, out_size, sampling_ratio, strides=(4, 8, 16, 32)):
+    def __init__(self, out_size, sampling_ratio, strides=(4, 8, 16, 32), alignment="aligned",
+                 level_rule="sqrt_area"):
         super().__init__()
+        self.alignment = check_choice("MultiLevelRoIAlign", "alignment", alignment, ROI_ALIGN_MODES)
+        self.level_rule = check_choice("MultiLevelRoIAlign", "level_rule", level_rule, ROI_LEVEL_RULES)
+        # Feature position of box coordinate 0 relative to cell 0's centre, in cells.
+        self.sample_shift = 0.5 if alignment == "aligned" else 0.0
         if int(out_size) <= 0 or int(sampling_ratio) <= 0:
             raise ValueError(f"MultiLevelRoIAlign: out_size and sampling_ratio must be positive, "
                              f"got {out_size!r} and {sampling_ratio!r}")
@@ -233,7 +268,8 @@ class MultiLevelRoIAlign(nn.Cell):
             canvas = left
 
         boxes = ops.stop_gradient(rois.astype(ms.float32)).reshape(batch * num_rois, 4)
-        levels = roi_levels(boxes, self.first_level, self.last_level) - self.first_level  # [B*R]
+        levels = roi_levels(boxes, self.first_level, self.last_level,
+                            self.level_rule) - self.first_level  # [B*R]
         inv_stride = ops.zeros_like(boxes[:, 0])
         row0 = ops.zeros_like(inv_stride)
         col0 = ops.zeros_like(inv_stride)
@@ -242,9 +278,9 @@ class MultiLevelRoIAlign(nn.Cell):
         for i in range(len(self.strides)):
             on = (levels == i).astype(ms.float32)
             inv_stride = inv_stride + on / self.strides[i]
-            # Aligned sampling (-0.5) inside the block whose cell (0, 0) is at offset + 1.
-            row0 = row0 + on * (offsets[i][0] + 0.5)
-            col0 = col0 + on * (offsets[i][1] + 0.5)
+            # Inside the block whose cell (0, 0) is at offset + 1, minus the aligned shift.
+            row0 = row0 + on * (offsets[i][0] + 1.0 - self.sample_shift)
+            col0 = col0 + on * (offsets[i][1] + 1.0 - self.sample_shift)
             extent_h = extent_h + on * (shapes[i][0] * self.strides[i])
             extent_w = extent_w + on * (shapes[i][1] * self.strides[i])
         x1 = ops.clamp(boxes[:, 0], 0.0, None)
@@ -254,7 +290,15 @@ class MultiLevelRoIAlign(nn.Cell):
         x1 = ops.minimum(x1, extent_w)
         y1 = ops.minimum(y1, extent_h)
         image_index = ops.broadcast_to(ops.arange(batch).astype(ms.float32).reshape(batch, 1), (batch, num_rois))
+        start_x = x1 * inv_stride
+        start_y = y1 * inv_stride
+        end_x = x2 * inv_stride
+        end_y = y2 * inv_stride
+        if self.alignment == "legacy":
+            end_x = ops.maximum(end_x, start_x + 1.0)
+            end_y = ops.maximum(end_y, start_y + 1.0)
+        # roi_end_mode=1 adds one cell to the end: pass end - 1.
         canvas_rois = ops.stack((image_index.reshape(-1),
-                                 x1 * inv_stride + col0, y1 * inv_stride + row0,
-                                 x2 * inv_stride + col0 - 1.0, y2 * inv_stride + row0 - 1.0), axis=1)
+                                 start_x + col0, start_y + row0,
+                                 end_x + col0 - 1.0, end_y + row0 - 1.0), axis=1)
         return self.pool(canvas, canvas_rois.astype(dtype))
