@@ -59,6 +59,23 @@ def _norm(channels: int, norm: str, zero_gamma: bool = False) -> nn.BatchNorm2d:
                           gamma_init="zeros" if zero_gamma else "ones")
 
 
+def stem_max_pool(stem_pool: str = "same") -> nn.MaxPool2d:
+    """The stem's 3x3 stride-2 max-pool.
+
+    Args:
+        stem_pool: ``"same"``: TF-style padding (on an even size 0 before, 1 after; window i covers
+            rows 2i..2i+2); ``"symmetric"``: padding 1 on every side (window i covers rows
+            2i-1..2i+1), as torchvision's ``MaxPool2d(3, 2, padding=1)``.
+
+    Returns:
+        ``nn.MaxPool2d`` mapping ``[B, C, H, W]`` to ``[B, C, ceil(H/2), ceil(W/2)]`` (even H, W).
+    """
+    check_choice("ResNet50", "stem_pool", stem_pool, STEM_POOL_MODES)
+    if stem_pool == "symmetric":
+        return nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="pad", padding=1)
+    return nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="same")
+
+
 class Bottleneck(nn.Cell):
     """1x1 reduce -> 3x3 (carries the stride) -> 1x1 expand, plus identity/projection shortcut.
 
@@ -126,10 +143,7 @@ class ResNet50(nn.Cell):
         self.conv1 = _conv(3, STEM_CHANNELS, 7, stride=2)
         self.bn1 = _norm(STEM_CHANNELS, norm)
         self.relu = nn.ReLU()
-        if stem_pool == "symmetric":
-            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="pad", padding=1)
-        else:
-            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="same")
+        self.maxpool = stem_max_pool(stem_pool)
         in_channels = STEM_CHANNELS
         stages = []
         for out_channels, blocks, stride in zip(STAGE_OUT_CHANNELS, STAGE_BLOCKS, STAGE_STRIDES):

@@ -74,10 +74,13 @@ def roi_levels(rois, min_level=MIN_LEVEL, max_level=MAX_LEVEL, rule="sqrt_area")
     height = ops.relu(rois[..., 3] - rois[..., 1])
     if rule == "sqrt_area_plus_one":
         size = ops.sqrt(width + 1.0) * ops.sqrt(height + 1.0)
-        level = MIN_LEVEL + ops.floor(ops.log(size / ZOO_FINEST_SCALE + _EPS) / math.log(2.0))
+        # log(x) / log(2) with both logs in float32, as the zoo computes it: at a threshold
+        # (e.g. 448 px) a float64 log(2) would give 2.9999993 instead of 3.
+        log_two = ops.log(ops.full_like(size, 2.0))
+        level = MIN_LEVEL + ops.floor(ops.log(size / ZOO_FINEST_SCALE + _EPS) / log_two)
     elif rule == "torchvision":
         size = ops.maximum(ops.sqrt(width * height), _TINY_SIZE)
-        level = ops.floor(CANONICAL_LEVEL + ops.log(size / CANONICAL_BOX_SIZE) / math.log(2.0) + _EPS)
+        level = ops.floor(CANONICAL_LEVEL + ops.log2(size / CANONICAL_BOX_SIZE) + _EPS)
     else:
         size = ops.sqrt(width * height + _EPS)
         level = ops.floor(CANONICAL_LEVEL + ops.log(size / CANONICAL_BOX_SIZE + _EPS) / math.log(2.0))
