@@ -109,7 +109,9 @@ def test_stem_pool_windows(preset):
 # ---- RoI level rule ------------------------------------------------------------------------
 
 # (width, height) of boxes just below/at the thresholds of each rule.
-LEVEL_BOXES = [(111.9, 112.0), (112.0, 112.0), (111.0, 111.0), (110.0, 111.0), (223.0, 223.0),
+# 111.99985 is 1.3e-6 (relative) below 112: torchvision's epsilon (added to the level) does not lift it to P3,
+# an epsilon inside the log (native) does.
+LEVEL_BOXES = [(111.99985, 111.99985), (111.9, 112.0), (112.0, 112.0), (111.0, 111.0), (110.0, 111.0), (223.0, 223.0),
                (224.0, 224.0), (447.0, 447.0), (448.0, 448.0), (1000.0, 900.0), (0.0, 0.0),
                (3.0, 2.0)]
 
@@ -134,7 +136,8 @@ def test_roi_levels_at_thresholds(preset):
     expected = [_np_level(w, h, rule) for w, h in LEVEL_BOXES]
     np.testing.assert_array_equal(got, expected)
     # Spot values: a 112-pixel square is on P3 under every rule, a 111-pixel one only with +1.
-    assert got[1] == 3 and got[2] == (3 if rule == "sqrt_area_plus_one" else 2)
+    assert got[2] == 3 and got[3] == (3 if rule == "sqrt_area_plus_one" else 2)
+    assert got[0] == (2 if rule == "torchvision" else 3)
 
 
 # ---- anchors -------------------------------------------------------------------------------
