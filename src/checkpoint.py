@@ -45,6 +45,10 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn
 
+from src.maskrcnn.numerics import NATIVE as NATIVE_NUMERICS
+from src.maskrcnn.numerics import TORCHVISION as TORCHVISION_NUMERICS
+from src.maskrcnn.numerics import ZOO as ZOO_NUMERICS
+
 logger = logging.getLogger(__name__)
 
 CKPT_SUFFIX = ".ckpt"
@@ -63,16 +67,17 @@ CONVERT_MODES = {"resnet50": KIND_ZOO_RESNET50, "maskrcnn": KIND_ZOO_MASKRCNN,
 # Kinds that hold a whole Mask R-CNN (heads included) once converted.
 FULL_MODEL_SOURCES = (KIND_ZOO_MASKRCNN, KIND_TV_MASKRCNN)
 
-# Numerics preset (config key ``numerics``) under which each source's weights compute what they
-# computed at home. For ImageNet backbones only the stem and the input normalisation matter
-# (the heads are trained anew), but the same preset is the faithful choice.
+# Numerics preset (config key ``numerics``, src/maskrcnn/numerics.py) under which each source's
+# weights compute what they computed at home. For ImageNet backbones only the stem pooling and
+# the input normalisation matter (the heads are trained anew): the zoo ResNet50's stem is the
+# native one, torchvision's pools with symmetric padding.
 NUMERICS_KEY = "numerics"  # string stored in converted checkpoints (mindspore append_dict)
 CONVERTED_FROM_KEY = "converted_from"  # string stored beside it: the source kind
 NUMERICS_FOR_SOURCE = {
-    KIND_ZOO_RESNET50: "zoo",
-    KIND_ZOO_MASKRCNN: "zoo",
-    KIND_TV_RESNET50: "torchvision",
-    KIND_TV_MASKRCNN: "torchvision",
+    KIND_ZOO_RESNET50: NATIVE_NUMERICS.name,
+    KIND_ZOO_MASKRCNN: ZOO_NUMERICS.name,
+    KIND_TV_RESNET50: TORCHVISION_NUMERICS.name,
+    KIND_TV_MASKRCNN: TORCHVISION_NUMERICS.name,
 }
 
 BACKBONE_PREFIX = "backbone."
@@ -836,8 +841,8 @@ def load_pretrained(net: nn.Cell, ckpt_path: str, numerics: Optional[str] = None
     Args:
         net: the network; its parameter names are this project's names.
         ckpt_path: checkpoint file.
-        numerics: the network's numerics preset (config key ``numerics``); default: the
-            network's ``numerics`` attribute, if any.
+        numerics: name of the network's numerics preset (config key ``numerics``); default:
+            the name of the network's ``numerics`` attribute (a ``Numerics``), if any.
 
     Returns:
         LoadReport (also logged).
@@ -865,7 +870,9 @@ def load_pretrained(net: nn.Cell, ckpt_path: str, numerics: Optional[str] = None
                            ", ".join(report.conversion.unexpected))
     else:
         report.dropped = [n for n in raw if is_training_state(n)]
-    _warn_numerics_mismatch(report, numerics if numerics is not None else getattr(net, NUMERICS_KEY, None))
+    if numerics is None:  # Mask_Rcnn_Resnet50 keeps its preset (a Numerics) as .numerics
+        numerics = getattr(getattr(net, NUMERICS_KEY, None), "name", None)
+    _warn_numerics_mismatch(report, numerics)
 
     model_params = {p.name: p for p in net.get_parameters()}
     arrays = _file_to_model_names(arrays, report.kind, model_params)

@@ -29,7 +29,12 @@ REFERENCE_FILE = os.path.join(DATA_DIR, "torchvision_parity_reference.npz")
 
 # The model and input of the check (configured identically on both sides).
 NUM_CLASSES = 5  # background + 4: a torchvision model fine-tuned on four classes
-IMAGE_HEIGHT, IMAGE_WIDTH = 128, 160
+# Both sides multiples of 64: torchvision shifts the anchors of each level by
+# input_size // feature_size per axis, which is the level's stride only then (P6 at width 160
+# would be shifted by 53, see ANCHOR_QUIRK_SIZE).
+IMAGE_HEIGHT, IMAGE_WIDTH = 128, 192
+# An input size that is a multiple of 32 but not of 64: only the anchors are compared there.
+ANCHOR_QUIRK_SIZE = (128, 160)
 RPN_PRE_NMS_TOP_N = 200  # per level
 RPN_POST_NMS_TOP_N = 100
 RPN_NMS_THRESH = 0.7
@@ -57,7 +62,7 @@ CLASS_LAYERS = {
 # Stages summarised by projections, in pipeline order (the index seeds the projections).
 SUMMARY_STAGES = ("image", "c2", "c3", "c4", "c5", "p2", "p3", "p4", "p5", "p6", "anchors",
                   "rpn_objectness", "rpn_deltas", "box_roi_features", "mask_roi_features",
-                  "mask_logits", "detection_masks")
+                  "mask_logits", "detection_masks", "anchors_quirk_size")
 # Small outputs stored whole.
 FULL_STAGES = ("proposals", "proposal_scores", "box_cls_logits", "box_deltas", "detection_boxes",
                "detection_scores", "detection_labels")
@@ -157,20 +162,20 @@ def parity_image(seed: int = IMAGE_SEED) -> np.ndarray:
 def fixed_rois(seed: int = ROI_SEED) -> np.ndarray:
     """RoIs [R, 4] float32 (x1, y1, x2, y2 in input pixels) for the box and mask heads.
 
-    Random boxes inside the image (RoI levels 2-3) and four large boxes reaching outside it
-    (levels 4-5, and samples beyond the feature maps); every side length stays > 1% away from
-    the level thresholds 112 / 224 / 448 so float32 noise cannot change a level.
+    All inside the image, as every RoI of the pipeline is (proposals and detections are clipped
+    to it): random boxes of RoI levels 2 and 3 (each side length > 1% away from the level
+    threshold 112), the whole image, and a box narrower than one P2 cell (RoIAlign then widens it
+    to one cell) away from the far edges.
     """
     rng = np.random.default_rng(seed)
     boxes = []
     while len(boxes) < NUM_RANDOM_ROIS:
-        x1, x2 = np.sort(rng.uniform(-4, IMAGE_WIDTH + 4, 2))
-        y1, y2 = np.sort(rng.uniform(-4, IMAGE_HEIGHT + 4, 2))
+        x1, x2 = np.sort(rng.uniform(0, IMAGE_WIDTH, 2))
+        y1, y2 = np.sort(rng.uniform(0, IMAGE_HEIGHT, 2))
         side = np.sqrt((x2 - x1) * (y2 - y1))
-        if side > 4 and all(abs(side - t) > 0.01 * t for t in (112.0, 224.0, 448.0)):
+        if side > 4 and abs(side - 112.0) > 1.12:
             boxes.append((x1, y1, x2, y2))
-    boxes += [(-30.5, -20.25, 170.75, 150.5), (-60.0, -40.0, 200.0, 220.0),
-              (-150.0, -150.0, 310.0, 280.0), (-200.0, -220.0, 400.0, 380.0)]
+    boxes += [(0.0, 0.0, float(IMAGE_WIDTH), float(IMAGE_HEIGHT)), (20.3, 30.6, 22.9, 32.1)]
     return np.asarray(boxes, np.float32)
 
 

@@ -97,6 +97,12 @@ def run_stages(model, image: np.ndarray, rois: np.ndarray):
     out["mask_roi_features"] = mask_features
     out["mask_logits"] = heads.mask_predictor(heads.mask_head(mask_features))
 
+    # The anchors at an input size that is not a multiple of 64 (only the feature sizes matter).
+    quirk_h, quirk_w = common.ANCHOR_QUIRK_SIZE
+    quirk_images = ImageList(torch.zeros(1, 3, quirk_h, quirk_w), [common.ANCHOR_QUIRK_SIZE])
+    quirk_features = [torch.zeros(1, 1, -(-quirk_h // s), -(-quirk_w // s)) for s in (4, 8, 16, 32, 64)]
+    out["anchors_quirk_size"] = rpn.anchor_generator(quirk_images, quirk_features)[0]
+
     detections, _ = heads(features, boxes, image_sizes)
     det = detections[0]
     out["detection_boxes"], out["detection_scores"] = det["boxes"], det["scores"]
