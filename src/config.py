@@ -99,6 +99,9 @@ class Config:
     rcnn_pos_fraction: float = 0.25
     rcnn_pos_iou_thr: float = 0.5
     rcnn_neg_iou_thr: float = 0.5
+    # Stage-2 sampling: negatives also take the positive slots left unused (torchvision and
+    # detectron2 do); False leaves them empty.
+    rcnn_fill_with_negatives: bool = False
     box_target_stds: List[float] = field(default_factory=lambda: [0.1, 0.1, 0.2, 0.2])
     roi_box_size: int = 7  # RoIAlign output for the box head
     roi_mask_size: int = 14  # RoIAlign output for the mask head

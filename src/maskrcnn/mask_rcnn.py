@@ -127,7 +127,8 @@ class Mask_Rcnn_Resnet50(nn.Cell):  # pylint: disable=invalid-name  (the name us
                                                 **proposal_numerics)
         self.rcnn_targets = RCNNTargets(config.rcnn_num_samples, config.rcnn_pos_fraction,
                                         config.rcnn_pos_iou_thr, config.rcnn_neg_iou_thr, stds,
-                                        seed=config.seed + 1, box_plus_one=numerics.box_plus_one)
+                                        seed=config.seed + 1, box_plus_one=numerics.box_plus_one,
+                                        fill_with_negatives=config.rcnn_fill_with_negatives)
         self.box_roi_align = MultiLevelRoIAlign(config.roi_box_size, config.roi_sampling_ratio,
                                                 FEATURE_STRIDES, alignment=numerics.roi_align,
                                                 level_rule=numerics.roi_level)
