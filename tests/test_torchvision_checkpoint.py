@@ -6,7 +6,6 @@ names stand for the published weights (nothing is downloaded, torch is not neede
 """
 
 import logging
-import os
 import sys
 
 import numpy as np

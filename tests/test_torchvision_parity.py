@@ -127,7 +127,7 @@ def test_reference_is_small_and_records_its_versions(reference):
     assert meta["num_detections"] == len(full["detection_boxes"]) > 0
 
 
-def test_conversion_records_the_torchvision_preset(converted, ours, capsys):
+def test_conversion_records_the_torchvision_preset(converted, ours):
     from src.checkpoint import NUMERICS_KEY, read_checkpoint_with_metadata
 
     params, metadata = read_checkpoint_with_metadata(converted)
