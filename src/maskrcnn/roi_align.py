@@ -6,8 +6,8 @@ feature coordinate ``x / stride - 0.5``, so pixel centres line up, and each outp
 ``sampling_ratio x sampling_ratio`` bilinear samples.
 
 Static shapes and one pooling call: the levels are packed side by side into one "canvas" map
-per image (P2 on the left, the coarser levels stacked on its right), each level with a one-cell
-replicate border, and every RoI is mapped into its level's block in feature-cell units. One
+per image (P2 in the bottom-right corner, the coarser levels stacked on its left), each level
+with a one-cell replicate border (P2: top and left only, see :func:`canvas_layout`), and every RoI is mapped into its level's block in feature-cell units. One
 ROIAlign over the canvas then costs what one level costs (pooling every RoI on every level and
 masking would cost 4x), and the gradient reaches only the RoI's own level. RoIs are clipped to
 their level's feature extent (``[0, W_l * stride]``), which keeps every sample inside its block;
@@ -17,10 +17,10 @@ Conventions (``src/maskrcnn/numerics.py``): ``alignment="aligned"`` is the above
 ``alignment="legacy"`` maps ``x`` to ``x / stride`` (no half-pixel shift) and widens every RoI to
 at least one feature cell, which is what MindSpore's ``ROIAlign(roi_end_mode=0)`` (model zoo) and
 torchvision's ``roi_align(aligned=False)`` compute. ``level_rule`` selects the level formula
-(:func:`roi_levels`). Known difference in the legacy mode: a RoI narrower than one cell that lies
-within one cell of the far (right/bottom) edge of its level samples beyond the map, where the
-native op reads zeros and the canvas reads the next block's border; only boxes thinner than one
-stride at the padded input's edge are affected.
+(:func:`roi_levels`). In the legacy mode a RoI narrower than one cell at the far (right/bottom)
+edge of its level samples beyond the map, where ROIAlign reads zeros: exact on P2, whose far edges
+are the canvas edges; on P3..P5 such a RoI would read the neighbouring block, but a box thinner
+than 8 pixels is only mapped to P3 or above when its other side exceeds ~1400 pixels.
 
 MindSpore op notes (2.7.2, CPU): ``ops.ROIAlign``'s gradient kernel always uses the
 ``roi_end_mode=1`` convention (end + 1 cell) even when the forward uses ``roi_end_mode=0`` -- the
@@ -178,6 +178,12 @@ def _replicate_border(feature):
     return ops.concat((feature[:, :, :, :1], feature, feature[:, :, :, -1:]), axis=3)
 
 
+def _top_left_border(feature):
+    """``[B, C, H, W]`` -> ``[B, C, H+1, W+1]`` with the first row/column repeated once."""
+    feature = ops.concat((feature[:, :, :1], feature), axis=2)
+    return ops.concat((feature[:, :, :, :1], feature), axis=3)
+
+
 def _pad_to(feature, height, width):
     """Zero-pad ``[B, C, h, w]`` at the bottom/right to ``[B, C, height, width]`` (static sizes)."""
     batch, channels, h, w = feature.shape
@@ -191,6 +197,13 @@ def _pad_to(feature, height, width):
 def canvas_layout(shapes):
     """Where each level's bordered block goes in the canvas.
 
+    The coarser levels are stacked in the left column, each with a one-cell border on every
+    side. The finest level sits in the bottom-right corner of the canvas with a border on its
+    top and left only: its far edges are the canvas edges, where ROIAlign's own rules apply
+    (a sample in the last cell is clamped to it, a sample beyond the map reads 0). That is
+    exact for RoIs that reach past the map, which the legacy alignment's one-cell minimum
+    produces for thin boxes at the input's right/bottom edge.
+
     Args:
         shapes: ``(H_l, W_l)`` per level, finest first.
 
@@ -198,16 +211,16 @@ def canvas_layout(shapes):
         ``(offsets, canvas_h, canvas_w)``: ``offsets[l] = (row, col)`` of level l's block
         (its border included; the feature cell (0, 0) is at ``(row + 1, col + 1)``).
     """
-    offsets = [(0, 0)]
     first_h, first_w = shapes[0]
-    right_col = first_w + 2
+    offsets = []
     row = 0
-    right_w = 0
+    left_w = 0
     for h, w in shapes[1:]:
-        offsets.append((row, right_col))
+        offsets.append((row, 0))
         row += h + 2
-        right_w = max(right_w, w + 2)
-    return offsets, max(first_h + 2, row), right_col + right_w
+        left_w = max(left_w, w + 2)
+    canvas_h = max(first_h + 1, row)
+    return [(canvas_h - first_h - 1, left_w)] + offsets, canvas_h, left_w + first_w + 1
 
 
 class MultiLevelRoIAlign(nn.Cell):
@@ -261,14 +274,19 @@ class MultiLevelRoIAlign(nn.Cell):
         dtype = features[0].dtype
         shapes = [(f.shape[2], f.shape[3]) for f in features]
         offsets, canvas_h, canvas_w = canvas_layout(shapes)
-        left = _pad_to(_replicate_border(features[0]), canvas_h, shapes[0][1] + 2)
+        finest = _top_left_border(features[0])
+        if offsets[0][0] > 0:
+            # Zero rows above the finest block so that it ends at the canvas bottom.
+            top = ops.zeros((finest.shape[0], finest.shape[1], offsets[0][0],
+                             finest.shape[3]), finest.dtype)
+            finest = ops.concat((top, finest), axis=2)
         if len(features) > 1:
-            right_w = canvas_w - shapes[0][1] - 2
-            blocks = [_pad_to(_replicate_border(f), f.shape[2] + 2, right_w) for f in features[1:]]
-            right = _pad_to(ops.concat(blocks, axis=2), canvas_h, right_w)
-            canvas = ops.concat((left, right), axis=3)
+            left_w = offsets[0][1]
+            blocks = [_pad_to(_replicate_border(f), f.shape[2] + 2, left_w) for f in features[1:]]
+            left = _pad_to(ops.concat(blocks, axis=2), canvas_h, left_w)
+            canvas = ops.concat((left, finest), axis=3)
         else:
-            canvas = left
+            canvas = finest
 
         boxes = ops.stop_gradient(rois.astype(ms.float32)).reshape(batch * num_rois, 4)
         levels = roi_levels(boxes, self.first_level, self.last_level,
