@@ -369,3 +369,16 @@ def test_proposals_min_size(preset):
         Tensor(logits), Tensor(np.zeros((1, 8, 4), np.float32)), Tensor(anchors), image_shape)
     thin_kept = np.any(np.all(np.isclose(boxes.asnumpy()[0][valid.asnumpy()[0]], anchors[1]), axis=1))
     assert thin_kept == (not n.filter_small_proposals)
+
+
+def test_torchvision_anchor_spacing_follows_the_input_size():
+    """torchvision spaces cells input_size // feature_size apart (53 px for P6 of 160 px)."""
+    shapes = [(2, 3)]  # P6 of a 128 x 160 input
+    got = generate_anchors(shapes, (64,), (8.0,), (1.0,), layout="torchvision", input_size=(128, 160))
+    xs = np.arange(3) * (160 // 3)
+    ys = np.arange(2) * (128 // 2)
+    expected = [[x - 256, y - 256, x + 256, y + 256] for y in ys for x in xs]
+    np.testing.assert_allclose(got, expected)
+    # The other layouts keep the stride (the input size is not theirs to use).
+    centred = generate_anchors(shapes, (64,), (8.0,), (1.0,), layout="centred", input_size=(128, 160))
+    np.testing.assert_allclose(centred[1] - centred[0], [64, 0, 64, 0])

@@ -173,8 +173,6 @@ def test_final_detections_match_torchvision(ours, reference):
     assert _relative(arrays["detection_scores"], full["detection_scores"]) <= RELATIVE_TOLERANCE
 
 
-@pytest.mark.xfail(strict=True, reason="torchvision shifts anchors by input_size // feature_size per axis "
-                                       "(53 px for P6 at width 160); the torchvision preset uses the stride")
 def test_anchors_when_the_input_is_not_a_multiple_of_64(parity_config, reference):
     from src.config import FPN_STRIDES
     from src.maskrcnn.anchors import generate_anchors
@@ -183,7 +181,8 @@ def test_anchors_when_the_input_is_not_a_multiple_of_64(parity_config, reference
     height, width = common.ANCHOR_QUIRK_SIZE
     config = parity_config.replace(img_height=height, img_width=width)
     anchors = generate_anchors(config.feature_shapes, FPN_STRIDES, config.anchor_scales, config.anchor_ratios,
-                               layout=get_numerics(config.numerics).anchor_layout)
+                               layout=get_numerics(config.numerics).anchor_layout,
+                               input_size=(height, width))
     summaries, _, _ = reference
     projection_error, sample_error = common.summary_differences(summaries["anchors_quirk_size"], anchors,
                                                                 "anchors_quirk_size")

@@ -13,7 +13,10 @@ size ``scale * s``, ``ratio = h / w`` with ``h = size * sqrt(ratio)`` and ``w = 
 
 - ``"legacy"`` (model zoo): base box ``[0, 0, s - 1, s - 1]`` with centre ``c = (s - 1) / 2``,
   corners ``c -+ 0.5 (w - 1)`` and ``c -+ 0.5 (h - 1)`` rounded to integers;
-- ``"torchvision"``: corners ``round(-+ w / 2)``, ``round(-+ h / 2)`` (half to even).
+- ``"torchvision"``: corners ``round(-+ w / 2)``, ``round(-+ h / 2)`` (half to even); given the
+  input size, the cells are ``(input_w // W_l, input_h // H_l)`` pixels apart as in torchvision,
+  which differs from the stride where the input is not a multiple of the stride (e.g. P6 of a
+  160-pixel side: 3 cells, 53 pixels apart); the anchor sizes stay ``scale * stride``.
 """
 
 import math
@@ -69,7 +72,7 @@ def cell_anchors(stride: float, scales: Sequence[float], ratios: Sequence[float]
 
 def generate_anchors(feature_shapes: Sequence[Tuple[int, int]], strides: Sequence[float],
                      scales: Sequence[float], ratios: Sequence[float],
-                     layout: str = "centred") -> np.ndarray:
+                     layout: str = "centred", input_size=None) -> np.ndarray:
     """All anchors of one image.
 
     Args:
@@ -78,6 +81,8 @@ def generate_anchors(feature_shapes: Sequence[Tuple[int, int]], strides: Sequenc
         scales: anchor size in units of the level's stride, e.g. ``(8,)``.
         ratios: height / width ratios, e.g. ``(0.5, 1, 2)``.
         layout: ``"centred"`` (native), ``"legacy"`` (zoo) or ``"torchvision"``.
+        input_size: ``(height, width)`` of the padded network input; used by the
+            ``"torchvision"`` layout only (cell spacing, module docstring).
 
     Returns:
         ``[A, 4]`` float32 ``[x1, y1, x2, y2]``, ``A = sum(h*w) * len(ratios) * len(scales)``.
@@ -90,8 +95,11 @@ def generate_anchors(feature_shapes: Sequence[Tuple[int, int]], strides: Sequenc
         base = cell_anchors(stride, scales, ratios, layout)  # [k, 4]
         ys, xs = np.meshgrid(np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64),
                              indexing="ij")
-        cx = ((xs.reshape(-1) + cell_offset) * stride)[:, None]  # [H*W, 1]
-        cy = ((ys.reshape(-1) + cell_offset) * stride)[:, None]
+        step_y = step_x = stride
+        if layout == "torchvision" and input_size is not None:
+            step_y, step_x = int(input_size[0]) // height, int(input_size[1]) // width
+        cx = ((xs.reshape(-1) + cell_offset) * step_x)[:, None]  # [H*W, 1]
+        cy = ((ys.reshape(-1) + cell_offset) * step_y)[:, None]
         centres = np.stack((cx, cy, cx, cy), axis=-1)  # [H*W, 1, 4]
         levels.append((centres + base[None]).reshape(-1, 4))
     return np.concatenate(levels, axis=0).astype(np.float32)

@@ -104,7 +104,8 @@ class Mask_Rcnn_Resnet50(nn.Cell):  # pylint: disable=invalid-name  (the name us
 
         feature_shapes = config.feature_shapes
         anchors = generate_anchors(feature_shapes, FPN_STRIDES, config.anchor_scales,
-                                   config.anchor_ratios, layout=numerics.anchor_layout)
+                                   config.anchor_ratios, layout=numerics.anchor_layout,
+                                   input_size=(config.img_height, config.img_width))
         level_counts = anchors_per_level(feature_shapes, FPN_STRIDES, config.anchor_scales,
                                          config.anchor_ratios)
         # A constant of the graph (never updated).
