@@ -382,3 +382,29 @@ def test_torchvision_anchor_spacing_follows_the_input_size():
     # The other layouts keep the stride (the input size is not theirs to use).
     centred = generate_anchors(shapes, (64,), (8.0,), (1.0,), layout="centred", input_size=(128, 160))
     np.testing.assert_allclose(centred[1] - centred[0], [64, 0, 64, 0])
+
+
+# ---- wiring: the model hands each stage its part of the preset -----------------------------
+
+@pytest.mark.parametrize("preset", PRESET_LIST)
+def test_model_passes_the_preset_to_every_stage(preset):
+    from src.config import FPN_STRIDES
+    from src.maskrcnn.mask_rcnn import build_model
+
+    cfg = load_config(overrides={"numerics": preset, "img_height": 64, "img_width": 96})
+    n = get_numerics(preset)
+    net = build_model(cfg)
+    assert net.fpn.upsample == n.fpn_upsample
+    assert net.backbone.stem_pool == n.stem_pool
+    for align in (net.box_roi_align, net.mask_roi_align):
+        assert (align.alignment, align.level_rule) == (n.roi_align, n.roi_level)
+    clip = (64.0, 96.0) if n.clip_to == "input" else None
+    for gen in (net.proposals_train, net.proposals_test):
+        assert (gen.box_plus_one, gen.clamp_below, gen.clip_to_input, gen.filter_small) == \
+            (n.box_plus_one, n.clamp_log_ratio_below, clip, n.filter_small_proposals)
+    assert net.rpn_targets.box_plus_one == net.rcnn_targets.box_plus_one == n.box_plus_one
+    assert (net.box_plus_one, net.clamp_below, net.min_detection_size) == \
+        (n.box_plus_one, n.clamp_log_ratio_below, n.min_detection_size)
+    expected = generate_anchors(cfg.feature_shapes, FPN_STRIDES, cfg.anchor_scales, cfg.anchor_ratios,
+                                layout=n.anchor_layout, input_size=(64, 96))
+    np.testing.assert_array_equal(net.anchors.asnumpy(), expected)

@@ -143,6 +143,7 @@ class ResNet50(nn.Cell):
         self.conv1 = _conv(3, STEM_CHANNELS, 7, stride=2)
         self.bn1 = _norm(STEM_CHANNELS, norm)
         self.relu = nn.ReLU()
+        self.stem_pool = stem_pool
         self.maxpool = stem_max_pool(stem_pool)
         in_channels = STEM_CHANNELS
         stages = []
