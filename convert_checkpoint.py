@@ -1,17 +1,25 @@
-"""Convert a MindSpore model-zoo checkpoint to this project's parameter names.
+"""Convert a MindSpore model-zoo or torchvision checkpoint to this project's parameter names.
 
     python convert_checkpoint.py [--ckpt_file FineTune/resnet50.ckpt]
                                  [--output_file FineTune/resnet50_backbone.ckpt]
-                                 [--mode resnet50|maskrcnn]
+                                 [--mode resnet50|maskrcnn|torchvision_resnet50|torchvision_maskrcnn]
 
-* ``resnet50``: the model-zoo ResNet50 ImageNet classifier -> backbone checkpoint
+* ``resnet50``: the model-zoo ResNet50 ImageNet classifier (``.ckpt``) -> backbone checkpoint
   (``backbone.*``; the classifier ``end_point.*`` is dropped), the input of
   ``train.py --pre_trained``.
-* ``maskrcnn``: the model-zoo Mask R-CNN ResNet50-FPN -> a checkpoint of this model (fully
-  connected weights transposed); fine-tuning with another class count skips the class layers.
+* ``maskrcnn``: the model-zoo Mask R-CNN ResNet50-FPN (``.ckpt``) -> a checkpoint of this model
+  (fully connected weights transposed).
+* ``torchvision_resnet50``: torchvision's ``resnet50`` ImageNet state dict -> backbone checkpoint
+  (the classifier ``fc.*`` is dropped).
+* ``torchvision_maskrcnn``: torchvision's ``maskrcnn_resnet50_fpn`` (v1, e.g. the COCO weights)
+  -> a checkpoint of this model.
 
-Without ``--mode`` the kind is detected from the parameter names. The number of converted,
-dropped (classifier, optimizer state) and unexpected tensors is logged; the output is written
+torchvision files are read as ``.safetensors`` (NumPy only) or ``.pth`` (needs torch, at
+conversion time only: ``python -m pip install torch``). Fine-tuning with another class count skips
+the class layers. Without ``--mode`` the kind is detected from the parameter names. The number
+of converted, dropped (classifier, optimizer state) and unexpected tensors is logged, and so is
+the numerics preset the weights need (config key ``numerics``), which is also stored in the
+output, so that loading it into a network of another preset warns. The output is written
 atomically. Exit codes: 0 done, 1 the input is missing, unreadable or not of the expected kind.
 """
 
@@ -26,6 +34,8 @@ DEFAULT_CKPT_FILE = os.path.join(REPO_ROOT, "FineTune", "resnet50.ckpt")
 DEFAULT_OUTPUT_FILES = {
     "resnet50": os.path.join(REPO_ROOT, "FineTune", "resnet50_backbone.ckpt"),
     "maskrcnn": os.path.join(REPO_ROOT, "FineTune", "maskrcnn_coco_converted.ckpt"),
+    "torchvision_resnet50": os.path.join(REPO_ROOT, "FineTune", "torchvision_resnet50_backbone.ckpt"),
+    "torchvision_maskrcnn": os.path.join(REPO_ROOT, "FineTune", "torchvision_maskrcnn_coco_converted.ckpt"),
 }
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1
@@ -37,10 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convert_checkpoint.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt_file", default=DEFAULT_CKPT_FILE,
-                        help="model-zoo checkpoint to convert (default: FineTune/resnet50.ckpt)")
+                        help="checkpoint to convert: .ckpt (model zoo), .safetensors or .pth (torchvision) "
+                             "(default: FineTune/resnet50.ckpt)")
     parser.add_argument("--output_file", default=None,
-                        help="converted checkpoint to write (default: FineTune/resnet50_backbone.ckpt; "
-                             "FineTune/maskrcnn_coco_converted.ckpt for a Mask R-CNN input)")
+                        help="converted checkpoint to write (default per kind: FineTune/resnet50_backbone.ckpt, "
+                             "FineTune/maskrcnn_coco_converted.ckpt, FineTune/torchvision_resnet50_backbone.ckpt, "
+                             "FineTune/torchvision_maskrcnn_coco_converted.ckpt)")
     parser.add_argument("--mode", choices=sorted(DEFAULT_OUTPUT_FILES), default=None,
                         help="kind of the input; default: detected from the parameter names")
     return parser
@@ -53,19 +65,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     setup_logging()
     # MindSpore is imported only once the arguments are known to be valid.
-    from src.checkpoint import (KIND_ZOO_MASKRCNN, CheckpointError, convert_zoo_checkpoint, read_checkpoint,
-                                save_checkpoint_atomic)
+    from src.checkpoint import (CONVERT_MODES, CONVERTED_FROM_KEY, NUMERICS_KEY, CheckpointError,
+                                convert_foreign_checkpoint, read_weights, save_checkpoint_atomic)
 
     try:
-        params = read_checkpoint(args.ckpt_file)
-        converted, report = convert_zoo_checkpoint(params, mode=args.mode, source=args.ckpt_file)
-        output_file = args.output_file or DEFAULT_OUTPUT_FILES[
-            "maskrcnn" if report.kind == KIND_ZOO_MASKRCNN else "resnet50"]
-        save_checkpoint_atomic(converted, output_file)
+        params, _ = read_weights(args.ckpt_file)
+        converted, report = convert_foreign_checkpoint(params, mode=args.mode, source=args.ckpt_file)
+        mode = next(m for m, kind in CONVERT_MODES.items() if kind == report.kind)
+        output_file = args.output_file or DEFAULT_OUTPUT_FILES[mode]
+        save_checkpoint_atomic(converted, output_file,
+                               append_dict={NUMERICS_KEY: report.numerics, CONVERTED_FROM_KEY: report.kind})
     except CheckpointError as e:
         logger.error("%s", e)
         return EXIT_BAD_INPUT
     logger.info("wrote %d tensors to %s", len(converted), output_file)
+    # Printed too: the one thing the user must put in the recipe.
+    print(f"{output_file}: train and evaluate these weights with `{NUMERICS_KEY}: {report.numerics}` "
+          f"in the config (or --{NUMERICS_KEY} {report.numerics})")
     return EXIT_OK
 
 

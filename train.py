@@ -10,6 +10,7 @@ Exit codes: 0 done, 1 training stopped (non-finite loss), 2 bad input.
 """
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -32,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
     parser.add_argument("--pre_trained", default="",
-                        help="backbone checkpoint (convert_checkpoint.py output), a model-zoo ResNet50 or "
-                             "Mask R-CNN checkpoint, or a checkpoint of this model; empty = random init")
+                        help="backbone checkpoint (convert_checkpoint.py output), a model-zoo or torchvision "
+                             "ResNet50 / Mask R-CNN checkpoint (.ckpt, .safetensors, .pth), or a checkpoint of "
+                             "this model; empty = random init")
     parser.add_argument("--resume", default="",
                         help="checkpoint written by this script (e.g. RUN_DIR/last.ckpt): restores the "
                              "weights, optimizer state and global step, and continues from there")
@@ -57,7 +59,7 @@ def train(config, pre_trained: str = "", resume: str = "", log_every: Optional[i
     from mindspore import Tensor, nn
     from mindspore.train import Model
 
-    from src.checkpoint import load_pretrained, load_train_state, save_checkpoint_atomic
+    from src.checkpoint import NUMERICS_KEY, load_pretrained, load_train_state, save_checkpoint_atomic
     from src.dataset import create_new_dataset
     from src.loss_log import drop_rows_after_step
     from src.lr_schedule import build_lr_schedule
@@ -131,14 +133,16 @@ def train(config, pre_trained: str = "", resume: str = "", log_every: Optional[i
     callbacks = [loss_cb]
     if show_bar:
         callbacks.append(ProgressBarCallback(steps_per_epoch, config.epoch_size, loss_cb))
+    # Checkpoints record the numerics preset, so loading them under another one warns.
+    save_fn = functools.partial(save_checkpoint_atomic, append_dict={NUMERICS_KEY: config.numerics})
     if writer:
-        callbacks.append(CheckpointCallback(save_checkpoint_atomic, ckpt_dir, "maskrcnn",
+        callbacks.append(CheckpointCallback(save_fn, ckpt_dir, "maskrcnn",
                                             config.save_checkpoint_epochs, config.keep_checkpoint_max, loss_cb,
                                             step_offset=start_step))
         if config.eval_interval:
             from src.evaluation import EvalCallback
 
-            callbacks.append(EvalCallback(net, config, ckpt_dir, config.eval_interval, save_checkpoint_atomic))
+            callbacks.append(EvalCallback(net, config, ckpt_dir, config.eval_interval, save_fn))
 
     model = Model(train_cell)
     started = time.time()

@@ -1,21 +1,32 @@
 """Checkpoint names, conversion, loading and atomic saving: the one module that renames.
 
-Three naming schemes meet here:
+Five naming schemes meet here:
 
 * the MindSpore model-zoo ResNet50 ImageNet classifier (``conv1.weight``, ``bn1.gamma``,
   ``layer1.0.down_sample_layer.0.weight``, ..., classifier ``end_point.*``);
 * the model-zoo Mask R-CNN ResNet50-FPN (``backbone.layer1.0.conv_down_sample.weight``,
   ``fpn_ncek.lateral_convs_list.0.weight``, ``rcnn_cls.fpn_cls.shared_fc_0.weight``, ...; its
   fully connected weights are stored ``[in, out]``);
+* torchvision's ``resnet50`` ImageNet classifier (``conv1.weight``, ``bn1.running_mean``,
+  ``layer1.0.downsample.0.weight``, ..., classifier ``fc.*``);
+* torchvision's ``maskrcnn_resnet50_fpn`` (``backbone.body.*``, ``backbone.fpn.inner_blocks.*``,
+  ``rpn.head.*``, ``roi_heads.box_head.fc6``, ``roi_heads.mask_predictor.*``, ...); its Linear
+  ``[out, in]`` and ConvTranspose ``[in, out, k, k]`` layouts are ours, nothing is transposed;
 * this project's ``Mask_Rcnn_Resnet50`` (``backbone.<zoo ResNet50 name>``, ``fpn.*``,
   ``rpn_head.*``, ``box_head.*``, ``mask_head.*``; ``nn.Dense`` weights are ``[out, in]``).
 
-``ZOO_RESNET50_TO_OURS`` and ``ZOO_MASKRCNN_TO_OURS`` are the explicit rename tables.
-``convert_resnet50`` / ``convert_zoo_maskrcnn`` apply them to a parameter dict and return a
-:class:`ConversionReport`; ``convert_zoo_checkpoint`` (detect + convert + log) is what
-``convert_checkpoint.py`` runs.
-``load_pretrained`` loads any of the four kinds of file into the network (converting zoo files
-on the fly), skipping class-dependent layers whose class count differs and failing with a
+``ZOO_RESNET50_TO_OURS``, ``ZOO_MASKRCNN_TO_OURS``, ``TORCHVISION_RESNET50_TO_OURS`` and
+``TORCHVISION_MASKRCNN_TO_OURS`` are the explicit rename tables, one per source.
+``convert_resnet50`` / ``convert_zoo_maskrcnn`` / ``convert_torchvision_resnet50`` /
+``convert_torchvision_maskrcnn`` apply them to a parameter dict and return a
+:class:`ConversionReport`; ``convert_foreign_checkpoint`` (detect + convert + log) is what
+``convert_checkpoint.py`` runs. ``read_weights`` reads ``.ckpt`` (MindSpore), ``.safetensors``
+(NumPy, no torch) and ``.pth`` (needs torch, at conversion time only).
+Weights computed with a source's numerics (FPN upsampling, RoIAlign alignment, anchors, ...):
+a converted file records the numerics preset they need (``NUMERICS_KEY``), and loading a
+whole model into a network of another preset logs a warning naming both.
+``load_pretrained`` loads any of these kinds of file into the network (converting foreign
+files on the fly), skipping class-dependent layers whose class count differs and failing with a
 :class:`CheckpointError` that lists every other mismatch. ``save_checkpoint_atomic`` never
 leaves a half-written ``.ckpt`` where the last good one was.
 """
@@ -24,13 +35,19 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn
+
+from src.maskrcnn.numerics import NATIVE as NATIVE_NUMERICS
+from src.maskrcnn.numerics import TORCHVISION as TORCHVISION_NUMERICS
+from src.maskrcnn.numerics import ZOO as ZOO_NUMERICS
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +60,25 @@ KIND_ZOO_RESNET50 = "zoo_resnet50"  # model-zoo ImageNet ResNet50 classifier
 KIND_ZOO_MASKRCNN = "zoo_maskrcnn"  # model-zoo Mask R-CNN ResNet50-FPN
 KIND_BACKBONE = "backbone"  # this project's backbone only (convert_checkpoint.py output)
 KIND_FULL = "full"  # this project's whole Mask_Rcnn_Resnet50
-CONVERT_MODES = {"resnet50": KIND_ZOO_RESNET50, "maskrcnn": KIND_ZOO_MASKRCNN}
+KIND_TV_RESNET50 = "torchvision_resnet50"  # torchvision resnet50 ImageNet classifier
+KIND_TV_MASKRCNN = "torchvision_maskrcnn"  # torchvision maskrcnn_resnet50_fpn (v1)
+CONVERT_MODES = {"resnet50": KIND_ZOO_RESNET50, "maskrcnn": KIND_ZOO_MASKRCNN,
+                 "torchvision_resnet50": KIND_TV_RESNET50, "torchvision_maskrcnn": KIND_TV_MASKRCNN}
+# Kinds that hold a whole Mask R-CNN (heads included) once converted.
+FULL_MODEL_SOURCES = (KIND_ZOO_MASKRCNN, KIND_TV_MASKRCNN)
+
+# Numerics preset (config key ``numerics``, src/maskrcnn/numerics.py) under which each source's
+# weights compute what they computed at home. For ImageNet backbones only the stem pooling and
+# the input normalisation matter (the heads are trained anew): the zoo ResNet50's stem is the
+# native one, torchvision's pools with symmetric padding.
+NUMERICS_KEY = "numerics"  # string stored in converted checkpoints (mindspore append_dict)
+CONVERTED_FROM_KEY = "converted_from"  # string stored beside it: the source kind
+NUMERICS_FOR_SOURCE = {
+    KIND_ZOO_RESNET50: NATIVE_NUMERICS.name,
+    KIND_ZOO_MASKRCNN: ZOO_NUMERICS.name,
+    KIND_TV_RESNET50: TORCHVISION_NUMERICS.name,
+    KIND_TV_MASKRCNN: TORCHVISION_NUMERICS.name,
+}
 
 BACKBONE_PREFIX = "backbone."
 ZOO_CLASSIFIER_PREFIX = "end_point."
@@ -63,6 +98,8 @@ TRAINING_STATE_NAMES = frozenset({
     "loss_scale", "loss_scale_good_steps", "scale_sense", "current_iterator_step",
     "last_overflow_iterator_step", "epoch_num", "step_num",
 })
+# PyTorch BatchNorm's update counter (``bn1.num_batches_tracked``): training state, never a weight.
+TORCH_BN_COUNTER_SUFFIX = ".num_batches_tracked"
 GLOBAL_STEP_NAME = "global_step"
 # Optimizer state that train.py recomputes from the config instead of restoring on --resume.
 RECOMPUTED_ON_RESUME = frozenset({"learning_rate"})
@@ -161,6 +198,76 @@ ZOO_MASKRCNN_TRANSPOSED = frozenset({
     "rcnn_cls.fpn_cls.cls_scores.weight", "rcnn_cls.fpn_cls.reg_scores.weight",
 })
 
+# ---- torchvision ----------------------------------------------------------------------------
+# BatchNorm / FrozenBatchNorm2d tensors: torchvision name -> ours (= the model zoo's).
+TORCHVISION_BN_TO_OURS = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
+                          "running_var": "moving_variance"}
+_OURS_TO_TORCHVISION_BN = {ours: tv for tv, ours in TORCHVISION_BN_TO_OURS.items()}
+TORCHVISION_CLASSIFIER_PREFIX = "fc."
+TORCHVISION_BODY_PREFIX = "backbone.body."
+# First name components only torchvision's Mask R-CNN uses.
+TORCHVISION_MASKRCNN_PREFIXES = (TORCHVISION_BODY_PREFIX, "backbone.fpn.", "rpn.head.", "roi_heads.")
+
+
+def _torchvision_resnet50_name(our_name: str) -> str:
+    """Our (model-zoo) ResNet50 name -> torchvision's: ``downsample`` for ``down_sample_layer``,
+    BatchNorm ``weight/bias/running_mean/running_var`` for ``gamma/beta/moving_mean/moving_variance``."""
+    module, param = our_name.rsplit(".", 1)
+    module = module.replace("down_sample_layer.", "downsample.")
+    return f"{module}.{_OURS_TO_TORCHVISION_BN.get(param, param)}"
+
+
+# torchvision resnet50 name -> our name (the classifier fc.* has no counterpart and is dropped).
+TORCHVISION_RESNET50_TO_OURS: Dict[str, str] = {
+    _torchvision_resnet50_name(name): BACKBONE_PREFIX + name for name in RESNET50_SHAPES}
+
+
+def _torchvision_maskrcnn_table() -> Dict[str, str]:
+    table = {TORCHVISION_BODY_PREFIX + tv: ours for tv, ours in TORCHVISION_RESNET50_TO_OURS.items()}
+    for level in range(len(RESNET50_STAGE_BLOCKS)):  # one inner (lateral) + one layer (output) conv per C2..C5
+        for p in ("weight", "bias"):
+            table[f"backbone.fpn.inner_blocks.{level}.0.{p}"] = f"fpn.lateral_convs.{level}.{p}"
+            table[f"backbone.fpn.layer_blocks.{level}.0.{p}"] = f"fpn.output_convs.{level}.{p}"
+    heads = {
+        "rpn.head.conv.0.0": "rpn_head.conv",
+        "rpn.head.cls_logits": "rpn_head.objectness",
+        "rpn.head.bbox_pred": "rpn_head.box_deltas",
+        "roi_heads.box_head.fc6": "box_head.fc1",
+        "roi_heads.box_head.fc7": "box_head.fc2",
+        "roi_heads.box_predictor.cls_score": "box_head.cls_score",
+        "roi_heads.box_predictor.bbox_pred": "box_head.box_deltas",
+        "roi_heads.mask_head.0.0": "mask_head.conv1",
+        "roi_heads.mask_head.1.0": "mask_head.conv2",
+        "roi_heads.mask_head.2.0": "mask_head.conv3",
+        "roi_heads.mask_head.3.0": "mask_head.conv4",
+        "roi_heads.mask_predictor.conv5_mask": "mask_head.deconv",
+        "roi_heads.mask_predictor.mask_fcn_logits": "mask_head.mask_logits",
+    }
+    for tv_layer, our_layer in heads.items():
+        for p in ("weight", "bias"):
+            table[f"{tv_layer}.{p}"] = f"{our_layer}.{p}"
+    return table
+
+
+# torchvision maskrcnn_resnet50_fpn name -> our name (explicit; one entry per network tensor).
+# Both layouts match ours: Linear [out, in], ConvTranspose2d [in, out, k, k]; the RPN's
+# channel a*4+j and the box predictor's column 4c+j order agree with ours too.
+TORCHVISION_MASKRCNN_TO_OURS: Dict[str, str] = _torchvision_maskrcnn_table()
+
+
+def _torchvision_legacy_names() -> Dict[str, str]:
+    """Spellings of torchvision < 0.13 (e.g. the published COCO weights) -> today's names, as
+    torchvision's own state-dict upgrade renames them."""
+    legacy = {}
+    for p in ("weight", "bias"):
+        legacy[f"rpn.head.conv.{p}"] = f"rpn.head.conv.0.0.{p}"
+        for i in range(4):
+            legacy[f"roi_heads.mask_head.mask_fcn{i + 1}.{p}"] = f"roi_heads.mask_head.{i}.0.{p}"
+    return legacy
+
+
+TORCHVISION_LEGACY_NAMES: Dict[str, str] = _torchvision_legacy_names()
+
 
 # ---------------------------------------------------------------------------------------------
 # reports
@@ -172,11 +279,12 @@ class ConversionReport:
 
     Attributes:
         source: file (or description) the parameters came from.
-        kind: KIND_ZOO_RESNET50 or KIND_ZOO_MASKRCNN.
-        converted: (zoo name, our name) pairs, in file order.
+        kind: KIND_ZOO_RESNET50, KIND_ZOO_MASKRCNN, KIND_TV_RESNET50 or KIND_TV_MASKRCNN.
+        converted: (file name, our name) pairs, in table order.
         transposed: our names of fully connected weights transposed [in, out] -> [out, in].
-        dropped_classifier: zoo ImageNet classifier names (``end_point.*``).
-        dropped_optimizer: optimizer / training-loop state (moments, learning_rate, global_step...).
+        dropped_classifier: ImageNet classifier names (``end_point.*``, torchvision ``fc.*``).
+        dropped_optimizer: optimizer / training-loop state (moments, learning_rate, global_step,
+            BatchNorm num_batches_tracked...).
         unexpected: names with no entry in the table (not converted).
     """
 
@@ -187,6 +295,11 @@ class ConversionReport:
     dropped_classifier: List[str] = field(default_factory=list)
     dropped_optimizer: List[str] = field(default_factory=list)
     unexpected: List[str] = field(default_factory=list)
+
+    @property
+    def numerics(self) -> str:
+        """The numerics preset these weights need (see NUMERICS_FOR_SOURCE)."""
+        return NUMERICS_FOR_SOURCE[self.kind]
 
     def summary(self) -> str:
         return (f"{self.source} ({self.kind}): {len(self.converted)} tensors converted "
@@ -224,6 +337,8 @@ class LoadReport:
         left_at_init: model parameters the file does not cover (only for a backbone-only file:
             everything outside the backbone).
         dropped: classifier (zoo ResNet50) and optimizer / training-loop state in the file, ignored.
+        numerics: the numerics preset the weights need, when known (recorded by
+            convert_checkpoint.py, or from the source of an on-the-fly conversion), else None.
     """
 
     source: str
@@ -234,9 +349,12 @@ class LoadReport:
     skipped: List[SkippedParam] = field(default_factory=list)
     left_at_init: List[str] = field(default_factory=list)
     dropped: List[str] = field(default_factory=list)
+    numerics: Optional[str] = None
 
     def summary(self) -> str:
         origin = f" converted from {self.converted_from}" if self.converted_from else ""
+        if self.numerics:
+            origin += f", numerics {self.numerics}"
         text = (f"{self.source} ({self.kind}{origin}): {len(self.loaded)} parameters loaded, "
                 f"{len(self.skipped)} skipped, {len(self.left_at_init)} left at initialisation, "
                 f"{len(self.dropped)} classifier/optimizer-state tensors ignored")
@@ -275,14 +393,16 @@ def _to_numpy(name: str, value, source: str) -> np.ndarray:
 
 def is_training_state(name: str) -> bool:
     """True for optimizer / training-loop state (moments.*, learning_rate, global_step, ...)."""
-    return name in TRAINING_STATE_NAMES or name.startswith(OPTIMIZER_STATE_PREFIXES)
+    return (name in TRAINING_STATE_NAMES or name.startswith(OPTIMIZER_STATE_PREFIXES)
+            or name.endswith(TORCH_BN_COUNTER_SUFFIX))
 
 
 def detect_checkpoint_kind(names: Iterable[str], source: str = "checkpoint") -> str:
     """Which kind of checkpoint the parameter ``names`` come from.
 
     Returns:
-        KIND_ZOO_MASKRCNN, KIND_FULL, KIND_BACKBONE or KIND_ZOO_RESNET50.
+        KIND_TV_MASKRCNN, KIND_TV_RESNET50, KIND_ZOO_MASKRCNN, KIND_FULL, KIND_BACKBONE or
+        KIND_ZOO_RESNET50.
 
     Raises:
         CheckpointError: no network parameter, or names of none of the known kinds.
@@ -290,6 +410,12 @@ def detect_checkpoint_kind(names: Iterable[str], source: str = "checkpoint") -> 
     weights = [n for n in names if not is_training_state(n)]
     if not weights:
         raise CheckpointError(f"{source}: holds no network parameters (only optimizer state or nothing)")
+    if any(n.startswith(TORCHVISION_MASKRCNN_PREFIXES) for n in weights):
+        return KIND_TV_MASKRCNN
+    # torchvision's BatchNorm buffers / shortcut / classifier names never occur in the zoo's.
+    if any(n.endswith((".running_mean", ".running_var")) or ".downsample." in n
+           or n.startswith(TORCHVISION_CLASSIFIER_PREFIX) for n in weights):
+        return KIND_TV_RESNET50
     if any(n.startswith(ZOO_MASKRCNN_PREFIXES) or "_down_sample." in n for n in weights):
         return KIND_ZOO_MASKRCNN
     if any(n.startswith(HEAD_PREFIXES) for n in weights):
@@ -298,8 +424,8 @@ def detect_checkpoint_kind(names: Iterable[str], source: str = "checkpoint") -> 
         return KIND_BACKBONE
     if any(n in RESNET50_SHAPES or n.startswith(ZOO_CLASSIFIER_PREFIX) for n in weights):
         return KIND_ZOO_RESNET50
-    raise CheckpointError(f"{source}: not a model-zoo ResNet50 or Mask R-CNN checkpoint nor one of "
-                          f"this project: unrecognised parameter names ({_listing(sorted(weights))})")
+    raise CheckpointError(f"{source}: not a model-zoo or torchvision ResNet50 / Mask R-CNN checkpoint "
+                          f"nor one of this project: unrecognised parameter names ({_listing(sorted(weights))})")
 
 
 def _check_shapes(found: Mapping[str, Tuple[int, ...]],
@@ -412,11 +538,100 @@ def convert_zoo_maskrcnn(params: Mapping[str, object], source: str = "parameters
     return converted, report
 
 
-def read_checkpoint(path: str) -> Dict[str, Parameter]:
-    """``mindspore.load_checkpoint`` with errors that name the file.
+def _convert_torchvision(params: Mapping[str, object], table: Mapping[str, str], kind: str, what: str,
+                         source: str) -> Tuple[Dict[str, np.ndarray], ConversionReport]:
+    """Rename torchvision tensors with ``table`` (after the legacy spellings are updated).
+
+    The backbone's shapes are checked (it is a ResNet50 in every torchvision checkpoint); head
+    shapes depend on the class count and are compared with the model by ``load_pretrained``.
+    """
+    report = ConversionReport(source=source, kind=kind)
+    by_current_name: Dict[str, Tuple[str, object]] = {}
+    for name, value in params.items():
+        current = TORCHVISION_LEGACY_NAMES.get(name, name)
+        if current in table:
+            if current in by_current_name:
+                raise CheckpointError(f"{source}: holds both '{by_current_name[current][0]}' and '{name}' "
+                                      f"(two spellings of the same torchvision tensor)")
+            by_current_name[current] = (name, value)
+        elif name.startswith(TORCHVISION_CLASSIFIER_PREFIX) and kind == KIND_TV_RESNET50:
+            report.dropped_classifier.append(name)
+        elif is_training_state(name):
+            report.dropped_optimizer.append(name)
+        else:
+            report.unexpected.append(name)
+    resnet_prefix = TORCHVISION_BODY_PREFIX if kind == KIND_TV_MASKRCNN else ""
+    expected: Dict[str, Optional[Tuple[int, ...]]] = {n: None for n in table}
+    expected.update({resnet_prefix + _torchvision_resnet50_name(n): s for n, s in RESNET50_SHAPES.items()})
+    _check_shapes({n: _shape(v) for n, (_, v) in by_current_name.items()}, expected, source, what)
+    converted = {}
+    for tv_name, our_name in table.items():
+        file_name, value = by_current_name[tv_name]
+        converted[our_name] = _to_numpy(file_name, value, source)
+        report.converted.append((file_name, our_name))
+    return converted, report
+
+
+def convert_torchvision_resnet50(params: Mapping[str, object], source: str = "parameters"
+                                 ) -> Tuple[Dict[str, np.ndarray], ConversionReport]:
+    """Rename a torchvision ``resnet50`` ImageNet state dict to this project's backbone names.
+
+    Args:
+        params: torchvision name -> ndarray (e.g. ``read_weights(path)``).
+        source: file name used in messages and in the report.
 
     Returns:
-        name -> Parameter, in file order.
+        (converted, report): ``backbone.<our name>`` -> ndarray for all 265 backbone tensors; the
+        classifier ``fc.*`` and the BatchNorm ``num_batches_tracked`` counters are dropped and
+        listed.
+
+    Raises:
+        CheckpointError: a backbone tensor is missing or has the wrong shape (not a ResNet50).
+    """
+    return _convert_torchvision(params, TORCHVISION_RESNET50_TO_OURS, KIND_TV_RESNET50,
+                                "torchvision resnet50", source)
+
+
+def convert_torchvision_maskrcnn(params: Mapping[str, object], source: str = "parameters"
+                                 ) -> Tuple[Dict[str, np.ndarray], ConversionReport]:
+    """Rename a torchvision ``maskrcnn_resnet50_fpn`` (v1) state dict to this project's names.
+
+    Today's names and the older ``rpn.head.conv.*`` / ``roi_heads.mask_head.mask_fcn1..4.*``
+    spellings (``TORCHVISION_LEGACY_NAMES``) are both read. No tensor is transposed. The
+    class-dependent layers keep the file's class count (91 for COCO); ``load_pretrained`` skips
+    them when the model's class count differs.
+
+    Args:
+        params: torchvision name -> ndarray.
+        source: file name used in messages and in the report.
+
+    Returns:
+        (converted, report): our name -> ndarray; the report lists converted, dropped
+        (num_batches_tracked, optimizer state) and unexpected names.
+
+    Raises:
+        CheckpointError: a table name is missing (e.g. a ``maskrcnn_resnet50_fpn_v2`` file, whose
+            heads differ) or the backbone has a wrong shape.
+    """
+    return _convert_torchvision(params, TORCHVISION_MASKRCNN_TO_OURS, KIND_TV_MASKRCNN,
+                                "torchvision maskrcnn_resnet50_fpn (v1)", source)
+
+
+# The converter of each foreign kind.
+CONVERTERS = {
+    KIND_ZOO_RESNET50: convert_resnet50,
+    KIND_ZOO_MASKRCNN: convert_zoo_maskrcnn,
+    KIND_TV_RESNET50: convert_torchvision_resnet50,
+    KIND_TV_MASKRCNN: convert_torchvision_maskrcnn,
+}
+
+
+def read_checkpoint_with_metadata(path: str) -> Tuple[Dict[str, Parameter], Dict[str, str]]:
+    """``mindspore.load_checkpoint`` with errors that name the file, tensors and strings apart.
+
+    Returns:
+        (params, metadata): name -> Parameter in file order, and the strings stored with
+        ``append_dict`` (e.g. ``NUMERICS_KEY``; empty for most files).
 
     Raises:
         CheckpointError: the file is missing, not a ``.ckpt``, unreadable/corrupt or empty.
@@ -426,15 +641,17 @@ def read_checkpoint(path: str) -> Dict[str, Parameter]:
     if not path.endswith(CKPT_SUFFIX):
         raise CheckpointError(f"{path}: a MindSpore checkpoint file name must end with {CKPT_SUFFIX}")
     try:
-        params = ms.load_checkpoint(path)
+        loaded = ms.load_checkpoint(path)
     except (ValueError, RuntimeError, TypeError, OSError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: cannot read the checkpoint (corrupt, truncated or not a "
                               f"MindSpore .ckpt): {reason}") from e
+    params = {n: v for n, v in loaded.items() if not isinstance(v, str)}
+    metadata = {n: v for n, v in loaded.items() if isinstance(v, str)}
     if not params:
         raise CheckpointError(f"{path}: the checkpoint holds no parameters")
     check_checkpoint_values(params, path)
-    return params
+    return params, metadata
 
 
 # Suffixes of BatchNorm running-variance names: MindSpore's (ours and the model zoo's) and PyTorch's.
@@ -478,22 +695,119 @@ def check_checkpoint_values(params: Mapping[str, object], source: str) -> None:
                               f"diverged run or wrong conversion): " + " | ".join(problems))
 
 
-def convert_zoo_checkpoint(params: Mapping[str, object], mode: Optional[str] = None,
-                           source: str = "parameters") -> Tuple[Dict[str, np.ndarray], ConversionReport]:
-    """Convert a model-zoo ResNet50 or Mask R-CNN parameter dict (what ``convert_checkpoint.py`` does).
+def read_checkpoint(path: str) -> Dict[str, Parameter]:
+    """The tensors of a MindSpore ``.ckpt`` (see ``read_checkpoint_with_metadata``).
+
+    Returns:
+        name -> Parameter, in file order (stored strings left out).
+
+    Raises:
+        CheckpointError: the file is missing, not a ``.ckpt``, unreadable/corrupt or empty.
+    """
+    return read_checkpoint_with_metadata(path)[0]
+
+
+SAFETENSORS_SUFFIX = ".safetensors"
+TORCH_SUFFIXES = (".pth", ".pt")
+# What a user runs to read .pth files (only convert_checkpoint.py / load_pretrained need it).
+TORCH_INSTALL_COMMAND = "python -m pip install torch"
+# Keys under which training checkpoints (e.g. torchvision's reference scripts) nest the weights.
+TORCH_STATE_DICT_KEYS = ("model", "state_dict")
+
+
+def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
+    """A ``.safetensors`` file as NumPy arrays (the ``safetensors`` package, no torch)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return dict(load_file(path))
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: cannot read the .safetensors file (corrupt, truncated, or a dtype "
+                              f"NumPy lacks such as bfloat16): {reason}") from e
+
+
+def _read_torch(path: str) -> Dict[str, np.ndarray]:
+    """A PyTorch state dict (``torch.save``) as NumPy arrays; needs torch, only here."""
+    try:
+        import torch  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+        raise CheckpointError(f"{path}: reading a PyTorch .pth file needs torch (at conversion time only): "
+                              f"{TORCH_INSTALL_COMMAND}, or save the state dict as .safetensors") from e
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, OSError, EOFError, ValueError,
+            AttributeError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: cannot read the PyTorch file (corrupt, truncated or not a "
+                              f"state dict): {reason}") from e
+    for key in TORCH_STATE_DICT_KEYS:
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, expected a state dict "
+                              f"(name -> tensor)")
+    arrays = {}
+    for name, value in state.items():
+        if not torch.is_tensor(value):
+            raise CheckpointError(f"{path}: entry '{name}' is a {type(value).__name__}, expected a tensor")
+        value = value.detach().cpu()
+        if value.dtype == torch.bfloat16:  # NumPy has no bfloat16; float32 holds it exactly
+            value = value.float()
+        arrays[name] = value.numpy()
+    return arrays
+
+
+def read_weights(path: str) -> Tuple[Dict[str, object], Dict[str, str]]:
+    """Read weights of any supported format, by file name suffix.
 
     Args:
-        params: zoo name -> Parameter / Tensor / ndarray, e.g. ``read_checkpoint(path)``.
-        mode: "resnet50", "maskrcnn" or None to detect the kind from the names.
+        path: ``.ckpt`` (MindSpore), ``.safetensors`` (read with NumPy) or ``.pth`` / ``.pt``
+            (a PyTorch state dict; needs torch).
+
+    Returns:
+        (params, metadata): name -> Parameter / ndarray in file order, and the strings a
+        ``.ckpt`` stores (``NUMERICS_KEY``, ``CONVERTED_FROM_KEY``; empty otherwise).
+
+    Raises:
+        CheckpointError: missing, unknown format, unreadable or empty file; torch missing for a
+            ``.pth`` (the message names the pip command).
+    """
+    if path.endswith(CKPT_SUFFIX):
+        return read_checkpoint_with_metadata(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.endswith(SAFETENSORS_SUFFIX):
+        params = _read_safetensors(path)
+    elif path.endswith(TORCH_SUFFIXES):
+        params = _read_torch(path)
+    else:
+        raise CheckpointError(f"{path}: unknown checkpoint format; expected {CKPT_SUFFIX} (MindSpore), "
+                              f"{SAFETENSORS_SUFFIX} or {'/'.join(TORCH_SUFFIXES)} (PyTorch)")
+    if not params:
+        raise CheckpointError(f"{path}: the checkpoint holds no parameters")
+    check_checkpoint_values(params, path)
+    return params, {}
+
+
+def convert_foreign_checkpoint(params: Mapping[str, object], mode: Optional[str] = None,
+                               source: str = "parameters") -> Tuple[Dict[str, np.ndarray], ConversionReport]:
+    """Convert a model-zoo or torchvision parameter dict (what ``convert_checkpoint.py`` does).
+
+    Args:
+        params: foreign name -> Parameter / Tensor / ndarray, e.g. ``read_weights(path)[0]``.
+        mode: a key of CONVERT_MODES ("resnet50", "maskrcnn", "torchvision_resnet50",
+            "torchvision_maskrcnn") or None to detect the kind from the names.
         source: file name for messages.
 
     Returns:
-        (converted, report) of ``convert_resnet50`` or ``convert_zoo_maskrcnn``; the counts and
-        the dropped / unexpected names are logged.
+        (converted, report) of the kind's converter (``CONVERTERS``); the counts, the dropped /
+        unexpected names and the numerics preset the weights need are logged.
 
     Raises:
-        CheckpointError: unknown mode; input not of the requested kind or of no known zoo kind,
-            or already in this project's names.
+        CheckpointError: unknown mode; input not of the requested kind or of no known foreign
+            kind, or already in this project's names.
     """
     if mode is not None and mode not in CONVERT_MODES:
         raise CheckpointError(f"unknown conversion mode {mode!r}; expected one of {sorted(CONVERT_MODES)}")
@@ -506,13 +820,13 @@ def convert_zoo_checkpoint(params: Mapping[str, object], mode: Optional[str] = N
         logger.info("%s: detected a %s checkpoint", source, kind)
     else:
         kind = CONVERT_MODES[mode]
-    if kind == KIND_ZOO_RESNET50:
-        if detected == KIND_ZOO_MASKRCNN:
-            raise CheckpointError(f"{source}: not a model-zoo ResNet50 checkpoint: its names are "
-                                  f"those of a model-zoo Mask R-CNN (use --mode maskrcnn)")
-        converted, report = convert_resnet50(params, source=source)
-    else:
-        converted, report = convert_zoo_maskrcnn(params, source=source)
+    if kind == KIND_ZOO_RESNET50 and detected == KIND_ZOO_MASKRCNN:
+        raise CheckpointError(f"{source}: not a model-zoo ResNet50 checkpoint: its names are "
+                              f"those of a model-zoo Mask R-CNN (use --mode maskrcnn)")
+    if kind == KIND_TV_RESNET50 and detected == KIND_TV_MASKRCNN:
+        raise CheckpointError(f"{source}: not a torchvision resnet50 checkpoint: its names are those of "
+                              f"a torchvision Mask R-CNN (use --mode torchvision_maskrcnn)")
+    converted, report = CONVERTERS[kind](params, source=source)
     logger.info("%s", report.summary())
     if report.dropped_classifier:
         logger.info("dropped classifier: %s", ", ".join(report.dropped_classifier))
@@ -520,7 +834,12 @@ def convert_zoo_checkpoint(params: Mapping[str, object], mode: Optional[str] = N
         logger.info("dropped optimizer state: %s", _listing(report.dropped_optimizer, 10))
     if report.unexpected:
         logger.warning("unexpected tensors, not converted: %s", ", ".join(report.unexpected))
+    logger.info("these weights need the numerics preset '%s' (config key %s)", report.numerics, NUMERICS_KEY)
     return converted, report
+
+
+# The name convert_checkpoint.py used before torchvision files were supported.
+convert_zoo_checkpoint = convert_foreign_checkpoint
 
 
 # ---------------------------------------------------------------------------------------------
@@ -550,19 +869,23 @@ def _fit_problems(mismatched: List[str], unexpected: List[str], unexpected_what:
     return problems
 
 
-def load_pretrained(net: nn.Cell, ckpt_path: str) -> LoadReport:
+def load_pretrained(net: nn.Cell, ckpt_path: str, numerics: Optional[str] = None) -> LoadReport:
     """Load pre-trained weights into ``net`` (a ``Mask_Rcnn_Resnet50`` or a bare ``ResNet50``).
 
     Accepted files: a backbone checkpoint (``convert_checkpoint.py`` output), a checkpoint of
-    this model (optimizer state in it is ignored), or a raw model-zoo ResNet50 / Mask R-CNN
-    checkpoint, converted on the fly (logged). Class-dependent layers (``box_head.cls_score``,
-    ``box_head.box_deltas``, ``mask_head.mask_logits``) whose shape differs because the class
-    count differs are skipped and listed with both shapes. The result of
-    ``mindspore.load_param_into_net`` is checked against what should have loaded.
+    this model (optimizer state in it is ignored), or a raw model-zoo / torchvision ResNet50 or
+    Mask R-CNN checkpoint (``.ckpt``, ``.safetensors``, ``.pth``), converted on the fly (logged).
+    Class-dependent layers (``box_head.cls_score``, ``box_head.box_deltas``,
+    ``mask_head.mask_logits``) whose shape differs because the class count differs are skipped
+    and listed with both shapes. The result of ``mindspore.load_param_into_net`` is checked
+    against what should have loaded. A whole model whose weights need another numerics preset
+    than the network's is loaded with a warning naming both presets.
 
     Args:
         net: the network; its parameter names are this project's names.
-        ckpt_path: ``.ckpt`` file.
+        ckpt_path: checkpoint file.
+        numerics: name of the network's numerics preset (config key ``numerics``); default:
+            the name of the network's ``numerics`` attribute (a ``Numerics``), if any.
 
     Returns:
         LoadReport (also logged).
@@ -573,17 +896,14 @@ def load_pretrained(net: nn.Cell, ckpt_path: str) -> LoadReport:
             not have; model parameters a full checkpoint lacks (backbone ones for a backbone file);
             a parameter ``load_param_into_net`` did not load.
     """
-    raw = read_checkpoint(ckpt_path)
+    raw, metadata = read_weights(ckpt_path)
     kind = detect_checkpoint_kind(raw.keys(), source=ckpt_path)
-    report = LoadReport(source=ckpt_path, kind=kind)
-    if kind == KIND_ZOO_RESNET50:
-        logger.info("%s: model-zoo ResNet50 names detected, converting to backbone names", ckpt_path)
-        arrays, report.conversion = convert_resnet50(raw, source=ckpt_path)
-        report.kind, report.converted_from = KIND_BACKBONE, KIND_ZOO_RESNET50
-    elif kind == KIND_ZOO_MASKRCNN:
-        logger.info("%s: model-zoo Mask R-CNN names detected, converting to this model's names", ckpt_path)
-        arrays, report.conversion = convert_zoo_maskrcnn(raw, source=ckpt_path)
-        report.kind, report.converted_from = KIND_FULL, KIND_ZOO_MASKRCNN
+    report = LoadReport(source=ckpt_path, kind=kind, numerics=metadata.get(NUMERICS_KEY))
+    if kind in CONVERTERS:
+        logger.info("%s: %s names detected, converting to this model's names", ckpt_path, kind)
+        arrays, report.conversion = CONVERTERS[kind](raw, source=ckpt_path)
+        report.converted_from, report.numerics = kind, report.conversion.numerics
+        report.kind = KIND_FULL if kind in FULL_MODEL_SOURCES else KIND_BACKBONE
     else:
         arrays = {n: _to_numpy(n, v, ckpt_path) for n, v in raw.items() if not is_training_state(n)}
     if report.conversion is not None:
@@ -593,6 +913,9 @@ def load_pretrained(net: nn.Cell, ckpt_path: str) -> LoadReport:
                            ", ".join(report.conversion.unexpected))
     else:
         report.dropped = [n for n in raw if is_training_state(n)]
+    if numerics is None:  # Mask_Rcnn_Resnet50 keeps its preset (a Numerics) as .numerics
+        numerics = getattr(getattr(net, NUMERICS_KEY, None), "name", None)
+    _warn_numerics_mismatch(report, numerics)
 
     model_params = {p.name: p for p in net.get_parameters()}
     arrays = _file_to_model_names(arrays, report.kind, model_params)
@@ -626,6 +949,20 @@ def load_pretrained(net: nn.Cell, ckpt_path: str) -> LoadReport:
     report.loaded = list(to_load)
     logger.info("%s", report.summary())
     return report
+
+
+def _warn_numerics_mismatch(report: LoadReport, net_numerics: Optional[str]) -> None:
+    """Log a warning when a whole model's weights need another numerics preset than the network's.
+
+    Backbone-only files are not warned about: the heads are trained anew under the network's
+    conventions (the stem and normalisation differences are small and learned away).
+    """
+    if report.kind != KIND_FULL or not report.numerics or not net_numerics or report.numerics == net_numerics:
+        return
+    logger.warning("%s: these weights were computed with the numerics preset '%s', but the network "
+                   "uses '%s': their features and boxes will differ from the source; set "
+                   "`%s: %s` to reproduce them", report.source, report.numerics, net_numerics,
+                   NUMERICS_KEY, report.numerics)
 
 
 def _load_checked(net: nn.Cell, model_params: Mapping[str, Parameter], arrays: Mapping[str, np.ndarray],

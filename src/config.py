@@ -19,6 +19,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from src.maskrcnn.numerics import PRESET_NAMES as NUMERICS_PRESETS
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG_PATH = os.path.join(REPO_ROOT, "FineTune", "default.yaml")
 
@@ -67,6 +69,12 @@ class Config:
     img_std: List[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])  # RGB
     num_parallel_workers: int = 2  # data-pipeline worker processes
 
+    # ---- numerical conventions (issue 7) -------------------------------------------------
+    # Preset of the network's conventions, matching where the weights come from: "native"
+    # (this project), "zoo" (MindSpore model-zoo Mask R-CNN) or "torchvision"; the conventions of
+    # each are listed in src/maskrcnn/numerics.py.
+    numerics: str = "native"
+
     # ---- backbone + FPN -------------------------------------------------------------------
     frozen_backbone_stages: int = 1  # with a pretrained backbone: stem + this many stages frozen
     fpn_channels: int = 256  # channels of P2..P6
@@ -91,6 +99,9 @@ class Config:
     rcnn_pos_fraction: float = 0.25
     rcnn_pos_iou_thr: float = 0.5
     rcnn_neg_iou_thr: float = 0.5
+    # Stage-2 sampling: negatives also take the positive slots left unused (torchvision and
+    # detectron2 do); False leaves them empty.
+    rcnn_fill_with_negatives: bool = False
     box_target_stds: List[float] = field(default_factory=lambda: [0.1, 0.1, 0.2, 0.2])
     roi_box_size: int = 7  # RoIAlign output for the box head
     roi_mask_size: int = 14  # RoIAlign output for the mask head
@@ -239,6 +250,8 @@ def _validate(cfg: Config, source: str) -> None:
         raise bad("coco_classes", "has a repeated class name")
     if cfg.device_target not in DEVICE_TARGETS:
         raise bad("device_target", f"must be one of {DEVICE_TARGETS}")
+    if cfg.numerics not in NUMERICS_PRESETS:
+        raise bad("numerics", f"must be one of {NUMERICS_PRESETS}")
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise bad("lr_schedule", f"must be one of {LR_SCHEDULES}")
     for key in ("img_mean", "img_std"):

@@ -109,7 +109,7 @@ def test_detect_checkpoint_kind(names, kind):
 
 
 def test_detect_checkpoint_kind_rejects_unknown_names():
-    with pytest.raises(CheckpointError, match=r"x\.ckpt: not a model-zoo ResNet50 or Mask R-CNN checkpoint.*"
+    with pytest.raises(CheckpointError, match=r"x\.ckpt: not a model-zoo or torchvision ResNet50 / Mask R-CNN checkpoint.*"
                                               r"unrecognised parameter names "
                                               r"\(classifier\.bias, features\.0\.weight\)"):
         detect_checkpoint_kind(["features.0.weight", "classifier.bias"], source="x.ckpt")

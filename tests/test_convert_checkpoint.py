@@ -102,8 +102,8 @@ def test_not_a_resnet_is_a_one_line_error(lenet_ckpt, tmp_path, caplog):
 def test_unrecognised_names_without_mode(tmp_path, caplog):
     path = save_arrays(random_arrays({"features.0.weight": (2, 2)}, seed=0), str(tmp_path / "other.ckpt"))
     assert convert_checkpoint.main(["--ckpt_file", path, "--output_file", str(tmp_path / "o.ckpt")]) == 1
-    assert _errors(caplog) == [f"{path}: not a model-zoo ResNet50 or Mask R-CNN checkpoint nor one of this "
-                               f"project: unrecognised parameter names (features.0.weight)"]
+    assert _errors(caplog) == [f"{path}: not a model-zoo or torchvision ResNet50 / Mask R-CNN checkpoint nor "
+                               f"one of this project: unrecognised parameter names (features.0.weight)"]
 
 
 def test_wrong_mode_and_already_converted_inputs(zoo_maskrcnn, tmp_path, caplog):

@@ -70,6 +70,10 @@ def test_run_directory_holds_config_log_and_checkpoints(trained_run):
     assert {"config.yaml", "train.log", "losses.csv", "last.ckpt"} <= names
     assert f"maskrcnn-{EPOCHS}_{EPOCHS * STEPS_PER_EPOCH}.ckpt" in names
     assert not [n for n in names if n.endswith(".tmp") or n.startswith(".")], names
+    # The numerics preset travels with the weights (loading under another preset warns).
+    from src.checkpoint import NUMERICS_KEY, read_checkpoint_with_metadata
+
+    assert read_checkpoint_with_metadata(str(run_dir / "last.ckpt"))[1] == {NUMERICS_KEY: "native"}
 
 
 def test_resume_continues_at_the_saved_step(trained_run, tmp_path):

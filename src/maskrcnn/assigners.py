@@ -103,6 +103,7 @@ class RPNTargets(nn.Cell):
         pos_fraction: at most this fraction of the samples are positive (0.5).
         stds: 4 floats for :func:`box_ops.encode_boxes` ((1, 1, 1, 1) for the RPN).
         seed: seed of the random sampling (0 = nondeterministic).
+        box_plus_one: box-coder widths ``x2 - x1 + 1`` (model-zoo numerics).
 
     Inputs:
         gt_boxes ``[B, N, 4]`` f32, gt_labels ``[B, N]`` i32, gt_valid ``[B, N]`` i32,
@@ -115,8 +116,9 @@ class RPNTargets(nn.Cell):
     """
 
     def __init__(self, anchors, pos_iou_thr, neg_iou_thr, min_pos_iou, num_samples, pos_fraction,
-                 stds, seed=0):
+                 stds, seed=0, box_plus_one=False):
         super().__init__()
+        self.box_plus_one = bool(box_plus_one)
         _check_thresholds("RPNTargets", pos_iou_thr, neg_iou_thr, num_samples, pos_fraction, stds)
         _check_fraction("min_pos_iou", min_pos_iou)
         anchors = np.asarray(anchors, dtype=np.float32)
@@ -168,7 +170,7 @@ class RPNTargets(nn.Cell):
         label_weights = pos_weight + _scatter_flags(neg_index, neg_picked, self.num_anchors)
 
         matched_boxes = _gather_rows(gt_boxes, matched_gt)  # [B, A, 4]
-        box_targets = encode_boxes(self.anchors, matched_boxes, self.stds)
+        box_targets = encode_boxes(self.anchors, matched_boxes, self.stds, self.box_plus_one)
         box_targets = ops.where(ops.expand_dims(pos_weight > 0.0, 2), box_targets, 0.0)
         return (ops.stop_gradient(pos_weight), ops.stop_gradient(label_weights),
                 ops.stop_gradient(box_targets), ops.stop_gradient(pos_weight))
@@ -195,6 +197,7 @@ class RCNNTargets(nn.Cell):
         stds: 4 floats for :func:`box_ops.encode_boxes` ((0.1, 0.1, 0.2, 0.2)).
         seed: seed of the random sampling (0 = nondeterministic).
         fill_with_negatives: see above (default False, the layout of the team spec).
+        box_plus_one: box-coder widths ``x2 - x1 + 1`` (model-zoo numerics).
 
     Inputs:
         proposals ``[B, P, 4]`` f32, proposal_valid ``[B, P]`` bool, gt_boxes ``[B, N, 4]`` f32,
@@ -208,8 +211,9 @@ class RCNNTargets(nn.Cell):
     """
 
     def __init__(self, num_samples, pos_fraction, pos_iou_thr, neg_iou_thr, stds, seed=0,
-                 fill_with_negatives=False):
+                 fill_with_negatives=False, box_plus_one=False):
         super().__init__()
+        self.box_plus_one = bool(box_plus_one)
         _check_thresholds("RCNNTargets", pos_iou_thr, neg_iou_thr, num_samples, pos_fraction, stds)
         self.num_samples = int(num_samples)
         self.max_positives = int(self.num_samples * pos_fraction)
@@ -270,7 +274,8 @@ class RCNNTargets(nn.Cell):
         matched = _gather_rows(argmax_gt, slot_index)
         matched_gt = ops.where(slot_pos, matched, 0)
         roi_labels = ops.where(slot_pos, _gather_rows(gt_labels.astype(ms.int32), matched_gt), 0)
-        box_targets = encode_boxes(rois, _gather_rows(gt_boxes, matched_gt), self.stds)
+        box_targets = encode_boxes(rois, _gather_rows(gt_boxes, matched_gt), self.stds,
+                                   self.box_plus_one)
         box_targets = ops.where(ops.expand_dims(slot_pos, 2), box_targets, 0.0)
         roi_weights = (slot_pos | slot_neg).astype(ms.float32)
         box_weights = slot_pos.astype(ms.float32)

@@ -9,6 +9,7 @@ import mindspore.ops as ops
 from mindspore.common.initializer import HeUniform, initializer
 
 from src.maskrcnn.layers import conv_with_bias
+from src.maskrcnn.numerics import FPN_UPSAMPLE_MODES, check_choice
 
 # Input channels of C2..C5 for ResNet50.
 RESNET50_CHANNELS = (256, 512, 1024, 2048)
@@ -29,6 +30,9 @@ class FPN(nn.Cell):
     Args:
         in_channels: channels of C2..C5 (ResNet50: 256, 512, 1024, 2048).
         out_channels: channels of every P level (config.fpn_channels).
+        upsample: top-down upsampling, ``"nearest"`` or ``"bilinear_legacy"`` (bilinear with
+            ``align_corners=False, half_pixel_centers=False``: output pixel ``d`` reads source
+            position ``d * in / out``); see ``src/maskrcnn/numerics.py``.
 
     Inputs:
         features: (C2, C3, C4, C5), strides 4, 8, 16, 32, [B, in_channels[i], H_i, W_i].
@@ -38,13 +42,23 @@ class FPN(nn.Cell):
         ceil(H5 / 2) x ceil(W5 / 2).
     """
 
-    def __init__(self, in_channels: Sequence[int] = RESNET50_CHANNELS, out_channels: int = 256):
+    def __init__(self, in_channels: Sequence[int] = RESNET50_CHANNELS, out_channels: int = 256,
+                 upsample: str = "nearest"):
         super().__init__()
+        self.upsample = check_choice("FPN", "upsample", upsample, FPN_UPSAMPLE_MODES)
+        if self.upsample == "bilinear_legacy":
+            self.bilinear = ops.ResizeBilinearV2(align_corners=False, half_pixel_centers=False)
         self.num_levels = len(in_channels)
         self.lateral_convs = nn.CellList([_conv(c, out_channels, 1) for c in in_channels])
         self.output_convs = nn.CellList([_conv(out_channels, out_channels, 3) for _ in in_channels])
         # kernel 1, stride 2: plain subsampling, ceil(H/2) outputs for an odd size.
         self.p6_pool = nn.MaxPool2d(kernel_size=1, stride=2, pad_mode="same")
+
+    def _up(self, x, like):
+        """Upsample ``x`` to the spatial size of ``like`` (sizes may be odd)."""
+        if self.upsample == "bilinear_legacy":
+            return self.bilinear(x, like.shape[2:])
+        return ops.interpolate(x, size=like.shape[2:], mode="nearest")
 
     def construct(self, features):
         c2, c3, c4, c5 = features
@@ -52,10 +66,10 @@ class FPN(nn.Cell):
         l3 = self.lateral_convs[1](c3)
         l4 = self.lateral_convs[2](c4)
         l5 = self.lateral_convs[3](c5)
-        # Nearest upsampling to the exact size of the finer level (sizes may be odd).
-        t4 = l4 + ops.interpolate(l5, size=l4.shape[2:], mode="nearest")
-        t3 = l3 + ops.interpolate(t4, size=l3.shape[2:], mode="nearest")
-        t2 = l2 + ops.interpolate(t3, size=l2.shape[2:], mode="nearest")
+        # Upsampling to the exact size of the finer level.
+        t4 = l4 + self._up(l5, l4)
+        t3 = l3 + self._up(t4, l3)
+        t2 = l2 + self._up(t3, l2)
         p2 = self.output_convs[0](t2)
         p3 = self.output_convs[1](t3)
         p4 = self.output_convs[2](t4)

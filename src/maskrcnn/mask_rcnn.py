@@ -31,6 +31,7 @@ from src.maskrcnn.fpn import FPN
 from src.maskrcnn.losses import (mask_bce_loss, sigmoid_bce_loss, smooth_l1_loss,
                                  softmax_cross_entropy_loss)
 from src.maskrcnn.mask_head import MaskHead
+from src.maskrcnn.numerics import get_numerics
 from src.maskrcnn.proposals import ProposalGenerator
 from src.maskrcnn.resnet50 import FEATURE_STRIDES, ResNet50
 from src.maskrcnn.roi_align import MultiLevelRoIAlign
@@ -60,6 +61,9 @@ class Mask_Rcnn_Resnet50(nn.Cell):  # pylint: disable=invalid-name  (the name us
             stages frozen. False (random init): trainable BatchNorm with batch statistics.
         roi_align_kernel: ``MultiLevelRoIAlign`` kernel ("sparse", "native"; None = by device);
             ``src.precision.roi_align_kernel`` decides it (export needs "native").
+
+    ``config.numerics`` names the preset of numerical conventions (``src/maskrcnn/numerics.py``);
+    each stage gets its part as constructor arguments.
     """
 
     def __init__(self, config, pretrained_backbone: bool = False, roi_align_kernel=None):
@@ -81,19 +85,29 @@ class Mask_Rcnn_Resnet50(nn.Cell):  # pylint: disable=invalid-name  (the name us
         # Class offset for a single NMS over all classes: boxes of different classes never overlap.
         self.class_offset = float(max(config.img_height, config.img_width) + 1)
         self.half_extent = 0.5 * float(max(config.img_height, config.img_width))
+        numerics = get_numerics(config.numerics)
+        self.numerics = numerics
+        self.box_plus_one = numerics.box_plus_one
+        self.clamp_below = numerics.clamp_log_ratio_below
+        # The model zoo clips decoded boxes to the padded input, the others to the image.
+        self.clip_to_input = ((config.img_height, config.img_width) if numerics.clip_to == "input"
+                              else None)
+        self.min_detection_size = float(numerics.min_detection_size)
 
         if pretrained_backbone:
-            self.backbone = ResNet50(config.frozen_backbone_stages, norm="frozen")
+            self.backbone = ResNet50(config.frozen_backbone_stages, norm="frozen",
+                                     stem_pool=numerics.stem_pool)
         else:
-            self.backbone = ResNet50(0, norm="batch")
-        self.fpn = FPN(out_channels=channels)
+            self.backbone = ResNet50(0, norm="batch", stem_pool=numerics.stem_pool)
+        self.fpn = FPN(out_channels=channels, upsample=numerics.fpn_upsample)
         self.rpn_head = RPNHead(channels, config.num_anchors_per_location)
         self.box_head = BoxHead(channels, config.roi_box_size, config.box_head_channels, num_classes)
         self.mask_head = MaskHead(channels, config.mask_head_channels, num_classes)
 
         feature_shapes = config.feature_shapes
         anchors = generate_anchors(feature_shapes, FPN_STRIDES, config.anchor_scales,
-                                   config.anchor_ratios)
+                                   config.anchor_ratios, layout=numerics.anchor_layout,
+                                   input_size=(config.img_height, config.img_width))
         level_counts = anchors_per_level(feature_shapes, FPN_STRIDES, config.anchor_scales,
                                          config.anchor_ratios)
         # A constant of the graph (never updated).
@@ -101,20 +115,29 @@ class Mask_Rcnn_Resnet50(nn.Cell):  # pylint: disable=invalid-name  (the name us
         self.rpn_targets = RPNTargets(anchors, config.rpn_pos_iou_thr, config.rpn_neg_iou_thr,
                                       config.rpn_min_pos_iou, config.rpn_num_samples,
                                       config.rpn_pos_fraction, RPN_BOX_STDS,
-                                      seed=config.seed)
+                                      seed=config.seed, box_plus_one=numerics.box_plus_one)
+        proposal_numerics = dict(box_plus_one=numerics.box_plus_one,
+                                 clamp_below=numerics.clamp_log_ratio_below,
+                                 clip_to_input=self.clip_to_input,
+                                 filter_small=numerics.filter_small_proposals)
         self.proposals_train = ProposalGenerator(level_counts, config.rpn_pre_nms_top_k_train,
                                                  config.rpn_post_nms_top_k_train, config.rpn_nms_thr,
-                                                 config.rpn_min_box_size, RPN_BOX_STDS)
+                                                 config.rpn_min_box_size, RPN_BOX_STDS,
+                                                 **proposal_numerics)
         self.proposals_test = ProposalGenerator(level_counts, config.rpn_pre_nms_top_k_test,
                                                 config.rpn_post_nms_top_k_test, config.rpn_nms_thr,
-                                                config.rpn_min_box_size, RPN_BOX_STDS)
+                                                config.rpn_min_box_size, RPN_BOX_STDS,
+                                                **proposal_numerics)
         self.rcnn_targets = RCNNTargets(config.rcnn_num_samples, config.rcnn_pos_fraction,
                                         config.rcnn_pos_iou_thr, config.rcnn_neg_iou_thr, stds,
-                                        seed=config.seed + 1)
+                                        seed=config.seed + 1, box_plus_one=numerics.box_plus_one,
+                                        fill_with_negatives=config.rcnn_fill_with_negatives)
         self.box_roi_align = MultiLevelRoIAlign(config.roi_box_size, config.roi_sampling_ratio,
-                                                FEATURE_STRIDES, kernel=roi_align_kernel)
+                                                FEATURE_STRIDES, alignment=numerics.roi_align,
+                                                level_rule=numerics.roi_level, kernel=roi_align_kernel)
         self.mask_roi_align = MultiLevelRoIAlign(config.roi_mask_size, config.roi_sampling_ratio,
-                                                 FEATURE_STRIDES, kernel=roi_align_kernel)
+                                                 FEATURE_STRIDES, alignment=numerics.roi_align,
+                                                 level_rule=numerics.roi_level, kernel=roi_align_kernel)
 
         # Inference: candidates over (RoI, class) pairs before NMS.
         num_pairs = config.rpn_post_nms_top_k_test * (num_classes - 1)
@@ -212,11 +235,17 @@ class Mask_Rcnn_Resnet50(nn.Cell):  # pylint: disable=invalid-name  (the name us
         # Class-specific boxes of every (proposal, foreground class) pair: [B, P*fg, 4].
         deltas = box_deltas[:, 1:, :].reshape(batch, num_props, fg, 4)
         ref = ops.broadcast_to(ops.expand_dims(proposals, 2), (batch, num_props, fg, 4))
-        boxes = decode_boxes(ref, deltas, self.stds).reshape(batch, num_props * fg, 4)
-        boxes = clip_boxes(boxes, image_shape)
+        boxes = decode_boxes(ref, deltas, self.stds, plus_one=self.box_plus_one,
+                             clamp_below=self.clamp_below).reshape(batch, num_props * fg, 4)
+        boxes = clip_boxes(boxes, image_shape, self.clip_to_input)
         pair_valid = ops.broadcast_to(ops.expand_dims(proposal_valid, 2),
                                       (batch, num_props, fg)).reshape(batch, num_props * fg)
         pair_valid = ops.logical_and(pair_valid, scores > self.test_score_thr)
+        if self.min_detection_size > 0:
+            # torchvision drops detections with a side below min_detection_size before NMS.
+            big_enough = ((boxes[..., 2] - boxes[..., 0]) >= self.min_detection_size) & \
+                         ((boxes[..., 3] - boxes[..., 1]) >= self.min_detection_size)
+            pair_valid = ops.logical_and(pair_valid, big_enough)
         scores = ops.where(pair_valid, scores, ops.full_like(scores, INVALID_SCORE))
         # Column j of a proposal row is foreground class j + 1.
         class_ids = ops.tile(ops.arange(1, fg + 1, dtype=mstype.int32), (num_props,))

@@ -39,6 +39,11 @@ class ProposalGenerator(nn.Cell):
             empty boxes).
         stds: 4 floats for :func:`box_ops.decode_boxes` ((1, 1, 1, 1) for the RPN).
         max_log_ratio: clamp of the decoded log size ratio.
+        box_plus_one, clamp_below: box-coder conventions (:func:`box_ops.decode_boxes`).
+        clip_to_input: None clips to the un-padded image; ``(height, width)`` clips to the padded
+            network input instead (model zoo).
+        filter_small: False keeps boxes of every size (model zoo; ``min_size`` unused).
+        (See ``src/maskrcnn/numerics.py`` for the presets.)
 
     Inputs:
         objectness: ``[B, A]`` logits; deltas: ``[B, A, 4]``; anchors: ``[A, 4]``;
@@ -50,8 +55,13 @@ class ProposalGenerator(nn.Cell):
     """
 
     def __init__(self, level_anchor_counts, pre_nms_top_k, post_nms_top_k, nms_thr, min_size, stds,
-                 max_log_ratio=DEFAULT_MAX_LOG_RATIO):
+                 max_log_ratio=DEFAULT_MAX_LOG_RATIO, box_plus_one=False, clamp_below=True,
+                 clip_to_input=None, filter_small=True):
         super().__init__()
+        self.box_plus_one = bool(box_plus_one)
+        self.clamp_below = bool(clamp_below)
+        self.clip_to_input = None if clip_to_input is None else tuple(float(v) for v in clip_to_input)
+        self.filter_small = bool(filter_small)
         counts = [int(c) for c in level_anchor_counts]
         if not counts or any(c <= 0 for c in counts):
             raise ValueError(f"ProposalGenerator: level_anchor_counts must be positive, got {counts!r}")
@@ -84,10 +94,14 @@ class ProposalGenerator(nn.Cell):
             index = index.astype(ms.int32)
             level_deltas = ops.gather(deltas[:, start:end], index, 1, batch_dims=1)  # [B, k, 4]
             level_anchors = ops.gather(anchors[start:end], index, 0)  # [B, k, 4]
-            boxes = decode_boxes(level_anchors, level_deltas, self.stds, self.max_log_ratio)
-            boxes = clip_boxes(boxes, image_shape)
-            keep = ((boxes[..., 2] - boxes[..., 0]) > self.min_size) & \
-                   ((boxes[..., 3] - boxes[..., 1]) > self.min_size)
+            boxes = decode_boxes(level_anchors, level_deltas, self.stds, self.max_log_ratio,
+                                 self.box_plus_one, self.clamp_below)
+            boxes = clip_boxes(boxes, image_shape, self.clip_to_input)
+            if self.filter_small:
+                keep = ((boxes[..., 2] - boxes[..., 0]) > self.min_size) & \
+                       ((boxes[..., 3] - boxes[..., 1]) > self.min_size)
+            else:
+                keep = ops.ones_like(logits).astype(ms.bool_)
             scores = ops.where(keep, ops.sigmoid(logits), DROPPED_SCORE)
             boxes = ops.where(ops.expand_dims(keep, 2), boxes, DROPPED_BOX_COORD)
             image_boxes = []

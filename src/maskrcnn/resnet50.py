@@ -13,6 +13,8 @@ from typing import Tuple
 import mindspore.nn as nn
 from mindspore.common.initializer import HeNormal, initializer
 
+from src.maskrcnn.numerics import STEM_POOL_MODES, check_choice
+
 # Output channels of the four bottleneck stages and their block counts (ResNet50).
 STAGE_OUT_CHANNELS: Tuple[int, ...] = (256, 512, 1024, 2048)
 STAGE_BLOCKS: Tuple[int, ...] = (3, 4, 6, 3)
@@ -55,6 +57,23 @@ def _norm(channels: int, norm: str, zero_gamma: bool = False) -> nn.BatchNorm2d:
         return bn
     return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM,
                           gamma_init="zeros" if zero_gamma else "ones")
+
+
+def stem_max_pool(stem_pool: str = "same") -> nn.MaxPool2d:
+    """The stem's 3x3 stride-2 max-pool.
+
+    Args:
+        stem_pool: ``"same"``: TF-style padding (on an even size 0 before, 1 after; window i covers
+            rows 2i..2i+2); ``"symmetric"``: padding 1 on every side (window i covers rows
+            2i-1..2i+1), as torchvision's ``MaxPool2d(3, 2, padding=1)``.
+
+    Returns:
+        ``nn.MaxPool2d`` mapping ``[B, C, H, W]`` to ``[B, C, ceil(H/2), ceil(W/2)]`` (even H, W).
+    """
+    check_choice("ResNet50", "stem_pool", stem_pool, STEM_POOL_MODES)
+    if stem_pool == "symmetric":
+        return nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="pad", padding=1)
+    return nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="same")
 
 
 class Bottleneck(nn.Cell):
@@ -101,6 +120,9 @@ class ResNet50(nn.Cell):
             stem (``conv1``/``bn1``) is frozen too. Frozen parameters get ``requires_grad=False``.
         norm: "batch" (trainable BatchNorm, batch statistics in training; for random init) or
             "frozen" (moving statistics, gamma/beta not trained; for a pretrained backbone).
+        stem_pool: padding of the stem's 3x3/2 max-pool: ``"same"`` (TF style, 0 before and 1
+            after on even sizes) or ``"symmetric"`` (1 on every side, torchvision); see
+            ``src/maskrcnn/numerics.py``.
 
     Inputs:
         image [B, 3, H, W] float, H and W multiples of 32.
@@ -110,8 +132,9 @@ class ResNet50(nn.Cell):
         [B, 2048, H/32, W/32].
     """
 
-    def __init__(self, frozen_stages: int = 0, norm: str = "batch"):
+    def __init__(self, frozen_stages: int = 0, norm: str = "batch", stem_pool: str = "same"):
         super().__init__()
+        check_choice("ResNet50", "stem_pool", stem_pool, STEM_POOL_MODES)
         if norm not in NORM_MODES:
             raise ValueError(f"ResNet50: norm must be one of {NORM_MODES}, got {norm!r}")
         if not 0 <= frozen_stages <= len(STAGE_BLOCKS):
@@ -120,7 +143,8 @@ class ResNet50(nn.Cell):
         self.conv1 = _conv(3, STEM_CHANNELS, 7, stride=2)
         self.bn1 = _norm(STEM_CHANNELS, norm)
         self.relu = nn.ReLU()
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="same")
+        self.stem_pool = stem_pool
+        self.maxpool = stem_max_pool(stem_pool)
         in_channels = STEM_CHANNELS
         stages = []
         for out_channels, blocks, stride in zip(STAGE_OUT_CHANNELS, STAGE_BLOCKS, STAGE_STRIDES):
