@@ -171,7 +171,7 @@ def test_checkpoint_of_another_architecture_is_refused_naming_it(tmp_path):
         load_pretrained(None, lenet)
     random_names = str(tmp_path / "random.ckpt")
     save_checkpoint_atomic({"alpha": np.ones(3, np.float32), "beta.gamma": np.ones(2, np.float32)}, random_names)
-    with pytest.raises(CheckpointError, match=r"random\.ckpt: not a model-zoo ResNet50 or Mask R-CNN checkpoint "
+    with pytest.raises(CheckpointError, match=r"random\.ckpt: not a model-zoo or torchvision ResNet50 / Mask R-CNN checkpoint "
                                               r"nor one of this project: unrecognised parameter names "
                                               r"\(alpha, beta\.gamma\)"):
         load_pretrained(None, random_names)

@@ -44,10 +44,18 @@ def keep_pytest_logging(monkeypatch):
 
 
 def _arrays(shapes, seed):
-    """Random float32 values; BatchNorm update counters are int64 scalars as in PyTorch."""
+    """Random float32 values; BatchNorm update counters are int64 scalars as in PyTorch, running
+    variances positive as in any real checkpoint (loading refuses negative ones)."""
     rng = np.random.default_rng(seed)
-    return {name: np.asarray(7, np.int64) if name.endswith("num_batches_tracked")
-            else rng.standard_normal(shape, dtype=np.float32) for name, shape in shapes.items()}
+    arrays = {}
+    for name, shape in shapes.items():
+        if name.endswith("num_batches_tracked"):
+            arrays[name] = np.asarray(7, np.int64)
+        else:
+            arrays[name] = rng.standard_normal(shape, dtype=np.float32)
+            if name.endswith("running_var"):
+                arrays[name] = np.abs(arrays[name]) + np.float32(1e-3)
+    return arrays
 
 
 @pytest.fixture(scope="module")
