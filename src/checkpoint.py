@@ -163,6 +163,11 @@ def _zoo_maskrcnn_backbone_name(name: str) -> str:
             .replace("down_sample_layer.1.", "bn_down_sample."))
 
 
+def _layer_params(layers: Mapping[str, str]) -> Dict[str, str]:
+    """{foreign layer: our layer} -> the same for their ``weight`` and ``bias`` tensors."""
+    return {f"{theirs}.{p}": f"{ours}.{p}" for theirs, ours in layers.items() for p in ("weight", "bias")}
+
+
 def _zoo_maskrcnn_table() -> Dict[str, str]:
     table = {_zoo_maskrcnn_backbone_name(name): BACKBONE_PREFIX + name for name in RESNET50_SHAPES}
     for level in range(len(RESNET50_STAGE_BLOCKS)):  # one lateral + one output conv per C2..C5
@@ -184,9 +189,7 @@ def _zoo_maskrcnn_table() -> Dict[str, str]:
         "rcnn_mask.fpn_mask.mask_deconv5": "mask_head.deconv",
         "rcnn_mask.fpn_mask.mask_conv6": "mask_head.mask_logits",
     }
-    for zoo_layer, our_layer in heads.items():
-        for p in ("weight", "bias"):
-            table[f"{zoo_layer}.{p}"] = f"{our_layer}.{p}"
+    table.update(_layer_params(heads))
     return table
 
 
@@ -243,9 +246,7 @@ def _torchvision_maskrcnn_table() -> Dict[str, str]:
         "roi_heads.mask_predictor.conv5_mask": "mask_head.deconv",
         "roi_heads.mask_predictor.mask_fcn_logits": "mask_head.mask_logits",
     }
-    for tv_layer, our_layer in heads.items():
-        for p in ("weight", "bias"):
-            table[f"{tv_layer}.{p}"] = f"{our_layer}.{p}"
+    table.update(_layer_params(heads))
     return table
 
 
