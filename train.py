@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import time
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import yaml
