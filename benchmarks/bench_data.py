@@ -31,7 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from src import synthetic  # noqa: E402
 from src.config import load_config  # noqa: E402
-from src.dataset import COCOSubDataset, TrainSource, create_new_dataset  # noqa: E402
+from src.data_sources import TrainSource  # noqa: E402
+from src.dataset import COCOSubDataset, create_new_dataset  # noqa: E402
 
 SAMPLE_PERIOD_S = 0.2
 # Config overrides of each --augment choice.

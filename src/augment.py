@@ -4,7 +4,7 @@
 on one :class:`Sample` with one random generator. The generator comes from
 :func:`sample_rng` ``(seed, epoch, index)``, so an item is augmented the same way whichever
 worker process handles it (the epoch travels with the index, see
-``src.dataset.EpochSampler``).
+``src.data_sources.EpochSampler``).
 
 Conventions as in src/transforms.py: images RGB ``[h, w, 3]`` uint8, boxes ``[x1, y1, x2, y2]``
 in continuous pixels, masks ``[n, h, w]`` uint8. ``annos`` rows are ``(x1, y1, x2, y2, label,

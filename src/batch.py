@@ -23,7 +23,8 @@ mask           [B, N, H, W] u8     instance segmentation, 1 on the object's pixe
 Real instances come first, then crowd regions, then padding.
 
 Evaluation / inference batch: ``image``, ``image_shape`` as above plus ``image_id`` [B] i32
-(the COCO image id, for the evaluator).
+(the COCO image id, for the evaluator; ``PAD_IMAGE_ID`` for the padding items that complete the
+last batch, which the evaluator skips).
 
 Network predictions (inference, ``K`` = ``config.test_max_per_img``):
 
@@ -40,6 +41,9 @@ masks          [B, K, M, M] f32    mask probabilities inside the box, M = 28
 TRAIN_COLUMNS = ("image", "image_shape", "box", "label", "valid_num", "mask")
 EVAL_COLUMNS = ("image", "image_shape", "image_id")
 PREDICTION_NAMES = ("boxes", "scores", "labels", "valid", "masks")
+
+# Image id of the padding items that complete the last evaluation batch.
+PAD_IMAGE_ID = -1
 
 # Label of a crowd (iscrowd=1) region: anchors/RoIs mostly inside one are ignored, not negatives.
 CROWD_LABEL = -1

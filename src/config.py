@@ -29,6 +29,10 @@ FPN_STRIDES: Tuple[int, ...] = (4, 8, 16, 32, 64)
 # The network input must be divisible by the stride of the coarsest backbone stage (C5).
 INPUT_SIZE_MULTIPLE = 32
 DEVICE_TARGETS = ("CPU", "Ascend", "GPU")
+# Layout of a COCO 2017 download, the default of the data keys: images in <root>/<split>/,
+# annotations in <root>/<COCO_INSTANCE_SET with the split name>.
+COCO_SPLITS = ("train2017", "val2017")
+COCO_INSTANCE_SET = "annotations/instances_{}.json"
 LR_SCHEDULES = ("step", "cosine")
 
 
@@ -56,9 +60,9 @@ class Config:
 
     # ---- data -----------------------------------------------------------------------------
     coco_root: str = "FineTune/synthetic"  # folder with <split>/ images and annotations/
-    train_data_type: str = "train2017"  # image sub-folder and annotation suffix of the train split
-    val_data_type: str = "val2017"  # same for the validation split
-    instance_set: str = "annotations/instances_{}.json"  # annotation file, {} = split name
+    train_data_type: str = COCO_SPLITS[0]  # image sub-folder and annotation suffix of the train split
+    val_data_type: str = COCO_SPLITS[1]  # same for the validation split
+    instance_set: str = COCO_INSTANCE_SET  # annotation file, {} = split name
     coco_classes: List[str] = field(default_factory=lambda: ["background", "book"])  # [0] is background
     max_instance_count: int = 32  # GT instances per image after padding (largest kept beyond)
     img_height: int = 320  # network input height (after keep-ratio resize and padding)
@@ -185,9 +189,10 @@ class Config:
             return self.device_target == "Ascend"
         return self.compute_dtype == "float16"
 
-    def split_paths(self, split: str) -> Tuple[str, str]:
-        """(image folder, annotation file) of ``split`` under ``coco_root``."""
-        root = resolve_path(self.coco_root)
+    def split_paths(self, split: str, root: Optional[str] = None) -> Tuple[str, str]:
+        """(image folder, annotation file) of ``split`` under the COCO-format folder ``root``
+        (default ``coco_root``; relative paths are relative to the repository)."""
+        root = resolve_path(root if root is not None else self.coco_root)
         return os.path.join(root, split), os.path.join(root, self.instance_set.format(split))
 
     def replace(self, **changes: Any) -> "Config":

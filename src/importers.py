@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
-from src.dataset import DatasetError, MIN_POLYGON_POINTS, load_coco_json, read_json
+from src.annotations import DatasetError, MIN_POLYGON_POINTS, load_coco_json, read_json
 
 LOGGER = logging.getLogger(__name__)
 

@@ -228,7 +228,8 @@ def draw_network_sample(columns, config: Config) -> np.ndarray:
 
 def inspect(config: Config, split: Optional[str], out_dir: str, num: int) -> Dict[str, Any]:
     """Write the pictures, summary.json and object_sizes.png for ``split``; return the summary."""
-    from src.dataset import COCOSubDataset, TrainSource
+    from src.data_sources import TrainSource
+    from src.dataset import COCOSubDataset
 
     if split:
         config = config.replace(train_data_type=split)

@@ -458,7 +458,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from pycocotools.coco import COCO
 
-    from src.dataset import DatasetError, load_coco_json, read_json
+    from src.annotations import DatasetError, load_coco_json, read_json
     from src.evaluation import EvaluationError
 
     try:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from src.dataset import COCOSubDataset, DEFECT_KINDS, DatasetError
+from src.annotations import DEFECT_KINDS, DatasetError
+from src.dataset import COCOSubDataset
 from src.image_header import ImageHeaderError, read_image_size
 from test_dataset import _ann, _cfg, _img, _write_set
 

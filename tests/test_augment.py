@@ -11,7 +11,8 @@ from src.augment import (HorizontalFlip, PhotometricDistortion, RandomCrop, Resi
                          apply_augmentations, build_augmentations, crop_instances, mask_extents,
                          sample_rng)
 from src.config import Config
-from src.dataset import EpochSampler, create_new_dataset
+from src.data_sources import EpochSampler
+from src.dataset import create_new_dataset
 
 # label -> flat colour painted under the instance (far apart, so bilinear edges stay nearest).
 COLOURS = {1: (230, 30, 30), 2: (30, 60, 230), 3: (30, 220, 40)}

@@ -11,7 +11,8 @@ import pytest
 from src import synthetic
 from src.batch import CROWD_LABEL, EVAL_COLUMNS, TRAIN_COLUMNS
 from src.config import Config
-from src.dataset import COCOSubDataset, DatasetError, PAD_IMAGE_ID, create_new_dataset
+from src.batch import PAD_IMAGE_ID
+from src.dataset import COCOSubDataset, DatasetError, create_new_dataset
 
 RED, GREEN = (255, 0, 0), (0, 255, 0)
 

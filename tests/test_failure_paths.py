@@ -20,7 +20,7 @@ import predict
 import train
 from src.checkpoint import CheckpointError, load_pretrained, load_train_state, read_checkpoint, save_checkpoint_atomic
 from src.config import REPO_ROOT, ConfigError, load_config
-from src.dataset import DatasetError, load_coco_json
+from src.annotations import DatasetError, load_coco_json
 from src.loss_log import drop_rows_after_step
 from src.runtime import DeviceUnavailableError, OutputFolderError, ensure_writable_folder, set_mindspore_context
 
