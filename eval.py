@@ -18,7 +18,7 @@ import sys
 import tempfile
 from typing import Optional, Sequence
 
-from src.config import add_config_arguments, config_from_cli, resolve_path
+from src.config import DEVICE_TARGETS, add_config_arguments, config_from_cli, resolve_path
 
 logger = logging.getLogger("eval")
 
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ann_file", default=None,
                         help="annotation JSON of the val split (default: <root>/annotations/instances_<split>.json)")
     parser.add_argument("--out", default=None, help="output folder (default: <run_dir>/eval)")
-    parser.add_argument("--device_target", default=None, choices=("CPU", "Ascend", "GPU"),
+    parser.add_argument("--device_target", default=None, choices=DEVICE_TARGETS,
                         help="overrides the config's device_target")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     parser.add_argument("--report", default=None, metavar="DIR",

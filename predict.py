@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
-from src.config import add_config_arguments, config_from_cli
+from src.config import DEVICE_TARGETS, add_config_arguments, config_from_cli
 
 logger = logging.getLogger("predict")
 
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--classes", default="",
                         help="comma-separated class names to keep (default: all classes of the config)")
     parser.add_argument("--max_frames", type=int, default=0, help="video: stop after N frames (0 = all)")
-    parser.add_argument("--device_target", default=None, choices=("CPU", "Ascend", "GPU"),
+    parser.add_argument("--device_target", default=None, choices=DEVICE_TARGETS,
                         help="overrides the config's device_target")
     return parser
 

@@ -178,11 +178,7 @@ class Resize:
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         factor = self._factor(rng)
         h, w = sample.image.shape[:2]
-        target_h, target_w = self.out_h * factor, self.out_w * factor
-        if self.keep_ratio:
-            scale_h = scale_w = min(target_h / h, target_w / w)
-        else:
-            scale_h, scale_w = target_h / h, target_w / w
+        scale_h, scale_w = transforms.fit_scale(h, w, self.out_h * factor, self.out_w * factor, self.keep_ratio)
         if round(h * scale_h) > self.out_h or round(w * scale_w) > self.out_w:
             win_h = min(h, int(self.out_h / scale_h))
             win_w = min(w, int(self.out_w / scale_w))
@@ -198,16 +194,12 @@ class Resize:
 
     def _resize_to_fit(self, sample: Sample) -> Sample:
         """The plain resize of src/transforms.py (factor 1)."""
-        if self.keep_ratio:
-            image, scale_h, scale_w = transforms.rescale_keep_ratio(sample.image, self.out_h, self.out_w)
-        else:
-            image, scale_h, scale_w = transforms.rescale_stretch(sample.image, self.out_h, self.out_w)
+        image, scale_h, scale_w = transforms.rescale(sample.image, self.out_h, self.out_w, self.keep_ratio)
         return self._finish(sample, image, scale_h, scale_w)
 
     def _resize(self, sample: Sample, scale_h: float, scale_w: float) -> Sample:
         h, w = sample.image.shape[:2]
-        new_h = min(max(int(round(h * scale_h)), 1), self.out_h)
-        new_w = min(max(int(round(w * scale_w)), 1), self.out_w)
+        new_h, new_w = transforms.scaled_size(h, w, scale_h, scale_w, self.out_h, self.out_w)
         image = transforms.resize_image(sample.image, new_h, new_w)
         return self._finish(sample, image, new_h / h, new_w / w)
 
@@ -215,10 +207,7 @@ class Resize:
     def _finish(sample: Sample, image: np.ndarray, scale_h: float, scale_w: float) -> Sample:
         new_h, new_w = image.shape[:2]
         annos = sample.annos.copy()
-        boxes = transforms.scale_boxes(annos[:, :4], scale_h, scale_w)
-        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, new_w)
-        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, new_h)
-        annos[:, :4] = boxes
+        annos[:, :4] = transforms.resize_boxes(annos[:, :4], scale_h, scale_w, new_h, new_w)
         masks = transforms.resize_masks(sample.masks, new_h, new_w)
         return Sample(image, annos, masks, sample.scale_h * scale_h, sample.scale_w * scale_w)
 

@@ -28,10 +28,11 @@ import cv2
 import numpy as np
 
 from src.annotations import DatasetError, MIN_POLYGON_POINTS, load_coco_json, read_json
+from src.config import COCO_INSTANCE_SET, COCO_SPLITS
 
 LOGGER = logging.getLogger(__name__)
 
-DEFAULT_SPLITS = ("train2017", "val2017")
+DEFAULT_SPLITS = COCO_SPLITS
 DEFAULT_VIA_CATEGORY_ID = 1
 
 
@@ -64,7 +65,7 @@ def coco_subset(coco_dir: str, category: str, num_images: int, out_dir: str,
         raise DatasetError(f"--num_images must be positive, got {num_images}")
     written = {}
     for split in splits:
-        ann_file = os.path.join(coco_dir, "annotations", f"instances_{split}.json")
+        ann_file = os.path.join(coco_dir, COCO_INSTANCE_SET.format(split))
         data = load_coco_json(ann_file)
         cats = [c for c in data["categories"] if c["name"] == category]
         if not cats:
@@ -95,7 +96,7 @@ def coco_subset(coco_dir: str, category: str, num_images: int, out_dir: str,
             "images": images,
             "annotations": sorted((a for a in anns if a["image_id"] in chosen_set), key=lambda a: a["id"]),
             "categories": cats[:1]}
-        _write_json(subset, os.path.join(out_dir, "annotations", f"instances_{split}.json"))
+        _write_json(subset, os.path.join(out_dir, COCO_INSTANCE_SET.format(split)))
         LOGGER.info("%s: %d images, %d '%s' annotations -> %s", split, len(images),
                     len(subset["annotations"]), category, out_dir)
         written[split] = len(images)
@@ -187,7 +188,7 @@ def via_to_coco(via_json: str, image_dir: str, out_dir: str, category: str,
     data = {"info": {"description": f"converted from {os.path.basename(via_json)}"}, "licenses": [],
             "images": images, "annotations": annotations,
             "categories": [{"id": category_id, "name": category, "supercategory": category}]}
-    _write_json(data, os.path.join(out_dir, "annotations", f"instances_{split}.json"))
+    _write_json(data, os.path.join(out_dir, COCO_INSTANCE_SET.format(split)))
     LOGGER.info("%s: %d images, %d regions -> %s", via_json, len(images), len(annotations), out_dir)
     return len(annotations)
 

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from src.config import FPN_STRIDES, Config, add_config_arguments, config_from_cli
+from src.transforms import fit_scale, resized_size
 
 LOGGER = logging.getLogger(__name__)
 
@@ -49,10 +50,7 @@ def anchor_sizes(config: Config) -> List[float]:
 
 def input_scale(config: Config, height: int, width: int):
     """(scale_h, scale_w) of the plain resize of an ``height x width`` image into the input."""
-    if config.keep_ratio:
-        scale = min(config.img_height / height, config.img_width / width)
-        return scale, scale
-    return config.img_height / height, config.img_width / width
+    return fit_scale(height, width, config.img_height, config.img_width, config.keep_ratio)
 
 
 def _nearest_power_of_two(value: float) -> float:
@@ -214,7 +212,7 @@ def draw_network_sample(columns, config: Config) -> np.ndarray:
     image, image_shape, box, label, _valid, mask = columns
     std, mean = np.asarray(config.img_std, np.float32), np.asarray(config.img_mean, np.float32)
     rgb = image.transpose(1, 2, 0) * std + mean
-    new_h, new_w = int(round(float(image_shape[0]))), int(round(float(image_shape[1])))
+    new_h, new_w = resized_size(image_shape)
     rgb[new_h:] = 0  # the padding is zero after normalisation: show it black
     rgb[:, new_w:] = 0
     rgb = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)

@@ -31,6 +31,9 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from src.annotations import MIN_POLYGON_POINTS, rasterize
+from src.config import COCO_INSTANCE_SET, COCO_SPLITS
+
 LOGGER = logging.getLogger(__name__)
 
 # (COCO id, name); the default recipe uses book, disc and triangle, ``cross`` is a distractor.
@@ -42,10 +45,10 @@ SOLID_COLORS: Dict[str, Tuple[int, int, int]] = {
     "book": (230, 40, 40), "disc": (40, 80, 240), "triangle": (40, 220, 60), "cross": (240, 220, 30)}
 STYLES = ("textured", "solid")
 
-SPLITS = ("train2017", "val2017")
+SPLITS = COCO_SPLITS
 # Image ids of a split start after this offset (train: 1.., val: 100001..), so ids are not 0-based
 # positions.
-IMAGE_ID_OFFSET = {"train2017": 0, "val2017": 100000}
+IMAGE_ID_OFFSET = dict(zip(SPLITS, (0, 100000)))
 JPEG_QUALITY = 92
 MIN_SIDE, MAX_SIDE = 240, 480  # image side lengths in pixels
 MIN_OBJECTS, MAX_OBJECTS = 1, 5
@@ -204,16 +207,16 @@ def _segmentation(visible: np.ndarray) -> Tuple[object, bool]:
     """
     contours, hierarchy = cv2.findContours(visible, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     has_hole = hierarchy is not None and bool((hierarchy[0][:, 3] >= 0).any())
-    if len(contours) == 1 and not has_hole and len(contours[0]) >= 3:
+    if len(contours) == 1 and not has_hole and len(contours[0]) >= MIN_POLYGON_POINTS:
         poly = (contours[0].reshape(-1, 2).astype(np.float64) + PIXEL_CENTRE).ravel()
         return [[round(float(v), 1) for v in poly]], False
-    rle = mask_utils.encode(np.asfortranarray(visible))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}, True
+    return _compressed_rle(visible), True
 
 
-def _polygon_mask(polygons: List[List[float]], height: int, width: int) -> np.ndarray:
-    """[H, W] uint8 mask of COCO polygons as pycocotools rasterises them."""
-    return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width)))
+def _compressed_rle(mask: np.ndarray) -> Dict[str, object]:
+    """COCO compressed RLE of an [H, W] uint8 mask, as stored in the JSON (ASCII counts)."""
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def _uncompressed_rle(mask: np.ndarray) -> Dict[str, object]:
@@ -335,11 +338,9 @@ def generate_split(out_dir: str, split: str, num_images: int, seed: int, style: 
                 segmentation, is_rle = _segmentation(visible)
                 # Box and area describe the mask a reader decodes from the stored polygon (a
                 # traced polygon drops 1-px slivers), so they agree exactly with it.
-                stored = visible if is_rle else _polygon_mask(segmentation, height, width)
+                stored = visible if is_rle else rasterize(segmentation, height, width)
                 if stored.sum() < MIN_VISIBLE_PIXELS:
-                    rle = mask_utils.encode(np.asfortranarray(visible))
-                    segmentation = {"size": [int(v) for v in rle["size"]],
-                                    "counts": rle["counts"].decode("ascii")}
+                    segmentation = _compressed_rle(visible)
                     stored = visible
             annotations.append({
                 "id": ann_id, "image_id": image_id, "category_id": CATEGORY_ID[category],
@@ -365,7 +366,7 @@ def generate(out_dir: str, num_train: int, num_val: int, seed: int = 0, style: s
     for split, count in zip(SPLITS, (num_train, num_val)):
         data = generate_split(out_dir, split, count, seed, style, first_ann_id, object_scale)
         first_ann_id += len(data["annotations"])
-        write_json(data, os.path.join(out_dir, "annotations", f"instances_{split}.json"))
+        write_json(data, os.path.join(out_dir, COCO_INSTANCE_SET.format(split)))
         LOGGER.info("%s: %d images, %d annotations", split, count, len(data["annotations"]))
 
 

@@ -19,6 +19,34 @@ import numpy as np
 
 from src.batch import CROWD_LABEL
 
+
+def fit_scale(height: int, width: int, out_h: float, out_w: float, keep_ratio: bool = True
+              ) -> Tuple[float, float]:
+    """Resize factors (scale_h, scale_w) that fit a ``height x width`` image into ``out_h x out_w``.
+
+    Keep-ratio: the largest common factor that fits; else the stretch to exactly the target.
+    Before rounding to whole pixels (see :func:`scaled_size`).
+    """
+    if keep_ratio:
+        scale = min(out_h / height, out_w / width)
+        return scale, scale
+    return out_h / height, out_w / width
+
+
+def scaled_size(height: int, width: int, scale_h: float, scale_w: float, out_h: int, out_w: int
+                ) -> Tuple[int, int]:
+    """(new_h, new_w) of a ``height x width`` image resized by the factors: rounded to whole
+    pixels, at least 1 and at most the input ``out_h x out_w``."""
+    return (min(max(int(round(height * scale_h)), 1), out_h),
+            min(max(int(round(width * scale_w)), 1), out_w))
+
+
+def resized_size(image_shape: np.ndarray) -> Tuple[int, int]:
+    """(resized_h, resized_w) of the image inside the padded input, from its ``image_shape`` [4]
+    (resized_h, resized_w, scale_h, scale_w) of the batch contract (src/batch.py)."""
+    return int(round(float(image_shape[0]))), int(round(float(image_shape[1])))
+
+
 def rescale_keep_ratio(img: np.ndarray, out_h: int, out_w: int) -> Tuple[np.ndarray, float, float]:
     """Resize ``img`` as large as possible inside ``out_h x out_w`` keeping its aspect ratio.
 
@@ -30,9 +58,8 @@ def rescale_keep_ratio(img: np.ndarray, out_h: int, out_w: int) -> Tuple[np.ndar
         (resized [h', w', C] with h' <= out_h, w' <= out_w, scale_h = h'/h, scale_w = w'/w)
     """
     h, w = img.shape[:2]
-    scale = min(out_h / h, out_w / w)
-    new_h = min(max(int(round(h * scale)), 1), out_h)
-    new_w = min(max(int(round(w * scale)), 1), out_w)
+    scale_h, scale_w = fit_scale(h, w, out_h, out_w, keep_ratio=True)
+    new_h, new_w = scaled_size(h, w, scale_h, scale_w, out_h, out_w)
     return resize_image(img, new_h, new_w), new_h / h, new_w / w
 
 
@@ -86,6 +113,19 @@ def scale_boxes(boxes: np.ndarray, scale_h: float, scale_w: float) -> np.ndarray
     return (boxes.astype(np.float32) * factors).astype(np.float32)
 
 
+def clip_boxes(boxes: np.ndarray, height: float, width: float) -> np.ndarray:
+    """Clip boxes [..., 4] (x1, y1, x2, y2) to a ``height x width`` image, in place; returns them."""
+    boxes[..., 0::2] = np.clip(boxes[..., 0::2], 0, width)
+    boxes[..., 1::2] = np.clip(boxes[..., 1::2], 0, height)
+    return boxes
+
+
+def resize_boxes(boxes: np.ndarray, scale_h: float, scale_w: float, new_h: int, new_w: int) -> np.ndarray:
+    """Boxes [N, 4] of the original image -> float32 boxes of the ``new_h x new_w`` resized image,
+    clipped to it."""
+    return clip_boxes(scale_boxes(boxes, scale_h, scale_w), new_h, new_w)
+
+
 def boxes_to_original(boxes: np.ndarray, scale_h: float, scale_w: float,
                       orig_h: Optional[int] = None, orig_w: Optional[int] = None) -> np.ndarray:
     """Inverse of :func:`scale_boxes`: input-image boxes [..., 4] -> original-image boxes.
@@ -101,8 +141,7 @@ def boxes_to_original(boxes: np.ndarray, scale_h: float, scale_w: float,
     factors = np.array([scale_w, scale_h, scale_w, scale_h], np.float32)
     out = boxes.astype(np.float32) / factors
     if orig_h is not None and orig_w is not None:
-        out[..., 0::2] = np.clip(out[..., 0::2], 0, orig_w)
-        out[..., 1::2] = np.clip(out[..., 1::2], 0, orig_h)
+        clip_boxes(out, orig_h, orig_w)
     return out
 
 
@@ -162,7 +201,8 @@ def _to_chw_padded(img: np.ndarray, mean: Sequence[float], std: Sequence[float],
     return out
 
 
-def _rescale(img: np.ndarray, out_h: int, out_w: int, keep_ratio: bool) -> Tuple[np.ndarray, float, float]:
+def rescale(img: np.ndarray, out_h: int, out_w: int, keep_ratio: bool) -> Tuple[np.ndarray, float, float]:
+    """:func:`rescale_keep_ratio` or, with ``keep_ratio`` false, :func:`rescale_stretch`."""
     return rescale_keep_ratio(img, out_h, out_w) if keep_ratio else rescale_stretch(img, out_h, out_w)
 
 
@@ -190,12 +230,10 @@ def preprocess_train(img: np.ndarray, annos: np.ndarray, masks: np.ndarray, out_
     n = annos.shape[0]
     if n > max_instances:
         raise ValueError(f"{n} instances exceed max_instances={max_instances}")
-    resized, scale_h, scale_w = _rescale(img, out_h, out_w, keep_ratio)
+    resized, scale_h, scale_w = rescale(img, out_h, out_w, keep_ratio)
     new_h, new_w = resized.shape[:2]
     packed = annos.astype(np.float32).copy()
-    boxes = scale_boxes(annos[:, :4], scale_h, scale_w)
-    boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, new_w)
-    boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, new_h)
+    boxes = resize_boxes(annos[:, :4], scale_h, scale_w, new_h, new_w)
     resized_masks = resize_masks(masks, new_h, new_w, flip=flip)
     if flip:
         resized, boxes, _ = flip_horizontal(resized, boxes, masks[:0])
@@ -243,7 +281,7 @@ def preprocess_eval(img: np.ndarray, out_h: int, out_w: int, mean: Sequence[floa
 
     Same rescale / normalise / pad as training, no flip.
     """
-    resized, scale_h, scale_w = _rescale(img, out_h, out_w, keep_ratio)
+    resized, scale_h, scale_w = rescale(img, out_h, out_w, keep_ratio)
     image = _to_chw_padded(resized, mean, std, out_h, out_w)
     image_shape = np.array([resized.shape[0], resized.shape[1], scale_h, scale_w], np.float32)
     return image, image_shape
@@ -251,7 +289,7 @@ def preprocess_eval(img: np.ndarray, out_h: int, out_w: int, mean: Sequence[floa
 
 def mask_to_original(mask: np.ndarray, image_shape: np.ndarray, orig_h: int, orig_w: int) -> np.ndarray:
     """Undo pad + resize of an input-sized mask [H, W] (or [N, H, W]) -> original size, nearest."""
-    new_h, new_w = int(round(float(image_shape[0]))), int(round(float(image_shape[1])))
+    new_h, new_w = resized_size(image_shape)
     stacked = mask[None] if mask.ndim == 2 else mask
     out = resize_masks(np.ascontiguousarray(stacked[:, :new_h, :new_w]), orig_h, orig_w)
     return out[0] if mask.ndim == 2 else out
