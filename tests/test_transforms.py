@@ -48,6 +48,21 @@ def test_rescale_stretch_exact_size():
     assert out.shape == (32, 64, 3) and (sh, sw) == (3.2, 3.2)
 
 
+def test_fit_scale_scaled_size_and_resize_boxes_exact_values():
+    # Keep-ratio: the smaller factor for both sides; stretch: one factor per side.
+    assert transforms.fit_scale(100, 200, 320, 320) == (1.6, 1.6)
+    assert transforms.fit_scale(100, 200, 320, 320, keep_ratio=False) == (3.2, 1.6)
+    # Rounded to whole pixels, at least 1, at most the input.
+    assert transforms.scaled_size(101, 3, 0.5, 0.1, 64, 64) == (50, 1)
+    assert transforms.scaled_size(100, 100, 1.006, 1.0, 100, 100) == (100, 100)
+    boxes = np.array([[10, 20, 90, 60], [-4, 0, 200, 50]], np.float32)
+    resized = transforms.resize_boxes(boxes, 0.5, 0.25, 40, 30)
+    assert resized.dtype == np.float32
+    np.testing.assert_array_equal(resized, [[2.5, 10, 22.5, 30], [0, 0, 30, 25]])
+    np.testing.assert_array_equal(boxes[1], [-4, 0, 200, 50])  # the input is not modified
+    assert transforms.resized_size(np.array([39.9999, 30.0001, 0.5, 0.25], np.float32)) == (40, 30)
+
+
 def test_resize_masks_nearest_exact():
     masks = np.array([[[1, 0], [0, 1]], [[0, 0], [1, 0]]], np.uint8)
     out = transforms.resize_masks(masks, 4, 4)
