@@ -70,7 +70,7 @@ def run_eval(config, ckpt: str, data_root: Optional[str], ann_file: Optional[str
              progress: bool = True, report_dir: Optional[str] = None, mindir: Optional[str] = None) -> dict:
     """Build the model, load ``ckpt`` (or run the exported ``mindir``, batch 1), evaluate the val
     split, write the results (and the report page in ``report_dir``); returns the metrics."""
-    from src.evaluation import build_eval_split, load_inference_checkpoint, run_inference
+    from src.evaluation.inference import build_eval_split, evaluate_model, load_inference_checkpoint
     from src.maskrcnn.mask_rcnn import build_model
 
     eval_batch = None
@@ -90,12 +90,9 @@ def run_eval(config, ckpt: str, data_root: Optional[str], ann_file: Optional[str
             root = _root_with_ann_file(root, config.val_data_type, config.instance_set, ann_file, workdir)
         dataset, evaluator, sub = build_eval_split(config, data_root=root, batch_size=eval_batch)
         logger.info("evaluating %d images of %s (%s)", len(sub), sub.image_dir, sub.ann_file)
-        evaluator.reset()
-        for predictions, image_ids, image_shapes in run_inference(net, dataset, progress=progress):
-            evaluator.process(predictions, image_ids, image_shapes)
-        metrics = evaluator.evaluate()
+        metrics = evaluate_model(net, dataset, evaluator, progress=progress)
         if report_dir:
-            from src.report import write_report
+            from src.evaluation.report import write_report
 
             report_path = write_report(report_dir, evaluator, metrics, sub.image_dir,
                                        info={"checkpoint": os.path.abspath(ckpt), "annotations": sub.ann_file})
@@ -129,8 +126,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out_dir = args.out or os.path.join(resolve_path(config.run_dir), DEFAULT_OUT_SUBDIR)
     from src.checkpoint import CheckpointError
     from src.dataset import DatasetError
-    from src.evaluation import EvaluationError
-    from src.report import ReportError
+    from src.evaluation.report_data import ReportError
+    from src.evaluation.results import EvaluationError
     from export import ExportError
 
     weights = args.mindir or args.ckpt

@@ -112,7 +112,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logger.error("checkpoint file not found: %s", args.ckpt)
         return EXIT_BAD_INPUT
     set_mindspore_context(config.device_target, seed=config.seed)
-    from src.evaluation import load_inference_checkpoint
+    from src.evaluation.inference import load_inference_checkpoint
     from src.maskrcnn.mask_rcnn import build_model
 
     try:

@@ -146,10 +146,10 @@ class Predictor:
             self.label_thr[label] = per_label[int(label)]
 
     def __call__(self, image: np.ndarray):
-        """Detections of an RGB [H, W, 3] uint8 image in its own pixels (src.evaluation.Detections)."""
+        """Detections of an RGB [H, W, 3] uint8 image in its own pixels (src.evaluation.results.Detections)."""
         import mindspore as ms
 
-        from src.evaluation import predictions_to_original
+        from src.evaluation.results import predictions_to_original
         from src.transforms import preprocess_eval
 
         cfg = self.config
@@ -166,7 +166,7 @@ class Predictor:
 
 def detections_json(detections, class_names: Sequence[str], with_masks: bool = True) -> List[Dict[str, object]]:
     """JSON-ready list of detections (box x1, y1, x2, y2 original px; RLE mask if asked)."""
-    from src.evaluation import encode_masks
+    from src.evaluation.results import encode_masks
 
     rles = encode_masks(detections.masks) if with_masks else [None] * len(detections)
     items = []
@@ -275,7 +275,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from export import ExportError
     from src.checkpoint import CheckpointError
     from src.runtime import SetupError, ensure_writable_folder
-    from src.report import DEFAULT_REPORT_JSON, ReportError, load_score_thresholds
+    from src.evaluation.report_data import DEFAULT_REPORT_JSON, ReportError, load_score_thresholds
 
     try:
         labels = parse_classes(args.classes, config.coco_classes)
@@ -297,7 +297,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             net = load_exported(args.mindir)
         else:
-            from src.evaluation import load_inference_checkpoint
+            from src.evaluation.inference import load_inference_checkpoint
             from src.maskrcnn.mask_rcnn import build_model
 
             net = build_model(config)

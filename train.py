@@ -140,7 +140,7 @@ def train(config, pre_trained: str = "", resume: str = "", log_every: Optional[i
                                             config.save_checkpoint_epochs, config.keep_checkpoint_max, loss_cb,
                                             step_offset=start_step))
         if config.eval_interval:
-            from src.evaluation import EvalCallback
+            from src.evaluation.hook import EvalCallback
 
             callbacks.append(EvalCallback(net, config, ckpt_dir, config.eval_interval, save_fn))
 

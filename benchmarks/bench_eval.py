@@ -50,7 +50,7 @@ def bench_size(config_path: Optional[str], coco_root: str, height: int, width: i
     """Time one input size; returns the JSON record."""
     import mindspore as ms
 
-    from src.evaluation import build_eval_split
+    from src.evaluation.inference import build_eval_split
     from src.maskrcnn.mask_rcnn import build_model
 
     config = load_config(config_path, {"coco_root": coco_root, "img_height": height, "img_width": width,

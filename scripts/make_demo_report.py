@@ -19,7 +19,7 @@ import numpy as np
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from src import report  # noqa: E402  (after the path set-up)
+from src.evaluation import report  # noqa: E402  (after the path set-up)
 from src.synthetic import generate  # noqa: E402
 
 MISS_RATE = 0.1

@@ -286,9 +286,31 @@ def create_new_dataset(dataset_root: Optional[str], batch_size: int, is_training
                                        sampler=sampler, num_parallel_workers=workers,
                                        python_multiprocessing=workers > 1)
         return pipeline.batch(batch_size, drop_remainder=True)
-    do_shuffle = False if shuffle is None else shuffle
-    pipeline = ds.GeneratorDataset(EvalSource(dataset, cfg, batch_size), column_names=list(EVAL_COLUMNS),
-                                   shuffle=do_shuffle,
+    return create_eval_dataset(dataset, batch_size, workers, False if shuffle is None else shuffle,
+                               num_shards, shard_id)
+
+
+def create_eval_dataset(dataset: COCOSubDataset, batch_size: int, num_parallel_workers: Optional[int] = None,
+                        shuffle: bool = False, num_shards: int = 1, shard_id: int = 0):
+    """The eval pipeline over a split that is already read (so its annotation file is read once).
+
+    Args:
+        dataset: ``COCOSubDataset(..., is_training=False)``; its config gives the input size.
+        batch_size: images per batch; the last batch is padded with image id PAD_IMAGE_ID.
+        num_parallel_workers: worker processes (default config.num_parallel_workers); 1 runs in
+            the main process.
+        shuffle, num_shards, shard_id: as in :func:`create_new_dataset`.
+
+    Returns:
+        mindspore.dataset.Dataset of EVAL_COLUMNS batches (see src/batch.py).
+    """
+    import mindspore.dataset as ds  # imported here: MindSpore is slow to import
+
+    if batch_size <= 0:
+        raise DatasetError(f"batch_size must be positive, got {batch_size}")
+    workers = num_parallel_workers or dataset.config.num_parallel_workers
+    source = EvalSource(dataset, dataset.config, batch_size)
+    pipeline = ds.GeneratorDataset(source, column_names=list(EVAL_COLUMNS), shuffle=shuffle,
                                    num_parallel_workers=workers,
                                    python_multiprocessing=workers > 1,
                                    num_shards=num_shards if num_shards > 1 else None,

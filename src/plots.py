@@ -4,7 +4,7 @@
   log scale, with the learning rate on a second y axis;
 * :func:`pr_figure` -- precision-recall curves of one class at IoU 0.5 and 0.75;
 * :func:`error_breakdown_figure` -- per class, AP at IoU 0.5 and the AP lost to each error kind
-  as one stacked bar (see ``src/error_analysis.py``).
+  as one stacked bar (see ``src/evaluation/error_analysis.py``).
 
 Every function returns a ``matplotlib.figure.Figure``; :func:`save_png` writes it.
 """

@@ -126,25 +126,6 @@ def resize_boxes(boxes: np.ndarray, scale_h: float, scale_w: float, new_h: int, 
     return clip_boxes(scale_boxes(boxes, scale_h, scale_w), new_h, new_w)
 
 
-def boxes_to_original(boxes: np.ndarray, scale_h: float, scale_w: float,
-                      orig_h: Optional[int] = None, orig_w: Optional[int] = None) -> np.ndarray:
-    """Inverse of :func:`scale_boxes`: input-image boxes [..., 4] -> original-image boxes.
-
-    Args:
-        boxes: [..., 4] x1, y1, x2, y2 in network-input pixels.
-        scale_h, scale_w: resize factors from ``image_shape`` (input pixels per original pixel).
-        orig_h, orig_w: if given, the result is clipped to the original image.
-
-    Returns:
-        [..., 4] float32 in original-image pixels.
-    """
-    factors = np.array([scale_w, scale_h, scale_w, scale_h], np.float32)
-    out = boxes.astype(np.float32) / factors
-    if orig_h is not None and orig_w is not None:
-        clip_boxes(out, orig_h, orig_w)
-    return out
-
-
 def flip_horizontal(img: np.ndarray, boxes: np.ndarray, masks: np.ndarray
                     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mirror image, boxes and masks left-right.
@@ -164,36 +145,27 @@ def flip_horizontal(img: np.ndarray, boxes: np.ndarray, masks: np.ndarray
     return img[:, ::-1], flipped, masks[:, :, ::-1]
 
 
-def normalize(img: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """(img - mean) / std per RGB channel.
+def normalize_and_pad(img: np.ndarray, mean: Sequence[float], std: Sequence[float], h: int, w: int) -> np.ndarray:
+    """Normalise an RGB image, (img - mean) / std per channel, into a zero-padded network input.
+
+    The image sits at the top-left; the padding at the bottom/right is 0 (so it does not move
+    coordinates).
 
     Args:
-        img: [h, w, 3] uint8 RGB.
+        img: [h', w', 3] uint8 RGB with h' <= h, w' <= w.
+        mean, std: per RGB channel.
+        h, w: the network input size.
 
     Returns:
-        [h, w, 3] float32.
+        [3, h, w] float32.
+
+    Raises:
+        ValueError: the image is larger than h x w.
     """
-    mean_arr = np.asarray(mean, np.float32).reshape(1, 1, 3)
-    inv_std = (1.0 / np.asarray(std, np.float32)).reshape(1, 1, 3)
-    out = img.astype(np.float32)
-    out -= mean_arr
-    out *= inv_std
-    return out
-
-
-def pad_to(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Zero-pad an [h', w', C] (or [h', w']) image at the bottom/right to [h, w, C]."""
-    if img.shape[0] > h or img.shape[1] > w:
-        raise ValueError(f"cannot pad an image of {img.shape[:2]} to the smaller size {(h, w)}")
-    out = np.zeros((h, w) + img.shape[2:], img.dtype)
-    out[:img.shape[0], :img.shape[1]] = img
-    return out
-
-
-def _to_chw_padded(img: np.ndarray, mean: Sequence[float], std: Sequence[float], h: int, w: int) -> np.ndarray:
-    """Normalise an RGB uint8 [h', w', 3] image straight into a zero [3, h, w] float32 input."""
-    out = np.zeros((3, h, w), np.float32)
     rows, cols = img.shape[:2]
+    if rows > h or cols > w:
+        raise ValueError(f"cannot pad an image of {(rows, cols)} to the smaller size {(h, w)}")
+    out = np.zeros((3, h, w), np.float32)
     # Channel by channel into the padded planes: 5x faster than normalising HWC and transposing.
     for c in range(3):
         scale = np.float32(1.0 / std[c])
@@ -261,7 +233,7 @@ def pack_train(img: np.ndarray, annos: np.ndarray, masks: np.ndarray, scale_h: f
     new_h, new_w = img.shape[:2]
     if new_h > out_h or new_w > out_w:
         raise ValueError(f"augmented image {new_h}x{new_w} does not fit the input {out_h}x{out_w}")
-    image = _to_chw_padded(img, mean, std, out_h, out_w)
+    image = normalize_and_pad(img, mean, std, out_h, out_w)
     box = np.zeros((max_instances, 4), np.float32)
     box[:n] = annos[:n, :4]
     crowd = annos[:n, 5] > 0
@@ -282,14 +254,6 @@ def preprocess_eval(img: np.ndarray, out_h: int, out_w: int, mean: Sequence[floa
     Same rescale / normalise / pad as training, no flip.
     """
     resized, scale_h, scale_w = rescale(img, out_h, out_w, keep_ratio)
-    image = _to_chw_padded(resized, mean, std, out_h, out_w)
+    image = normalize_and_pad(resized, mean, std, out_h, out_w)
     image_shape = np.array([resized.shape[0], resized.shape[1], scale_h, scale_w], np.float32)
     return image, image_shape
-
-
-def mask_to_original(mask: np.ndarray, image_shape: np.ndarray, orig_h: int, orig_w: int) -> np.ndarray:
-    """Undo pad + resize of an input-sized mask [H, W] (or [N, H, W]) -> original size, nearest."""
-    new_h, new_w = resized_size(image_shape)
-    stacked = mask[None] if mask.ndim == 2 else mask
-    out = resize_masks(np.ascontiguousarray(stacked[:, :new_h, :new_w]), orig_h, orig_w)
-    return out[0] if mask.ndim == 2 else out

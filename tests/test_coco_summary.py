@@ -1,11 +1,11 @@
-"""COCOeval scores ``test_max_per_img`` detections per image (src/coco_summary.py, src/evaluation.py)."""
+"""COCOeval scores ``test_max_per_img`` detections per image (src/evaluation/coco_eval.py)."""
 
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from src.coco_summary import max_dets_setting
-from src.evaluation import COCOEvaluator, EvaluationError
+from src.evaluation.coco_eval import COCOEvaluator, max_dets_setting
+from src.evaluation.results import EvaluationError
 
 NUM_INSTANCES = 120  # more than COCO's default 100 detections per image
 CAT_ID = 4

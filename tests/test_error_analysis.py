@@ -1,4 +1,4 @@
-"""Tests of src/error_analysis.py on hand-made ground truth and detections (no network).
+"""Tests of src/evaluation/error_analysis.py on hand-made ground truth and detections (no network).
 
 Rectangles are used for objects and detections so box and mask IoU are the same and can be
 worked out by hand.
@@ -9,8 +9,8 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from src.error_analysis import (ERROR_KINDS, analyse_errors, best_f1_thresholds, image_errors, mean_lost,
-                                run_analysis_eval)
+from src.evaluation.error_analysis import (ERROR_KINDS, analyse_errors, best_f1_thresholds, image_errors,
+                                           mean_lost, run_analysis_eval)
 
 CAT_A, CAT_B = 2, 9
 NAMES = {CAT_A: "apple", CAT_B: "bottle"}

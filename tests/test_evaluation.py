@@ -1,4 +1,5 @@
-"""Tests of src/evaluation.py: mask paste-back, COCO results writer, COCOEvaluator.
+"""Tests of src/evaluation/ (results, coco_eval, inference, hook): mask paste-back, COCO results writer,
+COCOEvaluator, the inference loop and the training hook.
 
 A tiny COCO file with polygons is written to tmp_path; its ground truth is fed through the
 results writer as if it were predictions (score 1), which must give AP = 1.000 exactly.
@@ -13,8 +14,9 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from src.evaluation import (COCOEvaluator, Detections, EvaluationError, boxes_to_original_image,
-                            detections_to_coco, encode_masks, paste_masks, predictions_to_coco)
+from src.evaluation.coco_eval import COCOEvaluator
+from src.evaluation.results import (Detections, EvaluationError, boxes_to_original_image, detections_to_coco,
+                                    encode_masks, paste_masks, predictions_to_coco)
 
 # Category ids deliberately not contiguous and not starting at 1; "other" is not configured.
 CAT_BOOK, CAT_DISC, CAT_OTHER = 3, 7, 5
@@ -393,7 +395,7 @@ class _GroundTruthNet:
 def test_run_inference_over_the_eval_pipeline(tmp_path):
     """Eval pipeline -> run_inference -> evaluator with a ground-truth 'network': bbox AP = 1."""
     from src.config import load_config
-    from src.evaluation import build_eval_split, run_inference
+    from src.evaluation.inference import build_eval_split, run_inference
     from src.synthetic import generate
 
     generate(str(tmp_path), num_train=0, num_val=3, seed=4, style="solid")
@@ -415,11 +417,38 @@ def test_run_inference_over_the_eval_pipeline(tmp_path):
     assert metrics["segm"]["AP50"] == pytest.approx(1.0)
 
 
+def test_build_eval_split_reads_the_annotation_file_once(tmp_path, monkeypatch):
+    """The evaluator and the eval pipeline share one read of the split (the file can be large)."""
+    import builtins
+    import os
+
+    from src.config import load_config
+    from src.evaluation.inference import build_eval_split
+    from src.synthetic import generate
+
+    generate(str(tmp_path), num_train=0, num_val=3, seed=4, style="solid")
+    config = load_config(overrides={"coco_root": str(tmp_path), "img_height": 160, "img_width": 224,
+                                    "batch_size": 2, "num_parallel_workers": 1})
+    opened = []
+    real_open = builtins.open
+
+    def recording_open(file, *args, **kwargs):
+        if str(file).endswith(".json"):
+            opened.append(os.path.abspath(str(file)))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", recording_open)
+    dataset, evaluator, sub = build_eval_split(config)
+    monkeypatch.undo()
+    assert opened == [os.path.abspath(sub.ann_file)]
+    assert evaluator.image_ids == sub.image_ids and dataset.get_dataset_size() == 2
+
+
 def test_eval_callback_logs_metrics_and_keeps_best(tmp_path):
     from types import SimpleNamespace
 
     from src.config import load_config
-    from src.evaluation import BEST_CKPT_NAME, EVAL_HISTORY_FILE, EvalCallback
+    from src.evaluation.hook import BEST_CKPT_NAME, EVAL_HISTORY_FILE, EvalCallback
     from src.synthetic import generate
 
     generate(str(tmp_path / "data"), num_train=0, num_val=2, seed=6, style="solid")

@@ -14,8 +14,9 @@ import pytest
 
 import train
 from src.config import load_config
-from src.evaluation import (Detections, build_eval_split, coco_evaluate, detections_to_coco,
-                            load_inference_checkpoint, predictions_to_original, run_inference)
+from src.evaluation.coco_eval import coco_evaluate
+from src.evaluation.inference import build_eval_split, load_inference_checkpoint, run_inference
+from src.evaluation.results import Detections, detections_to_coco, predictions_to_original
 from src.maskrcnn.mask_rcnn import build_model
 from src.synthetic import generate
 

@@ -1,4 +1,4 @@
-"""Tests of the evaluation report (src/report.py) on ground truth fed back as predictions (no network).
+"""Tests of the evaluation report (src/evaluation/report*.py) on ground truth fed back as predictions (no network).
 
 The numbers on the page and in report.json must be the ones of metrics.json; the page must be
 self-contained (no script, no external link, every picture a file beside it).
@@ -14,9 +14,10 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from src.evaluation import COCOEvaluator
-from src.report import (REPORT_HTML, REPORT_JSON, TABLE_KEYS, ReportError, load_score_thresholds, main,
-                        write_report)
+from src.evaluation.coco_eval import COCOEvaluator
+from src.evaluation.report import main, write_report
+from src.evaluation.report_data import REPORT_JSON, TABLE_KEYS, ReportError, load_score_thresholds
+from src.evaluation.report_page import REPORT_HTML
 
 CATS = {3: "book", 8: "disc"}
 CLASSES = ["background", "book", "disc"]
@@ -217,7 +218,7 @@ def test_training_eval_callback_writes_the_report_of_the_best_checkpoint(tmp_pat
 
     from src.config import load_config
     from src.dataset import COCOSubDataset
-    from src.evaluation import BEST_REPORT_DIR, EVAL_HISTORY_FILE, EvalCallback
+    from src.evaluation.hook import BEST_REPORT_DIR, EVAL_HISTORY_FILE, EvalCallback
     from src.synthetic import generate
 
     generate(str(tmp_path / "data"), num_train=0, num_val=2, seed=6, style="solid")

@@ -37,7 +37,7 @@ def _kept(predictor):
 
 
 def test_per_class_thresholds_filter_each_class(config, tmp_path):
-    from src.report import load_score_thresholds
+    from src.evaluation.report_data import load_score_thresholds
 
     report = tmp_path / "report.json"
     report.write_text(json.dumps({"score_thresholds": {"book": 0.5, "disc": 0.7}}))

@@ -1,10 +1,12 @@
-"""src/transforms.py: exact values on tiny inputs; boxes and masks stay on the object."""
+"""src/transforms.py: exact values on tiny inputs; boxes and masks stay on the object (and map back
+to the original image with src/evaluation/results.py)."""
 
 import numpy as np
 import pytest
 
 from src import transforms
 from src.batch import CROWD_LABEL
+from src.evaluation.results import boxes_to_original_image
 
 MEAN = [123.675, 116.28, 103.53]
 STD = [58.395, 57.12, 57.375]
@@ -94,13 +96,15 @@ def test_flip_horizontal_exact():
 
 def test_normalize_and_pad_exact():
     img = np.array([[[123.675 + 58.395, 116.28, 103.53 - 57.375]]], np.float32).round().astype(np.uint8)
-    out = transforms.normalize(img, MEAN, STD)
+    out = transforms.normalize_and_pad(img, MEAN, STD, 1, 1)
     expected = (img.astype(np.float32) - np.array(MEAN, np.float32)) / np.array(STD, np.float32)
-    np.testing.assert_allclose(out, expected, rtol=1e-6)
-    padded = transforms.pad_to(np.ones((2, 3, 3), np.uint8), 4, 5)
-    assert padded.shape == (4, 5, 3) and padded.sum() == 18 and padded[:2, :3].all()
+    # atol: the input is computed as img * (1/std) - mean * (1/std) in float32.
+    np.testing.assert_allclose(out.transpose(1, 2, 0), expected, rtol=1e-6, atol=1e-6)
+    padded = transforms.normalize_and_pad(np.ones((2, 3, 3), np.uint8), MEAN, STD, 4, 5)
+    assert padded.shape == (3, 4, 5) and np.count_nonzero(padded) == 18 and padded[:, :2, :3].all()
+    np.testing.assert_allclose(padded[:, 0, 0], (1.0 - np.array(MEAN)) / np.array(STD), rtol=1e-5)
     with pytest.raises(ValueError, match="cannot pad"):
-        transforms.pad_to(np.ones((6, 3, 3), np.uint8), 4, 5)
+        transforms.normalize_and_pad(np.ones((6, 3, 3), np.uint8), MEAN, STD, 4, 5)
 
 
 @pytest.mark.parametrize("flip", [False, True])
@@ -152,12 +156,15 @@ def test_preprocess_eval_and_inverse_helpers():
     assert image.shape == (3, 96, 128)
     np.testing.assert_allclose(image_shape[:2], [85, 128])
     boxes_in = transforms.scale_boxes(annos[:, :4], image_shape[2], image_shape[3])
-    back = transforms.boxes_to_original(boxes_in, image_shape[2], image_shape[3], 40, 60)
+    back = boxes_to_original_image(boxes_in, image_shape, 40, 60)
     np.testing.assert_allclose(back, annos[:, :4], atol=1e-4)
-    clipped = transforms.boxes_to_original(np.array([[-5, -5, 500, 500]], np.float32), 2.0, 2.0, 40, 60)
+    clipped = boxes_to_original_image(np.array([[-5, -5, 500, 500]], np.float32), [80, 120, 2.0, 2.0], 40, 60)
     np.testing.assert_array_equal(clipped, [[0, 0, 60, 40]])
     big = transforms.resize_masks(masks, 85, 128, out=np.zeros((3, 96, 128), np.uint8))
-    small = transforms.mask_to_original(np.pad(big, ((0, 0), (0, 11), (0, 0))), image_shape, 40, 60)
+    # Undo pad + resize of the input-sized masks: crop to the resized size, resize back.
+    padded = np.pad(big, ((0, 0), (0, 11), (0, 0)))
+    new_h, new_w = int(round(float(image_shape[0]))), int(round(float(image_shape[1])))
+    small = transforms.resize_masks(np.ascontiguousarray(padded[:, :new_h, :new_w]), 40, 60)
     assert small.shape == (3, 40, 60)
     # Upscaling 40x60 -> 85x128 and back by nearest sampling at pixel centres is lossless;
     # any mismatch (e.g. a one-pixel shift, ~1% of pixels here) is a bug.

@@ -33,7 +33,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from src.evaluation import DEFAULT_MAX_DETS, run_cocoeval
+from src.evaluation.coco_eval import DEFAULT_MAX_DETS, run_cocoeval
 
 RELAXED_IOU = 0.1
 REFERENCE_IOU = 0.5

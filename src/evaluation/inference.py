@@ -1,0 +1,123 @@
+"""Inference over an eval split: the network's predictions batch by batch, fed to the evaluator.
+
+:func:`build_eval_split` reads the val split once and returns its eval pipeline together with a
+:class:`~src.evaluation.coco_eval.COCOEvaluator` over all of its images;
+:func:`run_inference` runs the network over the pipeline; :func:`evaluate_model` does both
+and returns the metrics; :func:`load_inference_checkpoint` loads a whole-model checkpoint and
+rejects one that does not fit the config.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Iterator, Optional, Tuple
+
+import numpy as np
+
+from src.evaluation.coco_eval import COCOEvaluator
+from src.evaluation.results import to_numpy
+
+
+def run_inference(net, dataset, progress: bool = True, max_batches: Optional[int] = None
+                  ) -> Iterator[Tuple[Tuple[np.ndarray, ...], np.ndarray, np.ndarray]]:
+    """Run the network over an eval dataset and yield its predictions batch by batch.
+
+    Args:
+        net: the network in inference mode (``net.set_train(False)`` is called here);
+            ``net(image, image_shape)`` returns (boxes, scores, labels, valid, masks).
+        dataset: a ``mindspore.dataset.Dataset`` with columns image, image_shape, image_id
+            (from :func:`build_eval_split`); image_id -1 marks padding.
+        progress: show a tqdm progress bar (on stderr).
+        max_batches: stop after this many batches (None = all).
+
+    Yields:
+        (predictions as a tuple of 5 NumPy arrays, image_ids [B] i32, image_shapes [B, 4] f32).
+    """
+    import mindspore as ms  # heavy import kept out of module import time
+    from tqdm import tqdm
+
+    net.set_train(False)
+    total = dataset.get_dataset_size()
+    if max_batches is not None:
+        total = min(total, max_batches)
+    iterator = dataset.create_dict_iterator(num_epochs=1, output_numpy=True)
+    with tqdm(total=total, desc="inference", unit="batch", disable=not progress) as bar:
+        for index, batch in enumerate(iterator):
+            if max_batches is not None and index >= max_batches:
+                break
+            image_shape = np.asarray(batch["image_shape"], dtype=np.float32)
+            outputs = net(ms.Tensor(batch["image"]), ms.Tensor(image_shape))
+            predictions = tuple(to_numpy(o) for o in outputs)
+            yield predictions, np.asarray(batch["image_id"]).reshape(-1), image_shape
+            bar.update(1)
+
+
+def evaluate_model(net, dataset, evaluator: COCOEvaluator, progress: bool = True,
+                   max_batches: Optional[int] = None) -> Dict[str, object]:
+    """Reset ``evaluator``, run ``net`` over ``dataset`` and return ``evaluator.evaluate()``."""
+    evaluator.reset()
+    for predictions, image_ids, image_shapes in run_inference(net, dataset, progress, max_batches):
+        evaluator.process(predictions, image_ids, image_shapes)
+    return evaluator.evaluate()
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint for inference and the eval split
+# ---------------------------------------------------------------------------------------------
+
+def load_inference_checkpoint(net, ckpt_path: str):
+    """Load a whole-model checkpoint for inference; anything that does not fit is an error.
+
+    Unlike fine-tuning (``src.checkpoint.load_pretrained`` skips class-dependent layers with a
+    different class count, and a backbone-only file leaves the heads at initialisation), inference
+    needs every parameter from the file.
+
+    Args:
+        net: ``Mask_Rcnn_Resnet50`` built from the config.
+        ckpt_path: ``.ckpt`` file written by train.py (or a converted model-zoo Mask R-CNN).
+
+    Returns:
+        the ``LoadReport`` of ``load_pretrained``.
+
+    Raises:
+        src.checkpoint.CheckpointError: one line naming the file and listing the mismatches.
+    """
+    from src.checkpoint import CheckpointError, load_pretrained
+
+    report = load_pretrained(net, ckpt_path)
+    if report.skipped:
+        num_classes = getattr(net, "num_classes", None)
+        raise CheckpointError(
+            f"{ckpt_path}: does not fit the config ({num_classes} classes incl. background); "
+            f"class-dependent layers differ: " + "; ".join(str(s) for s in report.skipped)
+            + " -- set coco_classes to the classes the checkpoint was trained on")
+    if report.left_at_init:
+        raise CheckpointError(
+            f"{ckpt_path}: holds only a {report.kind} checkpoint; {len(report.left_at_init)} parameters "
+            f"of the heads would stay randomly initialised (e.g. {report.left_at_init[0]}); "
+            f"evaluate a checkpoint written by train.py")
+    return report
+
+
+def build_eval_split(config, data_root: Optional[str] = None, batch_size: Optional[int] = None,
+                     num_parallel_workers: Optional[int] = None):
+    """The eval dataset and an evaluator over the whole val split (its annotation file read once).
+
+    Args:
+        config: the run's Config; ``config.val_data_type`` is the split.
+        data_root: COCO-format root (default ``config.coco_root``).
+        batch_size: default ``config.batch_size``.
+        num_parallel_workers: default ``config.num_parallel_workers``.
+
+    Returns:
+        (dataset with columns image, image_shape, image_id; COCOEvaluator; COCOSubDataset).
+    """
+    from src.dataset import COCOSubDataset, create_eval_dataset
+
+    root = data_root if data_root is not None else config.coco_root
+    sub = COCOSubDataset(root, is_training=False, config=config)
+    cat_ids = [sub.label_to_cat_id[label] for label in sorted(sub.label_to_cat_id)]
+    evaluator = COCOEvaluator(sub.coco, cat_ids, sub.image_ids, config.mask_thr, sub.label_to_cat_id,
+                              max_dets=config.test_max_per_img)
+    dataset = create_eval_dataset(sub, batch_size or config.batch_size,
+                                  num_parallel_workers or config.num_parallel_workers)
+    return dataset, evaluator, sub
