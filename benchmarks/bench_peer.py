@@ -67,6 +67,8 @@ PEER_VENV_HINT = ("python3 -m venv ~/.venvs/torchvision && ~/.venvs/torchvision/
                   "pycocotools opencv-python-headless pyyaml")
 PEER_MODULES = "torch, torchvision, pycocotools, cv2, numpy"
 POLL_S = 0.05
+# What the peer reports about itself (peer_torchvision.py's last JSON line).
+PEER_VERSION_KEYS = ("torch", "torchvision", "threads")
 # Config keys handed to the peer as they are (the rest of its settings are derived below).
 PEER_CONFIG_KEYS = (
     "coco_root", "train_data_type", "val_data_type", "instance_set", "max_instance_count", "flip_ratio",
@@ -128,6 +130,26 @@ def steady_step_s(rows: Sequence[Dict[str, str]], warmup: int) -> Optional[float
     return round(statistics.median(times), 3) if times else None
 
 
+def resolve_python(path: str) -> str:
+    """``~/.venvs/x/bin/python`` or ``python3.11`` (on PATH) -> an absolute path ('' stays '')."""
+    if not path:
+        return ""
+    path = os.path.expanduser(path)
+    if os.sep not in path:
+        return shutil.which(path) or path
+    return os.path.abspath(path)
+
+
+def installed_version(package: str) -> Optional[str]:
+    """The installed version of ``package`` in this Python (None if absent)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def peer_python_problem(peer_python: str) -> Optional[str]:
     """Why ``peer_python`` cannot run the peer (None when it can)."""
     if not peer_python:
@@ -153,6 +175,14 @@ def _tail(path: str, lines: int = 3) -> List[str]:
             return handle.read().strip().splitlines()[-lines:]
     except OSError:
         return []
+
+
+def exit_text(returncode: Optional[int]) -> str:
+    """``exit 1``, or ``killed by SIGKILL (out of memory?)`` for a negative return code."""
+    if returncode is not None and returncode < 0:
+        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
+        return f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+    return f"exit {returncode}"
 
 
 def _last_json_line(path: str) -> Optional[dict]:
@@ -268,9 +298,6 @@ class Bench:
     def ours_ap(self) -> dict:
         per_epoch = self.steps_per_epoch()
         budget = self.args.budget_steps
-        if budget % per_epoch:
-            return {"error": f"--budget_steps {budget} is not a whole number of epochs ({per_epoch} steps per epoch "
-                             f"on {self.data_dir}); use a multiple of {per_epoch}"}
         run_dir = self.folder("ours_ap")
         run = run_and_watch(self._train_cmd(run_dir, AP_CANVAS, budget // per_epoch),
                             os.path.join(run_dir, "losses.csv"), os.path.join(run_dir, "train"), self.ours_env)
@@ -284,7 +311,8 @@ class Bench:
                                  "--ckpt", os.path.join(run_dir, "last.ckpt"), "--out", eval_dir, "--no_progress"],
                                 cwd=REPO_ROOT, env=self.ours_env, capture_output=True, text=True)
         if result.returncode:
-            return {"error": f"eval.py exit {result.returncode}: " + " | ".join(result.stderr.strip().splitlines()[-3:])}
+            return {"error": f"eval.py {exit_text(result.returncode)}: "
+                             + " | ".join(result.stderr.strip().splitlines()[-3:])}
         with open(os.path.join(eval_dir, "metrics.json"), encoding="utf-8") as handle:
             metrics = json.load(handle)
         record.update(eval_s=round(time.perf_counter() - start, 1), num_images=metrics.get("num_images"),
@@ -301,7 +329,7 @@ class Bench:
                                 cwd=REPO_ROOT, env=self.ours_env, capture_output=True, text=True)
         lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
         if result.returncode or not lines:
-            return {"error": f"bench_eval.py exit {result.returncode}: "
+            return {"error": f"bench_eval.py {exit_text(result.returncode)}: "
                              + " | ".join(result.stderr.strip().splitlines()[-3:])}
         record = json.loads(lines[-1])
         keep = ("num_images", "num_detections", "compile_s", "net_s_per_image", "postprocess_s_per_image",
@@ -312,7 +340,7 @@ class Bench:
         """first_step_s, steady_step_s (median after --warmup over the first ``needed`` steps), ..."""
         rows = run["rows"][:needed]
         if len(rows) < needed:
-            return {"error": f"{len(rows)} of {needed} steps finished (exit {run['returncode']}): "
+            return {"error": f"{len(rows)} of {needed} steps finished ({exit_text(run['returncode'])}): "
                              + " | ".join(_tail(run["stderr"]))}
         return {"first_step_s": run["first_step_s"], "steady_step_s": steady_step_s(rows, self.args.warmup),
                 "steps": needed, "warmup_steps": self.args.warmup, "final_loss": round(float(rows[-1]["total"]), 4),
@@ -333,7 +361,10 @@ class Bench:
         cmd = self._peer_cmd("train", settings, out_dir, "--steps", str(needed),
                              "--schedule_steps", str(epochs * self.steps_per_epoch()))
         run = run_and_watch(cmd, os.path.join(out_dir, "losses.csv"), os.path.join(out_dir, "peer"), self.peer_env)
-        return self._train_record(run, needed)
+        record = self._train_record(run, needed)
+        result = _last_json_line(run["stdout"]) or {}
+        record.update({key: result[key] for key in PEER_VERSION_KEYS if key in result})
+        return record
 
     def peer_ap(self) -> dict:
         budget = self.args.budget_steps
@@ -347,9 +378,9 @@ class Bench:
             return record
         result = _last_json_line(run["stdout"])
         if run["returncode"] or result is None:
-            return {"error": f"peer exit {run['returncode']}: " + " | ".join(_tail(run["stderr"]))}
+            return {"error": f"peer {exit_text(run['returncode'])}: " + " | ".join(_tail(run["stderr"]))}
         keep = ("num_images", "num_detections", "bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50", "eval_s",
-                "steps_per_epoch", "torch", "torchvision", "threads")
+                "steps_per_epoch", *PEER_VERSION_KEYS)
         record.update({key: result[key] for key in keep if key in result})
         return record
 
@@ -361,10 +392,11 @@ class Bench:
         result = subprocess.run(cmd, cwd=REPO_ROOT, env=self.peer_env, capture_output=True, text=True)
         lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
         if result.returncode or not lines:
-            return {"error": f"peer exit {result.returncode}: " + " | ".join(result.stderr.strip().splitlines()[-3:])}
+            return {"error": f"peer {exit_text(result.returncode)}: "
+                             + " | ".join(result.stderr.strip().splitlines()[-3:])}
         record = json.loads(lines[-1])
         keep = ("num_images", "num_detections", "compile_s", "net_s_per_image", "postprocess_s_per_image",
-                "cocoeval_s", "images_per_s", "torch", "torchvision", "threads")
+                "cocoeval_s", "images_per_s", *PEER_VERSION_KEYS)
         return {key: record[key] for key in keep if key in record}
 
 
@@ -379,7 +411,8 @@ def run_case(bench: Bench, framework: str, case: str) -> dict:
         record = bench.ours_train(canvas) if ours else bench.peer_train(canvas)
     else:
         record = bench.ours_eval(canvas) if ours else bench.peer_eval(canvas)
-    return {"image": f"{canvas[0]}x{canvas[1]}", "batch": bench.config(canvas).batch_size, **record}
+    versions = {"mindspore": installed_version("mindspore")} if ours else {}
+    return {"image": f"{canvas[0]}x{canvas[1]}", "batch": bench.config(canvas).batch_size, **versions, **record}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -403,6 +436,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--work_dir", default="", help="keep runs here (default: a temporary folder, removed)")
     parser.add_argument("--out", default="", help="also append the JSON lines to this file")
     args = parser.parse_args(argv)
+    args.peer_python = resolve_python(args.peer_python)
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     unknown = [f for f in frameworks if f not in (OURS, PEER)]
     if unknown:
@@ -438,6 +472,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             str(args.train_images), "--val", str(args.val_images), "--seed", "0"],
                            check=True, cwd=REPO_ROOT, env=bench.ours_env, stdout=subprocess.DEVNULL)
         bench.data_dir = os.path.abspath(data_dir)
+        if "ap" in cases and OURS in frameworks and args.budget_steps % bench.steps_per_epoch():
+            per_epoch = bench.steps_per_epoch()
+            print(f"bench_peer.py: --budget_steps {args.budget_steps} is not a whole number of our epochs "
+                  f"({per_epoch} steps per epoch on {bench.data_dir}); use a multiple of {per_epoch}", file=sys.stderr)
+            return 2
         for case in cases:
             for framework in frameworks:
                 bench.report(framework, case, run_case(bench, framework, case))

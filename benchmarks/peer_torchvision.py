@@ -476,7 +476,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--settings", required=True, help="settings JSON written by bench_peer.py")
     parser.add_argument("--out", required=True, help="output folder (losses.csv)")
     parser.add_argument("--steps", type=int, default=1, help="train: steps to run")
-    parser.add_argument("--schedule_steps", type=int, default=0, help="train: length of the LR schedule (default --steps)")
+    parser.add_argument("--schedule_steps", type=int, default=0,
+                        help="train: length of the LR schedule (default --steps)")
     parser.add_argument("--evaluate", action="store_true", help="train: evaluate on the val split afterwards")
     parser.add_argument("--num_images", type=int, default=0, help="eval_speed: val images (0 = all)")
     args = parser.parse_args(argv)

@@ -169,3 +169,15 @@ def test_peer_settings_come_from_the_config():
     assert (settings["rcnn_num_samples"], settings["rcnn_pos_fraction"]) == (128, 0.25)
     assert (settings["lr_schedule"], settings["warmup_steps"], settings["grad_clip_norm"]) == ("cosine", 50, 10.0)
     json.dumps(settings)  # the peer reads it as JSON
+
+
+def test_budget_that_is_not_whole_epochs_is_refused_before_training(tmp_path):
+    """12 training images at batch 2 are 6 steps per epoch: a 7-step budget cannot be matched by
+    train.py's epochs, so nothing runs (no training), with a one-line error naming the multiple."""
+    result = subprocess.run([sys.executable, BENCH, "--frameworks", "mindspore", "--cases", "ap", "--budget_steps",
+                             "7", "--train_images", "12", "--val_images", "2", "--work_dir", str(tmp_path)],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "--budget_steps 7 is not a whole number of our epochs (6 steps per epoch" in result.stderr
+    assert result.stdout.strip() == ""
+    assert not (tmp_path / "ours_ap").exists()
