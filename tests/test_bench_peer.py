@@ -109,7 +109,7 @@ def test_coco_ap_is_the_projects_evaluation():
     from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
 
-    from src.evaluation import coco_evaluate
+    from src.evaluation.coco_eval import coco_evaluate
 
     rng = np.random.default_rng(3)
     images = [{"id": i, "height": 64, "width": 80, "file_name": f"{i}.jpg"} for i in (1, 2, 3)]
