@@ -26,6 +26,9 @@ DEFAULT_CONFIG_PATH = os.path.join(REPO_ROOT, "FineTune", "default.yaml")
 
 # Strides of the FPN levels P2..P6 relative to the network input.
 FPN_STRIDES: Tuple[int, ...] = (4, 8, 16, 32, 64)
+# The mask head's deconvolution enlarges its RoIAlign input by this factor: predicted masks are
+# ``Config.mask_out_size = MASK_HEAD_UPSAMPLE * roi_mask_size`` pixels square (28 for 14).
+MASK_HEAD_UPSAMPLE = 2
 # The network input must be divisible by the stride of the coarsest backbone stage (C5).
 INPUT_SIZE_MULTIPLE = 32
 DEVICE_TARGETS = ("CPU", "Ascend", "GPU")
@@ -104,7 +107,7 @@ class Config:
     rcnn_fill_with_negatives: bool = False
     box_target_stds: List[float] = field(default_factory=lambda: [0.1, 0.1, 0.2, 0.2])
     roi_box_size: int = 7  # RoIAlign output for the box head
-    roi_mask_size: int = 14  # RoIAlign output for the mask head
+    roi_mask_size: int = 14  # RoIAlign output for the mask head (masks are 2x this: mask_out_size)
     roi_sampling_ratio: int = 2
     box_head_channels: int = 1024  # width of the two fully connected layers
     mask_head_channels: int = 256
@@ -177,6 +180,11 @@ class Config:
     def num_anchors(self) -> int:
         """Anchors over all FPN levels of one image."""
         return sum(h * w for h, w in self.feature_shapes) * self.num_anchors_per_location
+
+    @property
+    def mask_out_size(self) -> int:
+        """Side of the predicted masks and mask targets (28 for roi_mask_size 14)."""
+        return MASK_HEAD_UPSAMPLE * self.roi_mask_size
 
     @property
     def compute_float16(self) -> bool:

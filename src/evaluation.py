@@ -35,7 +35,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from src.batch import MASK_OUT_SIZE, PREDICTION_NAMES
+from src.batch import PREDICTION_NAMES
 from src.coco_summary import COCO_MAX_DETS, max_dets_setting
 from src.coco_summary import summarize as summarize_coco_stats
 
@@ -148,7 +148,7 @@ def paste_masks(masks: np.ndarray, boxes: np.ndarray, height: int, width: int, t
     cost is proportional to the box area, not the image area); pixels outside the box are 0.
 
     Args:
-        masks: [K, M, M] f32 probabilities (M = 28 from the mask head).
+        masks: [K, M, M] f32 probabilities (M = ``Config.mask_out_size``, 28 by default).
         boxes: [K, 4] x1, y1, x2, y2 in the pixels of the target image.
         height, width: size of the target (original) image.
         thr: a pixel is foreground where the interpolated probability >= thr.
@@ -474,8 +474,6 @@ class COCOEvaluator:
         boxes, scores, labels, valid, masks = (_to_numpy(p) for p in batch_predictions)
         image_ids = _to_numpy(image_ids).reshape(-1)
         image_shapes = _to_numpy(image_shapes).reshape(-1, 4)
-        if masks.shape[-1] != MASK_OUT_SIZE:
-            logger.debug("masks of side %d (not %d)", masks.shape[-1], MASK_OUT_SIZE)
         for b, image_id in enumerate(image_ids):
             image_id = int(image_id)
             if image_id == PADDING_IMAGE_ID:

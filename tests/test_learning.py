@@ -16,7 +16,7 @@ import train
 from src.config import load_config
 from src.evaluation import (Detections, build_eval_split, coco_evaluate, detections_to_coco,
                             load_inference_checkpoint, predictions_to_original, run_inference)
-from src.maskrcnn.mask_rcnn import build_model
+from src.maskrcnn.builder import build_model
 from src.synthetic import generate
 
 TRAIN_IMAGES = 12

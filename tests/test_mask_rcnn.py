@@ -1,4 +1,5 @@
-"""Mask_Rcnn_Resnet50 end to end at a tiny size in graph mode: losses, steps, inference, names.
+"""Mask_Rcnn_Resnet50 (built by build_model) end to end at a tiny size in graph mode: losses, steps,
+inference, names. The stages alone: test_rpn.py, test_roi_heads.py, test_mask_branch.py.
 
 One network is built per module and shared, so only three graphs are compiled (training
 forward, inference, the optimizer step). Tests that update parameters run last.
@@ -13,9 +14,9 @@ import pytest
 import mindspore as ms
 from mindspore import Tensor, nn
 
-from src.batch import CROWD_LABEL, LOSS_NAMES, MASK_OUT_SIZE
+from src.batch import CROWD_LABEL, LOSS_NAMES
 from src.config import load_config
-from src.maskrcnn.mask_rcnn import Mask_Rcnn_Resnet50, build_model
+from src.maskrcnn.builder import build_model
 
 IMG = 128
 NUM_GT = 4
@@ -140,7 +141,7 @@ def test_random_init_trains_all_but_moving_stats(net):
 
 
 def test_pretrained_backbone_freezes_stem_first_stages_and_norm(config):
-    frozen = Mask_Rcnn_Resnet50(config.replace(frozen_backbone_stages=2), pretrained_backbone=True)
+    frozen = build_model(config.replace(frozen_backbone_stages=2), pretrained_backbone=True)
     trainable = {p.name for p in frozen.trainable_params()}
     assert not any(n.startswith(("backbone.conv1.", "backbone.bn1.", "backbone.layer1.",
                                  "backbone.layer2.")) for n in trainable)
@@ -151,7 +152,7 @@ def test_pretrained_backbone_freezes_stem_first_stages_and_norm(config):
 
 def test_bad_sampling_config_is_rejected(config):
     with pytest.raises(ValueError, match="leaves no positive RoI slot"):
-        Mask_Rcnn_Resnet50(config.replace(rcnn_num_samples=3, rcnn_pos_fraction=0.25))
+        build_model(config.replace(rcnn_num_samples=3, rcnn_pos_fraction=0.25))
 
 
 # ---- graph-mode forward passes -----------------------------------------------------------
@@ -186,7 +187,8 @@ def test_inference_outputs_documented_shapes_and_dtypes(net, config):
     assert scores.shape == (2, k) and scores.dtype == np.float32
     assert labels.shape == (2, k) and labels.dtype == np.int32
     assert valid.shape == (2, k) and valid.dtype == np.bool_
-    assert masks.shape == (2, k, MASK_OUT_SIZE, MASK_OUT_SIZE) and masks.dtype == np.float32
+    assert masks.shape == (2, k, config.mask_out_size, config.mask_out_size) and masks.dtype == np.float32
+    assert config.mask_out_size == 28
     # score_thr 0: a random-init head still scores every class above 0, so detections exist;
     # there are fewer candidates than slots, so padding rows exist too.
     assert valid.any(axis=1).all()
@@ -204,34 +206,6 @@ def test_inference_outputs_documented_shapes_and_dtypes(net, config):
         assert (boxes[b][v][:, [1, 3]] >= 0).all() and (boxes[b][v][:, [1, 3]] <= height).all()
         assert (scores[b][~v] == 0).all() and (labels[b][~v] == 0).all()
         assert (boxes[b][~v] == 0).all() and (masks[b][~v] == 0).all()
-
-
-def test_class_nms_suppresses_within_a_class_only_and_keeps_labels(net, config):
-    """Exact result of the per-class NMS on hand-made candidates (sorted, padded)."""
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    try:
-        k = config.test_max_per_img
-        candidates = [  # box, score, label
-            ((10, 10, 50, 50), 0.9, 1),
-            ((12, 10, 52, 50), 0.8, 1),  # IoU 0.905 with the first, same class: suppressed
-            ((12, 10, 52, 50), 0.7, 2),  # same box, other class: kept
-            ((60, 60, 128, 128), 0.3, 2),  # touches the right/bottom edge of the input
-            ((0, 0, 20, 20), 0.2, 1),  # IoU 0.05 with the first: kept
-        ]
-        boxes = np.zeros((k, 4), np.float32)
-        scores = np.full((k,), -1.0, np.float32)  # padding candidates
-        labels = np.zeros((k,), np.int32)
-        for i, (b, sc, lab) in enumerate(candidates):
-            boxes[i], scores[i], labels[i] = b, sc, lab
-        out_boxes, out_scores, out_labels = (
-            o.asnumpy() for o in net._class_nms(Tensor(boxes), Tensor(scores), Tensor(labels)))
-        assert out_boxes.shape == (k, 4) and out_scores.shape == (k,) and out_labels.shape == (k,)
-        np.testing.assert_allclose(out_scores[:4], [0.9, 0.7, 0.3, 0.2], rtol=1e-6)
-        assert (out_scores[4:] == -1.0).all()
-        np.testing.assert_array_equal(out_labels[:4], [1, 2, 2, 1])
-        np.testing.assert_allclose(out_boxes[:4], [boxes[0], boxes[2], boxes[3], boxes[4]], atol=1e-4)
-    finally:
-        ms.set_context(mode=ms.GRAPH_MODE)
 
 
 class _SumOfLosses(nn.Cell):
