@@ -36,6 +36,7 @@ def test_stage_arguments_come_from_the_config():
     assert net.mask_loss.mask_size == config.mask_out_size == 10
     assert net.mask_loss.loss_weight == 0.5
     assert net.mask_loss.rois_per_image == net.rcnn_targets.max_positives == 4
+    assert build_model(_config(mask_rois_per_image=3)).mask_loss.rois_per_image == 3
     post = net.box_postprocess
     assert (post.num_classes, post.max_per_image, post.score_thr) == (config.num_classes, 7, 0.2)
     assert post.class_offset == 97.0  # larger input side + 1

@@ -95,9 +95,15 @@ def test_mask_loss_cell_crops_targets_and_applies_its_weight(mode):
     assert loss.rois_per_image == 2
 
 
-def test_mask_loss_needs_a_positive_slot():
+def test_mask_loss_needs_a_positive_slot_and_a_bound_within_them():
     with pytest.raises(ValueError, match="leaves no positive RoI slot"):
         MaskLoss(mask_size=28, max_positives=0)
+    assert MaskLoss(mask_size=28, max_positives=32).rois_per_image == 32
+    assert MaskLoss(mask_size=28, max_positives=32, rois_per_image=8).rois_per_image == 8
+    for bad in (0, 33):
+        with pytest.raises(ValueError, match=rf"MaskLoss: rois_per_image must be between 1 and max_positives = 32, "
+                                             rf"got {bad}"):
+            MaskLoss(mask_size=28, max_positives=32, rois_per_image=bad)
 
 
 # ---- head and inference -------------------------------------------------------------------

@@ -246,3 +246,101 @@ def test_momentum_steps_keep_losses_finite_change_parameters_and_learn(net):
     assert end["rcnn_cls"] < 0.9 * start["rcnn_cls"], (start, end)
     assert end["rcnn_mask"] < 0.9 * start["rcnn_mask"], (start, end)
     assert sum(end.values()) < sum(start.values()), (start, end)
+
+
+# ---- the mask head's RoI bound (config mask_rois_per_image), PyNative ---------------------
+# One net (PyNative: construct is plain Python, so the bound is read at every call and the
+# mask head's inputs can be recorded); test_builder.py checks that the config key reaches it.
+
+P_MAX = 16  # rcnn_num_samples 64 x rcnn_pos_fraction 0.25
+
+
+class _FixedKeys(nn.Cell):
+    """Replaces a target Cell's UniformReal: the same sampling keys at every call."""
+
+    def construct(self, shape):
+        return Tensor(np.random.default_rng(shape[1]).random(shape, dtype=np.float32))
+
+
+class _Recorder(nn.Cell):
+    """Passes its inputs to ``cell`` and keeps the last ones."""
+
+    def __init__(self, cell):
+        super().__init__(auto_prefix=False)
+        self.cell = cell
+        self.inputs = None
+
+    def construct(self, *inputs):
+        self.inputs = inputs
+        return self.cell(*inputs)
+
+
+@pytest.fixture(scope="module")
+def recording_net():
+    """The tiny net with P_max = 16 and fixed sampling keys; mask head and mask loss recorded."""
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        ms.set_seed(0)
+        net = build_model(_tiny_config().replace(rcnn_num_samples=4 * P_MAX))
+        # Logits of unit scale (not ~0.001): every RoI's mask loss then differs clearly.
+        predictor = net.mask_head.mask_logits.weight
+        predictor.set_data(Tensor(predictor.asnumpy() * 1000.0))
+        net.rpn_targets.uniform = _FixedKeys()
+        net.rcnn_targets.uniform = _FixedKeys()
+        net.mask_head = _Recorder(net.mask_head)
+        net.mask_loss = _Recorder(net.mask_loss)
+        net.set_train(True)
+        yield net
+    finally:
+        ms.set_context(mode=previous)
+
+
+def _run_with_bound(net, bound):
+    """The five losses with the mask head on the first ``bound`` positive slots per image."""
+    net.mask_loss.rois_per_image = net.mask_loss.cell.rois_per_image = bound
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        return [float(v.asnumpy()) for v in net(*_batch())]
+    finally:
+        ms.set_context(mode=previous)
+
+
+@pytest.fixture(scope="module")
+def unbounded(recording_net):
+    """(losses, real positives per image, mask-loss inputs) of the batch with every slot."""
+    losses = _run_with_bound(recording_net, P_MAX)
+    inputs = recording_net.mask_loss.inputs
+    assert recording_net.mask_head.inputs[0].shape[0] == 2 * P_MAX
+    return losses, inputs[5].asnumpy().sum(axis=1).astype(int), inputs
+
+
+def test_a_bound_above_the_real_positives_changes_no_loss(recording_net, unbounded):
+    full, positives, _ = unbounded
+    bound = int(positives.max())
+    assert 1 <= bound < P_MAX, positives  # the batch has real positives, fewer than P_max
+    losses = _run_with_bound(recording_net, bound)
+    np.testing.assert_allclose(losses, full, rtol=1e-6)
+    assert losses[4] > 0
+
+
+def test_the_mask_head_runs_on_bound_rows_per_image(recording_net, unbounded):
+    _run_with_bound(recording_net, 3)
+    assert recording_net.mask_head.inputs[0].shape[0] == 2 * 3  # B * K RoI feature rows
+    assert recording_net.mask_loss.inputs[2].shape == (2, 3, 4)
+
+
+def test_a_bound_below_the_real_positives_counts_only_the_first_slots(recording_net, unbounded):
+    full, positives, inputs = unbounded
+    assert positives.max() > 1, positives
+    losses = _run_with_bound(recording_net, 1)
+    np.testing.assert_allclose(losses[:4], full[:4], rtol=1e-6)  # the box/RPN losses keep every RoI
+    # Expected: the unbounded mask loss restricted to slot 0 of each image.
+    logits, gt_masks, rois, matched, labels, weights = inputs
+    per_image = logits.asnumpy().reshape((2, P_MAX) + logits.shape[1:])
+    first_logits = Tensor(per_image[:, 0])
+    expected = recording_net.mask_loss.cell(first_logits, gt_masks, rois[:, :1], matched[:, :1],
+                                            labels[:, :1], weights[:, :1])
+    assert losses[4] == pytest.approx(float(expected.asnumpy()), rel=1e-5)
+    assert abs(losses[4] - full[4]) > 1e-3 * full[4]  # the dropped positives did count before

@@ -87,7 +87,8 @@ def build_model(config, pretrained_backbone: bool = False, for_export: bool = Fa
                                        clamp_below=numerics.clamp_log_ratio_below,
                                        clip_to_input=clip_to_input,
                                        min_detection_size=numerics.min_detection_size)
-    mask_loss = MaskLoss(config.mask_out_size, rcnn_targets.max_positives, config.mask_loss_weight)
+    mask_loss = MaskLoss(config.mask_out_size, rcnn_targets.max_positives, config.mask_loss_weight,
+                         rois_per_image=config.mask_rois_per_image)
 
     net = Mask_Rcnn_Resnet50(backbone, fpn, rpn_head, box_head, mask_head, anchors, rpn_targets,
                              proposals_train, proposals_test, rcnn_targets, box_roi_align, mask_roi_align,

@@ -155,11 +155,13 @@ class MaskLoss(nn.Cell):
 
     Args:
         mask_size: side ``M`` of the predicted masks and targets (``Config.mask_out_size``).
-        max_positives: positive slots per image ``P_max = int(num_samples * pos_fraction)``;
-            the mask head runs on the first ``rois_per_image`` of them.
+        max_positives: positive slots per image ``P_max = int(num_samples * pos_fraction)``.
         loss_weight: factor of the loss (config.mask_loss_weight).
+        rois_per_image: ``K``, the mask head runs on the first ``K`` positive slots of each image
+            (config.mask_rois_per_image); None = all ``P_max``. Sampled positives fill the first
+            slots, so a ``K`` at least the number of real positives drops none of them.
 
-    Inputs:
+    Inputs (``K = rois_per_image``):
         mask_logits ``[B*K, C, M, M]`` float32 (the mask head on ``rois``), gt_masks
         ``[B, N, H, W]``, rois ``[B, K, 4]``, matched_gt ``[B, K]`` i32, roi_labels ``[B, K]``
         i32, box_weights ``[B, K]`` f32 (1 = positive), all of the first ``K`` slots.
@@ -168,13 +170,18 @@ class MaskLoss(nn.Cell):
         Scalar float32 :func:`mask_bce_loss` times ``loss_weight``.
     """
 
-    def __init__(self, mask_size: int, max_positives: int, loss_weight: float = 1.0):
+    def __init__(self, mask_size: int, max_positives: int, loss_weight: float = 1.0, rois_per_image=None):
         super().__init__()
         if int(max_positives) < 1:
             raise ValueError(f"MaskLoss: max_positives must be >= 1 (rcnn_num_samples * rcnn_pos_fraction "
                              f"leaves no positive RoI slot for the mask head), got {max_positives!r}")
+        if rois_per_image is None:
+            rois_per_image = max_positives
+        if not 1 <= int(rois_per_image) <= int(max_positives):
+            raise ValueError(f"MaskLoss: rois_per_image must be between 1 and max_positives = "
+                             f"{max_positives}, got {rois_per_image!r}")
         self.mask_size = int(mask_size)
-        self.rois_per_image = int(max_positives)
+        self.rois_per_image = int(rois_per_image)
         self.loss_weight = float(loss_weight)
 
     def construct(self, mask_logits, gt_masks, rois, matched_gt, roi_labels, box_weights):

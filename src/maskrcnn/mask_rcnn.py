@@ -110,7 +110,7 @@ class Mask_Rcnn_Resnet50(nn.Cell):  # pylint: disable=invalid-name  (the name us
         rcnn_cls, rcnn_reg = box_head_losses(cls_logits, box_deltas, roi_labels, roi_weights,
                                              box_targets, box_weights)
 
-        # The mask branch runs on the first positive slots only.
+        # The mask branch runs on the first K positive slots only (K = mask_loss.rois_per_image).
         count = self.mask_loss.rois_per_image
         mask_rois = rois[:, :count]
         rcnn_mask = self.mask_loss(self._mask_logits(pyramid, mask_rois), gt_masks, mask_rois,
