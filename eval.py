@@ -71,7 +71,7 @@ def run_eval(config, ckpt: str, data_root: Optional[str], ann_file: Optional[str
     """Build the model, load ``ckpt`` (or run the exported ``mindir``, batch 1), evaluate the val
     split, write the results (and the report page in ``report_dir``); returns the metrics."""
     from src.evaluation.inference import build_eval_split, evaluate_model, load_inference_checkpoint
-    from src.maskrcnn.mask_rcnn import build_model
+    from src.maskrcnn.builder import build_model
 
     eval_batch = None
     if mindir:

@@ -113,7 +113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_BAD_INPUT
     set_mindspore_context(config.device_target, seed=config.seed)
     from src.evaluation.inference import load_inference_checkpoint
-    from src.maskrcnn.mask_rcnn import build_model
+    from src.maskrcnn.builder import build_model
 
     try:
         net = build_model(config, for_export=True)

@@ -298,7 +298,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             net = load_exported(args.mindir)
         else:
             from src.evaluation.inference import load_inference_checkpoint
-            from src.maskrcnn.mask_rcnn import build_model
+            from src.maskrcnn.builder import build_model
 
             net = build_model(config)
             load_inference_checkpoint(net, args.ckpt)

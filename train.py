@@ -63,7 +63,7 @@ def train(config, pre_trained: str = "", resume: str = "", log_every: Optional[i
     from src.dataset import create_new_dataset
     from src.loss_log import drop_rows_after_step
     from src.lr_schedule import build_lr_schedule
-    from src.maskrcnn.mask_rcnn import build_model
+    from src.maskrcnn.builder import build_model
     from src.network_define import CheckpointCallback, LossCallBack, LossNet, TrainOneStepCell, WithLossCell
 
     from src.distributed import init_data_parallel, is_writer, log_parameter_digest, scaled_base_lr

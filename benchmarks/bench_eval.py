@@ -51,7 +51,7 @@ def bench_size(config_path: Optional[str], coco_root: str, height: int, width: i
     import mindspore as ms
 
     from src.evaluation.inference import build_eval_split
-    from src.maskrcnn.mask_rcnn import build_model
+    from src.maskrcnn.builder import build_model
 
     config = load_config(config_path, {"coco_root": coco_root, "img_height": height, "img_width": width,
                                        "batch_size": batch_size, "device_target": device_target,

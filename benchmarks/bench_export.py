@@ -27,7 +27,7 @@ def main() -> int:
 
     import export
     from src.config import load_config
-    from src.maskrcnn.mask_rcnn import build_model
+    from src.maskrcnn.builder import build_model
 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     ms.set_seed(0)

@@ -68,7 +68,7 @@ def run_case(height: int, width: int, batch_size: int, steps: int, data_dir: str
 
     from src.config import load_config
     from src.dataset import create_new_dataset
-    from src.maskrcnn.mask_rcnn import build_model
+    from src.maskrcnn.builder import build_model
     from src.network_define import LossNet, TrainOneStepCell, WithLossCell
 
     ms.set_context(mode=ms.GRAPH_MODE)

@@ -34,7 +34,8 @@ boxes          [B, K, 4] f32       x1, y1, x2, y2 in input pixels (divide by sca
 scores         [B, K] f32          class confidence
 labels         [B, K] i32          1..num_classes-1 (contiguous label, see COCOSubDataset)
 valid          [B, K] bool         True for a real detection, False for padding
-masks          [B, K, M, M] f32    mask probabilities inside the box, M = 28
+masks          [B, K, M, M] f32    mask probabilities inside the box, M =
+                                   ``Config.mask_out_size`` (28 for roi_mask_size 14)
 =============  ==================  =========================================================
 """
 
@@ -50,6 +51,3 @@ CROWD_LABEL = -1
 
 # The five training losses, in the order the network returns them.
 LOSS_NAMES = ("rpn_cls", "rpn_reg", "rcnn_cls", "rcnn_reg", "rcnn_mask")
-
-# Side of the mask predicted per RoI (28x28), fixed by the mask head's deconvolution.
-MASK_OUT_SIZE = 28

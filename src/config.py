@@ -26,6 +26,9 @@ DEFAULT_CONFIG_PATH = os.path.join(REPO_ROOT, "FineTune", "default.yaml")
 
 # Strides of the FPN levels P2..P6 relative to the network input.
 FPN_STRIDES: Tuple[int, ...] = (4, 8, 16, 32, 64)
+# The mask head's deconvolution enlarges its RoIAlign input by this factor: predicted masks are
+# ``Config.mask_out_size = MASK_HEAD_UPSAMPLE * roi_mask_size`` pixels square (28 for 14).
+MASK_HEAD_UPSAMPLE = 2
 # The network input must be divisible by the stride of the coarsest backbone stage (C5).
 INPUT_SIZE_MULTIPLE = 32
 DEVICE_TARGETS = ("CPU", "Ascend", "GPU")
@@ -108,11 +111,16 @@ class Config:
     rcnn_fill_with_negatives: bool = False
     box_target_stds: List[float] = field(default_factory=lambda: [0.1, 0.1, 0.2, 0.2])
     roi_box_size: int = 7  # RoIAlign output for the box head
-    roi_mask_size: int = 14  # RoIAlign output for the mask head
+    roi_mask_size: int = 14  # RoIAlign output for the mask head (masks are 2x this: mask_out_size)
     roi_sampling_ratio: int = 2
     box_head_channels: int = 1024  # width of the two fully connected layers
     mask_head_channels: int = 256
     mask_loss_weight: float = 1.0
+    # Training: the mask head runs on at most this many RoIs per image, the first positive slots
+    # of stage-2 sampling (sampled positives come first, so real ones precede the padding);
+    # null = all P_max = int(rcnn_num_samples * rcnn_pos_fraction) positive slots. Real
+    # positives beyond the bound are left out of the mask loss (the box losses keep them).
+    mask_rois_per_image: Optional[int] = None
 
     # ---- inference ------------------------------------------------------------------------
     test_score_thr: float = 0.05
@@ -183,6 +191,11 @@ class Config:
         return sum(h * w for h, w in self.feature_shapes) * self.num_anchors_per_location
 
     @property
+    def mask_out_size(self) -> int:
+        """Side of the predicted masks and mask targets (28 for roi_mask_size 14)."""
+        return MASK_HEAD_UPSAMPLE * self.roi_mask_size
+
+    @property
     def compute_float16(self) -> bool:
         """float16 compute of backbone/FPN/heads (``compute_dtype``; "auto" = on Ascend only)."""
         if self.compute_dtype == "auto":
@@ -217,6 +230,11 @@ _HINTS = typing.get_type_hints(Config)
 def _check_type(key: str, value: Any, hint: Any, source: str) -> Any:
     """Return ``value`` converted to ``hint`` or raise ConfigError naming the key."""
     origin = typing.get_origin(hint)
+    if origin is typing.Union and type(None) in typing.get_args(hint):  # Optional[X]: null or an X
+        if value is None:
+            return None
+        (item_hint,) = [h for h in typing.get_args(hint) if h is not type(None)]
+        return _check_type(key, value, item_hint, source)
     if origin in (list, List):
         (item_hint,) = typing.get_args(hint)
         if not isinstance(value, (list, tuple)):
@@ -284,6 +302,13 @@ def _validate(cfg: Config, source: str) -> None:
         raise bad("rpn_neg_iou_thr", "must not exceed rpn_pos_iou_thr")
     if cfg.rcnn_neg_iou_thr > cfg.rcnn_pos_iou_thr:
         raise bad("rcnn_neg_iou_thr", "must not exceed rcnn_pos_iou_thr")
+    max_positives = int(cfg.rcnn_num_samples * cfg.rcnn_pos_fraction)
+    if max_positives < 1:
+        raise bad("rcnn_pos_fraction", f"leaves no positive RoI slot (int(rcnn_num_samples * "
+                                       f"rcnn_pos_fraction) = {max_positives}) for the mask head")
+    if cfg.mask_rois_per_image is not None and not 1 <= cfg.mask_rois_per_image <= max_positives:
+        raise bad("mask_rois_per_image", f"must be null or between 1 and int(rcnn_num_samples * "
+                                         f"rcnn_pos_fraction) = {max_positives}")
     if not 0 <= cfg.frozen_backbone_stages <= 4:
         raise bad("frozen_backbone_stages", "must be between 0 and 4")
     if cfg.base_lr <= 0:

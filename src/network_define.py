@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional
 
 import mindspore as ms
 import numpy as np
@@ -29,19 +29,13 @@ MIN_LOSS_SCALE = 1.0
 
 
 class LossNet(nn.Cell):
-    """Sum of the five named losses (see ``src.batch.LOSS_NAMES``) with per-loss weights."""
-
-    def __init__(self, weights: Optional[Sequence[float]] = None):
-        super().__init__()
-        weights = weights or [1.0] * len(LOSS_NAMES)
-        if len(weights) != len(LOSS_NAMES):
-            raise ValueError(f"LossNet needs {len(LOSS_NAMES)} weights, got {len(weights)}")
-        self.weights = tuple(float(w) for w in weights)
+    """Sum of the five named losses (see ``src.batch.LOSS_NAMES``); each loss carries its own
+    weight where it is computed (e.g. ``config.mask_loss_weight`` in the mask branch)."""
 
     def construct(self, losses):
-        total = losses[0] * self.weights[0]
+        total = losses[0]
         for i in range(1, len(LOSS_NAMES)):
-            total = total + losses[i] * self.weights[i]
+            total = total + losses[i]
         return total
 
 

@@ -1,13 +1,16 @@
 """One place that decides device-dependent choices of the network: compute dtype and kernels.
 
 - Compute dtype (config key ``compute_dtype``; ``Config.compute_float16``): with float16 the
-  backbone, FPN, RPN head, box head and mask head run in float16 (``Cell.to_float``); their
+  backbone, FPN, RPN head, box head and mask head run in float16 (``Cell.to_float``, applied by
+  ``src/maskrcnn/builder.py``); their
   outputs are cast back to float32 before the losses, box decoding, proposal/detection NMS and
   mask paste, which always run in float32 (``Mask_Rcnn_Resnet50._features`` / ``_box_head`` /
   ``_mask_logits``). "auto" means float16 on Ascend and float32 elsewhere.
 - RoIAlign kernel (:func:`roi_align_kernel`): the sparse SciPy ``pyfunc`` op on the CPU (fast
   training), the native ``ops.ROIAlign`` on Ascend/GPU and whenever the graph is exported
-  (a ``pyfunc`` op cannot be stored in a MindIR).
+  (a ``pyfunc`` op cannot be stored in a MindIR). Decided from the config (never from the
+  MindSpore context, which may not be set yet) and passed to ``MultiLevelRoIAlign(kernel=...)``
+  by the builder.
 - Loss scale: ``loss_scale`` (static) and ``dynamic_loss_scale`` drive ``TrainOneStepCell``,
   which skips the update of a step with a non-finite gradient and, when dynamic, halves the
   scale (see ``src/network_define.py``).
@@ -16,7 +19,7 @@
 from typing import Dict
 
 # The cells that compute in float16 when the config asks for it (attribute names in
-# Mask_Rcnn_Resnet50); everything else stays float32.
+# Mask_Rcnn_Resnet50; the builder converts them); everything else stays float32.
 FLOAT16_CELLS = ("backbone", "fpn", "rpn_head", "box_head", "mask_head")
 
 

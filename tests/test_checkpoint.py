@@ -42,7 +42,7 @@ def _small_config(**changes):
 
 
 def _build_model(**changes):
-    from src.maskrcnn.mask_rcnn import build_model
+    from src.maskrcnn.builder import build_model
 
     return build_model(_small_config(**changes), pretrained_backbone=True)
 

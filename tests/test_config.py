@@ -98,3 +98,19 @@ def test_config_is_frozen_and_replace_validates():
 def test_from_dict_rejects_non_mapping():
     with pytest.raises(ConfigError, match="expected a mapping"):
         from_dict([1, 2])
+
+
+def test_mask_rois_per_image_is_null_or_a_bound_within_the_positive_slots():
+    # default.yaml: rcnn_num_samples 128 x rcnn_pos_fraction 0.25 -> P_max 32
+    assert load_config().mask_rois_per_image is None
+    assert load_config(overrides={"mask_rois_per_image": 32}).mask_rois_per_image == 32
+    assert load_config(overrides=parse_overrides(["--mask_rois_per_image", "null"])).mask_rois_per_image is None
+    assert load_config(overrides=parse_overrides(["--mask_rois_per_image", "8"])).mask_rois_per_image == 8
+    for bad in (0, 33):
+        with pytest.raises(ConfigError, match=rf"'mask_rois_per_image' = {bad} must be null or between 1 and "
+                                              r"int\(rcnn_num_samples \* rcnn_pos_fraction\) = 32"):
+            load_config(overrides={"mask_rois_per_image": bad})
+    with pytest.raises(ConfigError, match="key 'mask_rois_per_image' must be an integer, got 2.5"):
+        load_config(overrides={"mask_rois_per_image": 2.5})
+    with pytest.raises(ConfigError, match="'rcnn_pos_fraction' = 0.25 leaves no positive RoI slot"):
+        load_config(overrides={"rcnn_num_samples": 3})

@@ -96,7 +96,7 @@ def start(tmp_path_factory):
     """Data (2 train images), the tiny config and a start checkpoint with random weights."""
     import mindspore as ms
 
-    from src.maskrcnn.mask_rcnn import build_model
+    from src.maskrcnn.builder import build_model
 
     root = tmp_path_factory.mktemp("dp")
     data_dir = root / "data"
@@ -147,7 +147,7 @@ def _single_image_grads(config, init_ckpt):
 
     from src.checkpoint import load_pretrained
     from src.dataset import create_new_dataset
-    from src.maskrcnn.mask_rcnn import build_model
+    from src.maskrcnn.builder import build_model
     from src.network_define import LossNet, WithLossCell
 
     class TotalLoss(nn.Cell):

@@ -36,7 +36,7 @@ def _args(data_dir):
 def exported(tmp_path_factory):
     import mindspore as ms
 
-    from src.maskrcnn.mask_rcnn import build_model
+    from src.maskrcnn.builder import build_model
 
     root = tmp_path_factory.mktemp("export")
     data_dir = root / "data"

@@ -17,7 +17,7 @@ from src.config import load_config
 from src.evaluation.coco_eval import coco_evaluate
 from src.evaluation.inference import build_eval_split, load_inference_checkpoint, run_inference
 from src.evaluation.results import Detections, detections_to_coco, predictions_to_original
-from src.maskrcnn.mask_rcnn import build_model
+from src.maskrcnn.builder import build_model
 from src.synthetic import generate
 
 TRAIN_IMAGES = 12

@@ -1,4 +1,5 @@
-"""Mask_Rcnn_Resnet50 end to end at a tiny size in graph mode: losses, steps, inference, names.
+"""Mask_Rcnn_Resnet50 (built by build_model) end to end at a tiny size in graph mode: losses, steps,
+inference, names. The stages alone: test_rpn.py, test_roi_heads.py, test_mask_branch.py.
 
 One network is built per module and shared, so only three graphs are compiled (training
 forward, inference, the optimizer step). Tests that update parameters run last.
@@ -13,9 +14,9 @@ import pytest
 import mindspore as ms
 from mindspore import Tensor, nn
 
-from src.batch import CROWD_LABEL, LOSS_NAMES, MASK_OUT_SIZE
+from src.batch import CROWD_LABEL, LOSS_NAMES
 from src.config import load_config
-from src.maskrcnn.mask_rcnn import Mask_Rcnn_Resnet50, build_model
+from src.maskrcnn.builder import build_model
 
 IMG = 128
 NUM_GT = 4
@@ -140,7 +141,7 @@ def test_random_init_trains_all_but_moving_stats(net):
 
 
 def test_pretrained_backbone_freezes_stem_first_stages_and_norm(config):
-    frozen = Mask_Rcnn_Resnet50(config.replace(frozen_backbone_stages=2), pretrained_backbone=True)
+    frozen = build_model(config.replace(frozen_backbone_stages=2), pretrained_backbone=True)
     trainable = {p.name for p in frozen.trainable_params()}
     assert not any(n.startswith(("backbone.conv1.", "backbone.bn1.", "backbone.layer1.",
                                  "backbone.layer2.")) for n in trainable)
@@ -151,7 +152,7 @@ def test_pretrained_backbone_freezes_stem_first_stages_and_norm(config):
 
 def test_bad_sampling_config_is_rejected(config):
     with pytest.raises(ValueError, match="leaves no positive RoI slot"):
-        Mask_Rcnn_Resnet50(config.replace(rcnn_num_samples=3, rcnn_pos_fraction=0.25))
+        build_model(config.replace(rcnn_num_samples=3, rcnn_pos_fraction=0.25))
 
 
 # ---- graph-mode forward passes -----------------------------------------------------------
@@ -186,7 +187,8 @@ def test_inference_outputs_documented_shapes_and_dtypes(net, config):
     assert scores.shape == (2, k) and scores.dtype == np.float32
     assert labels.shape == (2, k) and labels.dtype == np.int32
     assert valid.shape == (2, k) and valid.dtype == np.bool_
-    assert masks.shape == (2, k, MASK_OUT_SIZE, MASK_OUT_SIZE) and masks.dtype == np.float32
+    assert masks.shape == (2, k, config.mask_out_size, config.mask_out_size) and masks.dtype == np.float32
+    assert config.mask_out_size == 28
     # score_thr 0: a random-init head still scores every class above 0, so detections exist;
     # there are fewer candidates than slots, so padding rows exist too.
     assert valid.any(axis=1).all()
@@ -204,34 +206,6 @@ def test_inference_outputs_documented_shapes_and_dtypes(net, config):
         assert (boxes[b][v][:, [1, 3]] >= 0).all() and (boxes[b][v][:, [1, 3]] <= height).all()
         assert (scores[b][~v] == 0).all() and (labels[b][~v] == 0).all()
         assert (boxes[b][~v] == 0).all() and (masks[b][~v] == 0).all()
-
-
-def test_class_nms_suppresses_within_a_class_only_and_keeps_labels(net, config):
-    """Exact result of the per-class NMS on hand-made candidates (sorted, padded)."""
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    try:
-        k = config.test_max_per_img
-        candidates = [  # box, score, label
-            ((10, 10, 50, 50), 0.9, 1),
-            ((12, 10, 52, 50), 0.8, 1),  # IoU 0.905 with the first, same class: suppressed
-            ((12, 10, 52, 50), 0.7, 2),  # same box, other class: kept
-            ((60, 60, 128, 128), 0.3, 2),  # touches the right/bottom edge of the input
-            ((0, 0, 20, 20), 0.2, 1),  # IoU 0.05 with the first: kept
-        ]
-        boxes = np.zeros((k, 4), np.float32)
-        scores = np.full((k,), -1.0, np.float32)  # padding candidates
-        labels = np.zeros((k,), np.int32)
-        for i, (b, sc, lab) in enumerate(candidates):
-            boxes[i], scores[i], labels[i] = b, sc, lab
-        out_boxes, out_scores, out_labels = (
-            o.asnumpy() for o in net._class_nms(Tensor(boxes), Tensor(scores), Tensor(labels)))
-        assert out_boxes.shape == (k, 4) and out_scores.shape == (k,) and out_labels.shape == (k,)
-        np.testing.assert_allclose(out_scores[:4], [0.9, 0.7, 0.3, 0.2], rtol=1e-6)
-        assert (out_scores[4:] == -1.0).all()
-        np.testing.assert_array_equal(out_labels[:4], [1, 2, 2, 1])
-        np.testing.assert_allclose(out_boxes[:4], [boxes[0], boxes[2], boxes[3], boxes[4]], atol=1e-4)
-    finally:
-        ms.set_context(mode=ms.GRAPH_MODE)
 
 
 class _SumOfLosses(nn.Cell):
@@ -272,3 +246,101 @@ def test_momentum_steps_keep_losses_finite_change_parameters_and_learn(net):
     assert end["rcnn_cls"] < 0.9 * start["rcnn_cls"], (start, end)
     assert end["rcnn_mask"] < 0.9 * start["rcnn_mask"], (start, end)
     assert sum(end.values()) < sum(start.values()), (start, end)
+
+
+# ---- the mask head's RoI bound (config mask_rois_per_image), PyNative ---------------------
+# One net (PyNative: construct is plain Python, so the bound is read at every call and the
+# mask head's inputs can be recorded); test_builder.py checks that the config key reaches it.
+
+P_MAX = 16  # rcnn_num_samples 64 x rcnn_pos_fraction 0.25
+
+
+class _FixedKeys(nn.Cell):
+    """Replaces a target Cell's UniformReal: the same sampling keys at every call."""
+
+    def construct(self, shape):
+        return Tensor(np.random.default_rng(shape[1]).random(shape, dtype=np.float32))
+
+
+class _Recorder(nn.Cell):
+    """Passes its inputs to ``cell`` and keeps the last ones."""
+
+    def __init__(self, cell):
+        super().__init__(auto_prefix=False)
+        self.cell = cell
+        self.inputs = None
+
+    def construct(self, *inputs):
+        self.inputs = inputs
+        return self.cell(*inputs)
+
+
+@pytest.fixture(scope="module")
+def recording_net():
+    """The tiny net with P_max = 16 and fixed sampling keys; mask head and mask loss recorded."""
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        ms.set_seed(0)
+        net = build_model(_tiny_config().replace(rcnn_num_samples=4 * P_MAX))
+        # Logits of unit scale (not ~0.001): every RoI's mask loss then differs clearly.
+        predictor = net.mask_head.mask_logits.weight
+        predictor.set_data(Tensor(predictor.asnumpy() * 1000.0))
+        net.rpn_targets.uniform = _FixedKeys()
+        net.rcnn_targets.uniform = _FixedKeys()
+        net.mask_head = _Recorder(net.mask_head)
+        net.mask_loss = _Recorder(net.mask_loss)
+        net.set_train(True)
+        yield net
+    finally:
+        ms.set_context(mode=previous)
+
+
+def _run_with_bound(net, bound):
+    """The five losses with the mask head on the first ``bound`` positive slots per image."""
+    net.mask_loss.rois_per_image = net.mask_loss.cell.rois_per_image = bound
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        return [float(v.asnumpy()) for v in net(*_batch())]
+    finally:
+        ms.set_context(mode=previous)
+
+
+@pytest.fixture(scope="module")
+def unbounded(recording_net):
+    """(losses, real positives per image, mask-loss inputs) of the batch with every slot."""
+    losses = _run_with_bound(recording_net, P_MAX)
+    inputs = recording_net.mask_loss.inputs
+    assert recording_net.mask_head.inputs[0].shape[0] == 2 * P_MAX
+    return losses, inputs[5].asnumpy().sum(axis=1).astype(int), inputs
+
+
+def test_a_bound_above_the_real_positives_changes_no_loss(recording_net, unbounded):
+    full, positives, _ = unbounded
+    bound = int(positives.max())
+    assert 1 <= bound < P_MAX, positives  # the batch has real positives, fewer than P_max
+    losses = _run_with_bound(recording_net, bound)
+    np.testing.assert_allclose(losses, full, rtol=1e-6)
+    assert losses[4] > 0
+
+
+def test_the_mask_head_runs_on_bound_rows_per_image(recording_net, unbounded):
+    _run_with_bound(recording_net, 3)
+    assert recording_net.mask_head.inputs[0].shape[0] == 2 * 3  # B * K RoI feature rows
+    assert recording_net.mask_loss.inputs[2].shape == (2, 3, 4)
+
+
+def test_a_bound_below_the_real_positives_counts_only_the_first_slots(recording_net, unbounded):
+    full, positives, inputs = unbounded
+    assert positives.max() > 1, positives
+    losses = _run_with_bound(recording_net, 1)
+    np.testing.assert_allclose(losses[:4], full[:4], rtol=1e-6)  # the box/RPN losses keep every RoI
+    # Expected: the unbounded mask loss restricted to slot 0 of each image.
+    logits, gt_masks, rois, matched, labels, weights = inputs
+    per_image = logits.asnumpy().reshape((2, P_MAX) + logits.shape[1:])
+    first_logits = Tensor(per_image[:, 0])
+    expected = recording_net.mask_loss.cell(first_logits, gt_masks, rois[:, :1], matched[:, :1],
+                                            labels[:, :1], weights[:, :1])
+    assert losses[4] == pytest.approx(float(expected.asnumpy()), rel=1e-5)
+    assert abs(losses[4] - full[4]) > 1e-3 * full[4]  # the dropped positives did count before

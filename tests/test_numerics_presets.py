@@ -295,7 +295,8 @@ ROI_BOXES = np.array([[3.3, 5.1, 30.7, 27.9], [10.0, 10.0, 11.0, 10.5], [0.0, 0.
 @pytest.mark.parametrize("preset", PRESET_LIST)
 def test_roi_align_sample_points_and_levels(preset):
     n = get_numerics(preset)
-    pool = MultiLevelRoIAlign(3, 2, strides=(4, 8), alignment=n.roi_align, level_rule=n.roi_level)
+    pool = MultiLevelRoIAlign(3, 2, strides=(4, 8), alignment=n.roi_align, level_rule=n.roi_level,
+                              kernel="sparse")
     got = pool((Tensor(P2), Tensor(P3)), Tensor(ROI_BOXES[None])).asnumpy()
     levels = [_np_level(b[2] - b[0], b[3] - b[1], n.roi_level) for b in ROI_BOXES.astype(np.float64)]
     for r, (box, level) in enumerate(zip(ROI_BOXES, levels)):
@@ -309,7 +310,8 @@ def test_roi_align_sample_points_and_levels(preset):
 
 def test_legacy_roi_align_matches_mindspore_roi_end_mode_0():
     """The zoo's RoIAlign is ops.ROIAlign(roi_end_mode=0); legacy alignment reproduces it."""
-    pool = MultiLevelRoIAlign(3, 2, strides=(4,), alignment="legacy", level_rule="sqrt_area_plus_one")
+    pool = MultiLevelRoIAlign(3, 2, strides=(4,), alignment="legacy", level_rule="sqrt_area_plus_one",
+                              kernel="sparse")
     boxes = ROI_BOXES[:4]
     got = pool((Tensor(P2),), Tensor(boxes[None])).asnumpy()
     rois = np.concatenate((np.zeros((len(boxes), 1), np.float32), boxes), axis=1)
@@ -389,7 +391,7 @@ def test_torchvision_anchor_spacing_follows_the_input_size():
 @pytest.mark.parametrize("preset", PRESET_LIST)
 def test_model_passes_the_preset_to_every_stage(preset):
     from src.config import FPN_STRIDES
-    from src.maskrcnn.mask_rcnn import build_model
+    from src.maskrcnn.builder import build_model
 
     cfg = load_config(overrides={"numerics": preset, "img_height": 64, "img_width": 96})
     n = get_numerics(preset)
@@ -403,8 +405,9 @@ def test_model_passes_the_preset_to_every_stage(preset):
         assert (gen.box_plus_one, gen.clamp_below, gen.clip_to_input, gen.filter_small) == \
             (n.box_plus_one, n.clamp_log_ratio_below, clip, n.filter_small_proposals)
     assert net.rpn_targets.box_plus_one == net.rcnn_targets.box_plus_one == n.box_plus_one
-    assert (net.box_plus_one, net.clamp_below, net.min_detection_size) == \
-        (n.box_plus_one, n.clamp_log_ratio_below, n.min_detection_size)
+    post = net.box_postprocess
+    assert (post.box_plus_one, post.clamp_below, post.clip_to_input, post.min_detection_size) == \
+        (n.box_plus_one, n.clamp_log_ratio_below, clip, n.min_detection_size)
     expected = generate_anchors(cfg.feature_shapes, FPN_STRIDES, cfg.anchor_scales, cfg.anchor_ratios,
                                 layout=n.anchor_layout, input_size=(64, 96))
     np.testing.assert_array_equal(net.anchors.asnumpy(), expected)

@@ -30,7 +30,7 @@ def test_roi_align_kernel_is_chosen_explicitly():
 def fp16_net():
     import mindspore as ms
 
-    from src.maskrcnn.mask_rcnn import build_model
+    from src.maskrcnn.builder import build_model
 
     config = load_config(None, {**LIGHT, "compute_dtype": "float16"})
     ms.set_seed(2)
@@ -38,7 +38,7 @@ def fp16_net():
 
 
 def test_built_network_computes_in_the_planned_dtypes(fp16_net):
-    from src.maskrcnn.mask_rcnn import build_model
+    from src.maskrcnn.builder import build_model
 
     config, net = fp16_net
     assert built_dtypes(net) == planned_dtypes(config) == {name: "float16" for name in FLOAT16_CELLS}

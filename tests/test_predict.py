@@ -51,7 +51,7 @@ def tiny(tmp_path_factory):
     """Synthetic val split, tiny config YAML and a random-init checkpoint of that config."""
     from src.checkpoint import save_checkpoint_atomic
     from src.config import load_config
-    from src.maskrcnn.mask_rcnn import build_model
+    from src.maskrcnn.builder import build_model
     from src.runtime import set_mindspore_context
     from src.synthetic import generate
 

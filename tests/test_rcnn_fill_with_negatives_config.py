@@ -1,4 +1,4 @@
-"""Config key rcnn_fill_with_negatives reaches stage-2 sampling (RCNNTargets; its behaviour: test_assigners.py)."""
+"""Config key rcnn_fill_with_negatives reaches stage-2 sampling (RCNNTargets; its behaviour: test_roi_heads.py)."""
 
 import pytest
 
@@ -7,7 +7,7 @@ from src.config import Config, ConfigError, load_config, parse_overrides
 
 @pytest.mark.parametrize("value", [False, True])
 def test_key_reaches_the_stage2_sampler(value):
-    from src.maskrcnn.mask_rcnn import build_model
+    from src.maskrcnn.builder import build_model
 
     config = Config().replace(img_height=64, img_width=64, rpn_pre_nms_top_k_train=32, rpn_post_nms_top_k_train=16,
                               rpn_pre_nms_top_k_test=32, rpn_post_nms_top_k_test=16, rcnn_num_samples=8,

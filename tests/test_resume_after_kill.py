@@ -119,7 +119,7 @@ def test_resumed_run_finishes_with_every_step_logged_once(killed_and_resumed):
 
 
 def test_every_checkpoint_in_the_run_directory_loads(killed_and_resumed):
-    from src.maskrcnn.mask_rcnn import build_model
+    from src.maskrcnn.builder import build_model
 
     run_dir, _, _, resumed = killed_and_resumed
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -73,7 +73,8 @@ def test_roi_levels_exact(mode):
 
 def test_multilevel_matches_numpy_reference(mode):
     features = _features()
-    out = MultiLevelRoIAlign(OUT, SAMPLING, STRIDES)(tuple(Tensor(f) for f in features), Tensor(ROIS)).asnumpy()
+    pool = MultiLevelRoIAlign(OUT, SAMPLING, STRIDES, kernel="sparse")
+    out = pool(tuple(Tensor(f) for f in features), Tensor(ROIS)).asnumpy()
     assert out.shape == (6, 2, OUT, OUT)
     for b in range(2):
         for r in range(3):
@@ -84,7 +85,7 @@ def test_multilevel_matches_numpy_reference(mode):
 
 def test_roi_outside_the_map_is_clipped_to_it(mode):
     features = tuple(Tensor(f) for f in _features(batch=1))
-    pool = MultiLevelRoIAlign(OUT, SAMPLING, STRIDES)
+    pool = MultiLevelRoIAlign(OUT, SAMPLING, STRIDES, kernel="sparse")
     # 90 x 90 (P2) box hanging over the top-left corner: pooled as its part inside the map.
     outside = pool(features, Tensor(np.array([[[-30, -40, 60, 50]]], np.float32))).asnumpy()
     expected = reference_roi_align(_features(batch=1)[0][0], [0, 0, 60, 50], 4, OUT, SAMPLING)
@@ -94,7 +95,7 @@ def test_roi_outside_the_map_is_clipped_to_it(mode):
 class _WeightedSum(nn.Cell):
     def __init__(self):
         super().__init__()
-        self.pool = MultiLevelRoIAlign(OUT, SAMPLING, STRIDES)
+        self.pool = MultiLevelRoIAlign(OUT, SAMPLING, STRIDES, kernel="sparse")
 
     def construct(self, p2, p3, p4, p5, rois, weights):
         return (self.pool((p2, p3, p4, p5), rois) * weights).sum()
@@ -133,7 +134,7 @@ def test_gradient_reaches_only_the_roi_level(graph_mode):
 
 def test_bad_strides_message():
     with pytest.raises(ValueError, match=r"strides must double level by level"):
-        MultiLevelRoIAlign(7, 2, (4, 8, 12))
+        MultiLevelRoIAlign(7, 2, (4, 8, 12), kernel="sparse")
 
 
 def test_cpu_sparse_kernel_matches_the_native_op_forward_and_gradient():

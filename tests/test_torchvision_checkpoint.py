@@ -81,7 +81,7 @@ def tv_maskrcnn_legacy(zoo_lists_dir, tmp_path_factory):
 
 
 def _small_model(numerics):
-    from src.maskrcnn.mask_rcnn import build_model
+    from src.maskrcnn.builder import build_model
 
     config = Config().replace(img_height=128, img_width=128, coco_classes=["background", "book"],
                               rpn_pre_nms_top_k_train=64, rpn_post_nms_top_k_train=32, rpn_pre_nms_top_k_test=64,

@@ -77,7 +77,7 @@ def ours(converted, parity_config):
     from mindspore import Tensor
 
     from src.checkpoint import load_pretrained
-    from src.maskrcnn.mask_rcnn import build_model
+    from src.maskrcnn.builder import build_model
 
     previous = ms.get_context("mode")
     ms.set_context(mode=ms.PYNATIVE_MODE, device_target="CPU")

@@ -25,7 +25,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from src.batch import MASK_OUT_SIZE, PAD_IMAGE_ID, PREDICTION_NAMES
+from src.batch import PAD_IMAGE_ID, PREDICTION_NAMES
 from src.evaluation.results import EvaluationError, predictions_to_coco, to_numpy
 
 logger = logging.getLogger(__name__)
@@ -287,8 +287,6 @@ class COCOEvaluator:
         boxes, scores, labels, valid, masks = (to_numpy(p) for p in batch_predictions)
         image_ids = to_numpy(image_ids).reshape(-1)
         image_shapes = to_numpy(image_shapes).reshape(-1, 4)
-        if masks.shape[-1] != MASK_OUT_SIZE:
-            logger.debug("masks of side %d (not %d)", masks.shape[-1], MASK_OUT_SIZE)
         for b, image_id in enumerate(image_ids):
             image_id = int(image_id)
             if image_id == PAD_IMAGE_ID:

@@ -135,7 +135,7 @@ def paste_masks(masks: np.ndarray, boxes: np.ndarray, height: int, width: int, t
     cost is proportional to the box area, not the image area); pixels outside the box are 0.
 
     Args:
-        masks: [K, M, M] f32 probabilities (M = 28 from the mask head).
+        masks: [K, M, M] f32 probabilities (M = ``Config.mask_out_size``, 28 by default).
         boxes: [K, 4] x1, y1, x2, y2 in the pixels of the target image.
         height, width: size of the target (original) image.
         thr: a pixel is foreground where the interpolated probability >= thr.

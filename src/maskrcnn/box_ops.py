@@ -1,4 +1,4 @@
-"""Box geometry shared by the RPN, the assigners, the proposal generator and the heads.
+"""Box geometry shared by the RPN, the target Cells, the proposal generator and the heads.
 
 Every box is ``[x1, y1, x2, y2]`` in float pixels with continuous coordinates: a box covering
 pixel columns 0..9 has ``x1 = 0, x2 = 10`` and width ``x2 - x1`` (no ``+1``).

@@ -11,8 +11,6 @@ from mindspore.common.initializer import HeUniform, initializer
 from src.maskrcnn.layers import conv_with_bias
 from src.maskrcnn.numerics import FPN_UPSAMPLE_MODES, check_choice
 
-# Input channels of C2..C5 for ResNet50.
-RESNET50_CHANNELS = (256, 512, 1024, 2048)
 # Kaiming-uniform with a=1 (the usual FPN initialisation) keeps the output variance of the
 # un-normalised FPN convs near the input's.
 _KAIMING_A = 1.0
@@ -28,7 +26,7 @@ class FPN(nn.Cell):
     """Top-down feature pyramid with lateral 1x1 and output 3x3 convolutions.
 
     Args:
-        in_channels: channels of C2..C5 (ResNet50: 256, 512, 1024, 2048).
+        in_channels: channels of C2..C5 (ResNet50: ``resnet50.STAGE_OUT_CHANNELS``).
         out_channels: channels of every P level (config.fpn_channels).
         upsample: top-down upsampling, ``"nearest"`` or ``"bilinear_legacy"`` (bilinear with
             ``align_corners=False, half_pixel_centers=False``: output pixel ``d`` reads source
@@ -42,8 +40,7 @@ class FPN(nn.Cell):
         ceil(H5 / 2) x ceil(W5 / 2).
     """
 
-    def __init__(self, in_channels: Sequence[int] = RESNET50_CHANNELS, out_channels: int = 256,
-                 upsample: str = "nearest"):
+    def __init__(self, in_channels: Sequence[int], out_channels: int = 256, upsample: str = "nearest"):
         super().__init__()
         self.upsample = check_choice("FPN", "upsample", upsample, FPN_UPSAMPLE_MODES)
         if self.upsample == "bilinear_legacy":

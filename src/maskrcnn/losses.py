@@ -8,20 +8,22 @@ multiplied, so a non-finite value in an unsampled element cannot leak in as NaN)
 Published settings: RPN = :func:`sigmoid_bce_loss` over sampled anchors + :func:`smooth_l1_loss`
 (beta 1/9, or 0 = L1) on positives normalised by the number of sampled anchors; RCNN =
 :func:`softmax_cross_entropy_loss` over sampled RoIs + class-specific :func:`smooth_l1_loss`
-(beta 1) on positives normalised by the number of sampled RoIs; mask = :func:`mask_bce_loss`.
+(beta 1) on positives normalised by the number of sampled RoIs. The mask loss is
+``src.maskrcnn.mask_branch.mask_bce_loss``.
 """
 
 import mindspore as ms
 from mindspore import ops
 
 
-def _normalise(total, weights, normalizer):
+def normalise(total, weights, normalizer):
+    """``total / max(normalizer, 1)``; ``normalizer`` None means ``sum(weights)``."""
     if normalizer is None:
         normalizer = weights.astype(ms.float32).sum()
     return total / ops.maximum(ops.cast(normalizer, ms.float32), 1.0)
 
 
-def _bce_with_logits(logits, targets):
+def bce_with_logits(logits, targets):
     """Element-wise ``-t log σ(x) - (1-t) log(1-σ(x))`` (fused op: stable, exact gradient at 0)."""
     return ops.binary_cross_entropy_with_logits(logits, targets, None, None, reduction="none")
 
@@ -40,9 +42,9 @@ def sigmoid_bce_loss(logits, targets, weights, normalizer=None):
     """
     logits = logits.astype(ms.float32)
     weights = weights.astype(ms.float32)
-    per_element = _bce_with_logits(logits, targets.astype(ms.float32))
+    per_element = bce_with_logits(logits, targets.astype(ms.float32))
     total = ops.where(weights > 0.0, per_element * weights, 0.0).sum()
-    return _normalise(total, weights, normalizer)
+    return normalise(total, weights, normalizer)
 
 
 def smooth_l1_loss(pred, target, weights, beta, normalizer=None):
@@ -68,7 +70,7 @@ def smooth_l1_loss(pred, target, weights, beta, normalizer=None):
     weights = weights.astype(ms.float32)
     box_weights = ops.expand_dims(weights, -1)
     total = ops.where(box_weights > 0.0, per_element * box_weights, 0.0).sum()
-    return _normalise(total, weights, normalizer)
+    return normalise(total, weights, normalizer)
 
 
 def softmax_cross_entropy_loss(logits, labels, weights, normalizer=None):
@@ -91,28 +93,4 @@ def softmax_cross_entropy_loss(logits, labels, weights, normalizer=None):
     per_row = -(log_prob * one_hot).sum(axis=-1)
     weights = weights.astype(ms.float32)
     total = ops.where(weights > 0.0, per_row * weights, 0.0).sum()
-    return _normalise(total, weights, normalizer)
-
-
-def mask_bce_loss(mask_logits, labels, targets, weights):
-    """Per-pixel sigmoid BCE on the GT class's channel only, averaged over positive RoIs.
-
-    Args:
-        mask_logits: ``[R, C, M, M]`` per-class mask logits.
-        labels: ``[R]`` int GT class of each RoI (0 = background rows never count).
-        targets: ``[R, M, M]`` binary mask targets.
-        weights: ``[R]`` float, 1 for positive RoIs.
-
-    Returns:
-        Scalar ``sum_r w_r * mean_pixels(bce_r) / max(sum_r w_r, 1)`` over rows with
-        ``weight > 0`` and ``label > 0``.
-    """
-    mask_logits = mask_logits.astype(ms.float32)
-    num_classes = mask_logits.shape[1]
-    labels = ops.clamp(labels.astype(ms.int32), 0, num_classes - 1)
-    one_hot = ops.one_hot(labels, num_classes, ops.ones((), ms.float32), ops.zeros((), ms.float32))
-    chosen = (mask_logits * one_hot.reshape(one_hot.shape[0], num_classes, 1, 1)).sum(axis=1)  # [R, M, M]
-    per_row = _bce_with_logits(chosen, targets.astype(ms.float32)).mean(axis=(1, 2))
-    weights = ops.where(labels > 0, weights.astype(ms.float32), 0.0)
-    total = ops.where(weights > 0.0, per_row * weights, 0.0).sum()
-    return _normalise(total, weights, None)
+    return normalise(total, weights, normalizer)

@@ -4,7 +4,7 @@ Mask R-CNN implementations share the layer structure but differ in small convent
 anchor is centred, whether a box is ``x2 - x1`` or ``x2 - x1 + 1`` wide, how the FPN upsamples,
 ...). Weights trained under one set of conventions lose accuracy under another, so the set is a
 configuration choice: the config key ``numerics`` names one preset below, and
-``Mask_Rcnn_Resnet50`` passes each field to the stage Cell that needs it as an explicit
+``src/maskrcnn/builder.py`` passes each field to the stage Cell that needs it as an explicit
 constructor argument (no stage reads the config itself).
 
 Presets (``config.numerics``):
@@ -53,7 +53,7 @@ Every field, its values and which Cell argument it becomes:
 ``filter_small_proposals`` -> ``ProposalGenerator(filter_small=...)``
     True: proposals with a side ``<= config.rpn_min_box_size`` are dropped before NMS (native,
     torchvision, whose recipe sets 0.001). False: no size filter (zoo).
-``min_detection_size`` -> ``Mask_Rcnn_Resnet50`` inference
+``min_detection_size`` -> ``BoxPostProcessor(min_detection_size=...)`` (inference)
     Final detections with a side below this many pixels are removed before NMS (torchvision
     0.01; 0 = no filter).
 

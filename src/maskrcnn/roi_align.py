@@ -237,8 +237,8 @@ class MultiLevelRoIAlign(nn.Cell):
         level_rule: ``"sqrt_area"``, ``"sqrt_area_plus_one"`` or ``"torchvision"``
             (:func:`roi_levels`).
         kernel: ``"sparse"`` (the SciPy ``pyfunc`` op, fast on the CPU, cannot go into an
-            exported MindIR), ``"native"`` (``ops.ROIAlign``, any device, exportable), or None
-            (sparse on the CPU backend, native elsewhere, read from the context).
+            exported MindIR) or ``"native"`` (``ops.ROIAlign``, any device, exportable); the
+            network's choice is ``src.precision.roi_align_kernel``.
 
     Inputs:
         features: tuple of ``[B, C, H_l, W_l]`` maps, one per stride (P6 must not be passed).
@@ -249,7 +249,7 @@ class MultiLevelRoIAlign(nn.Cell):
     """
 
     def __init__(self, out_size, sampling_ratio, strides=(4, 8, 16, 32), alignment="aligned",
-                 level_rule="sqrt_area", kernel=None):
+                 level_rule="sqrt_area", *, kernel):
         super().__init__()
         self.alignment = check_choice("MultiLevelRoIAlign", "alignment", alignment, ROI_ALIGN_MODES)
         self.level_rule = check_choice("MultiLevelRoIAlign", "level_rule", level_rule, ROI_LEVEL_RULES)
@@ -269,8 +269,6 @@ class MultiLevelRoIAlign(nn.Cell):
         self.first_level = int(round(math.log2(strides[0])))
         self.last_level = self.first_level + len(strides) - 1
         # Canvas coordinates are feature cells (scale 1); roi_end_mode=1, see the module notes.
-        if kernel is None:
-            kernel = "sparse" if ms.get_context("device_target") == "CPU" else "native"
         if kernel not in ROI_ALIGN_KERNELS:
             raise ValueError(f"MultiLevelRoIAlign: kernel must be one of {ROI_ALIGN_KERNELS}, got {kernel!r}")
         self.kernel = kernel

@@ -1,0 +1,51 @@
+"""Tests of src/maskrcnn/builder.py: the config reaches the stages (no graph is compiled here)."""
+
+import mindspore as ms
+import pytest
+
+from src.config import load_config
+from src.maskrcnn.builder import build_model
+from src.maskrcnn.resnet50 import STAGE_OUT_CHANNELS
+
+SMALL = dict(img_height=64, img_width=96, fpn_channels=8, box_head_channels=16, mask_head_channels=8,
+             rcnn_num_samples=16, test_max_per_img=7, test_score_thr=0.2, test_nms_thr=0.4,
+             roi_mask_size=5, mask_loss_weight=0.5)
+
+
+def _config(**changes):
+    return load_config(overrides=dict(SMALL, **changes))
+
+
+@pytest.mark.parametrize("device, for_export, kernel", [("CPU", False, "sparse"), ("CPU", True, "native"),
+                                                        ("GPU", False, "native")])
+def test_roi_align_kernel_comes_from_the_config_not_the_context(device, for_export, kernel):
+    previous = ms.get_context("device_target")
+    ms.set_context(device_target="CPU")  # the context never decides: a GPU config still gets "native"
+    try:
+        net = build_model(_config(device_target=device), for_export=for_export)
+    finally:
+        ms.set_context(device_target=previous)
+    assert net.box_roi_align.kernel == net.mask_roi_align.kernel == kernel
+
+
+def test_stage_arguments_come_from_the_config():
+    config = _config()
+    net = build_model(config)
+    assert [conv.in_channels for conv in net.fpn.lateral_convs] == list(STAGE_OUT_CHANNELS)
+    assert (net.box_roi_align.out_size, net.mask_roi_align.out_size) == (7, 5)
+    assert net.mask_loss.mask_size == config.mask_out_size == 10
+    assert net.mask_loss.loss_weight == 0.5
+    assert net.mask_loss.rois_per_image == net.rcnn_targets.max_positives == 4
+    assert build_model(_config(mask_rois_per_image=3)).mask_loss.rois_per_image == 3
+    post = net.box_postprocess
+    assert (post.num_classes, post.max_per_image, post.score_thr) == (config.num_classes, 7, 0.2)
+    assert post.class_offset == 97.0  # larger input side + 1
+    assert post.num_candidates == min(config.rpn_post_nms_top_k_test * (config.num_classes - 1), 1000)
+
+
+def test_float16_config_converts_the_documented_cells():
+    from src.precision import built_dtypes, planned_dtypes
+
+    config = _config(compute_dtype="float16")
+    assert built_dtypes(build_model(config)) == planned_dtypes(config)
+    assert set(built_dtypes(build_model(_config())).values()) == {"float32"}

@@ -1,0 +1,128 @@
+"""Tests of src/maskrcnn/mask_branch.py: head shape, mask targets, mask loss and its weight, inference."""
+
+import math
+
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import Tensor, nn, ops
+
+from src.maskrcnn.mask_branch import MaskHead, MaskLoss, mask_bce_loss, mask_probabilities, mask_targets
+
+
+def _t(x, dtype=np.float32):
+    return Tensor(np.asarray(x, dtype))
+
+
+# ---- mask targets -------------------------------------------------------------------------
+
+def _rect(h, w, x1, y1, x2, y2):
+    mask = np.zeros((h, w), np.uint8)
+    mask[y1:y2, x1:x2] = 1
+    return mask
+
+
+def test_mask_targets_crop_own_box_and_half_box(mode):
+    masks = np.stack([
+        np.stack([_rect(16, 16, 0, 0, 8, 8), _rect(16, 16, 6, 4, 14, 12)]),
+        np.stack([np.zeros((16, 16), np.uint8), np.ones((16, 16), np.uint8)]),
+    ])  # [2, 2, 16, 16]
+    rois = [[[6, 4, 14, 12], [0, 0, 16, 8]], [[6, 4, 14, 12], [6, 4, 14, 12]]]
+    matched = [[1, 0], [1, 0]]
+    out = mask_targets(Tensor(masks), _t(rois), _t(matched, np.int32), out_size=28).asnumpy()
+    assert out.shape == (2, 2, 28, 28)
+    np.testing.assert_array_equal(out[0, 0], 1.0)  # a rectangle cropped by its own box
+    half = np.zeros((28, 28), np.float32)
+    half[:, :14] = 1.0  # box twice as wide as the object: left half is the object
+    np.testing.assert_array_equal(out[0, 1], half)
+    np.testing.assert_array_equal(out[1, 0], 1.0)  # image 1, GT slot 1 (all ones)
+    np.testing.assert_array_equal(out[1, 1], 0.0)  # image 1, GT slot 0 (empty)
+
+
+# ---- loss ---------------------------------------------------------------------------------
+
+class _MaskLossCell(nn.Cell):
+    """mask_bce_loss inside a construct (graph mode)."""
+
+    def construct(self, mask_logits, mask_labels, targets, weights):
+        return mask_bce_loss(mask_logits, mask_labels, targets, weights)
+
+
+def _loss_inputs(empty=False):
+    mask_logits = np.full((3, 3, 2, 2), 100.0, np.float32)  # wrong channels: huge loss if used
+    mask_logits[0, 1] = 0.0
+    mask_logits[1, 2] = 2.0
+    targets = np.stack([[[1, 0], [0, 1]], np.ones((2, 2)), np.zeros((2, 2))]).astype(np.float32)
+    weights = [0.0] * 3 if empty else [1, 1, 1]
+    return [_t(mask_logits), _t([1, 2, 0], np.int32), _t(targets), _t(weights)]
+
+
+def test_mask_loss_hand_computed(mode):
+    value = float(_MaskLossCell()(*_loss_inputs()).asnumpy())
+    # row 0: 4 pixels at logit 0 -> log 2; row 1: logit 2, target 1 -> log(1 + e^-2); row 2 is label 0
+    assert value == pytest.approx((math.log(2) + math.log(1 + math.exp(-2))) / 2, rel=1e-5)
+
+
+def test_all_zero_weights_give_zero_finite_mask_loss(mode):
+    assert float(_MaskLossCell()(*_loss_inputs(empty=True)).asnumpy()) == 0.0
+
+
+def test_mask_loss_gradient_only_on_gt_channel():
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    try:
+        inputs = _loss_inputs()
+        grad = ops.GradOperation()(mask_bce_loss)(*inputs).asnumpy()
+        nonzero = {(r, c) for r in range(3) for c in range(3) if np.abs(grad[r, c]).sum() > 0}
+        assert nonzero == {(0, 1), (1, 2)}
+        # d/dx of mean-pixel BCE / 2 rows at logit 0, target 1 -> (0.5 - 1) / 4 / 2
+        assert grad[0, 1, 0, 0] == pytest.approx(-0.5 / 8, rel=1e-5)
+    finally:
+        ms.set_context(mode=previous)
+
+
+def test_mask_loss_cell_crops_targets_and_applies_its_weight(mode):
+    # One image, GT slot 1 is a full 8x8 square; RoI 0 is that square (target all ones), RoI 1
+    # is padding (weight 0, label 0). Logit 3 everywhere on class 2: BCE log(1 + e^-3) per pixel.
+    masks = np.zeros((1, 2, 16, 16), np.uint8)
+    masks[0, 1, 4:12, 4:12] = 1
+    rois = _t([[[4, 4, 12, 12], [0, 0, 0, 0]]])
+    logits = Tensor(np.full((2, 3, 6, 6), 3.0, np.float32))
+    loss = MaskLoss(mask_size=6, max_positives=2, loss_weight=2.5)
+    value = float(loss(logits, Tensor(masks), rois, _t([[1, 0]], np.int32), _t([[2, 0]], np.int32),
+                       _t([[1, 0]])).asnumpy())
+    assert value == pytest.approx(2.5 * math.log(1 + math.exp(-3.0)), rel=1e-5)
+    assert loss.rois_per_image == 2
+
+
+def test_mask_loss_needs_a_positive_slot_and_a_bound_within_them():
+    with pytest.raises(ValueError, match="leaves no positive RoI slot"):
+        MaskLoss(mask_size=28, max_positives=0)
+    assert MaskLoss(mask_size=28, max_positives=32).rois_per_image == 32
+    assert MaskLoss(mask_size=28, max_positives=32, rois_per_image=8).rois_per_image == 8
+    for bad in (0, 33):
+        with pytest.raises(ValueError, match=rf"MaskLoss: rois_per_image must be between 1 and max_positives = 32, "
+                                             rf"got {bad}"):
+            MaskLoss(mask_size=28, max_positives=32, rois_per_image=bad)
+
+
+# ---- head and inference -------------------------------------------------------------------
+
+def test_mask_head_doubles_the_roi_side(mode):
+    head = MaskHead(in_channels=3, channels=4, num_classes=5)
+    assert head(Tensor(np.ones((2, 3, 7, 7), np.float32))).shape == (2, 5, 14, 14)
+
+
+def test_mask_probabilities_pick_the_detected_class_and_zero_padding(mode):
+    logits = np.zeros((4, 3, 2, 2), np.float32)  # [B*K] = 2 images x 2 slots
+    logits[0, 1] = 2.0
+    logits[1, 2] = -1.0
+    logits[2, 1] = 5.0  # slot of a padding detection
+    labels = _t([[1, 2], [1, 0]], np.int32)
+    valid = Tensor(np.array([[True, True], [False, False]]))
+    masks = mask_probabilities(Tensor(logits), labels, valid).asnumpy()
+    assert masks.shape == (2, 2, 2, 2)
+    sigmoid = lambda x: 1.0 / (1.0 + math.exp(-x))  # noqa: E731
+    np.testing.assert_allclose(masks[0, 0], sigmoid(2.0), rtol=1e-6)
+    np.testing.assert_allclose(masks[0, 1], sigmoid(-1.0), rtol=1e-6)
+    assert (masks[1] == 0).all()
