@@ -134,13 +134,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not os.path.isfile(weights):
         logger.error("%s file not found: %s", "MindIR" if args.mindir else "checkpoint", weights)
         return EXIT_BAD_INPUT
-    from src.runtime import SetupError, ensure_writable_folder
+    from src.runtime import SetupError, compile_cache, ensure_writable_folder
 
     try:
         ensure_writable_folder(out_dir, "out")
         set_mindspore_context(config.device_target, seed=config.seed)
-        run_eval(config, args.ckpt, args.data_path, args.ann_file, out_dir, progress=not args.no_progress,
-                 report_dir=args.report, mindir=args.mindir)
+        # An exported MindIR is its own graph: only the network built from the config is cached.
+        cached_config = config if args.ckpt else config.replace(compile_cache_dir=None)
+        with compile_cache(cached_config, "eval", entry_file=__file__):
+            run_eval(config, args.ckpt, args.data_path, args.ann_file, out_dir, progress=not args.no_progress,
+                     report_dir=args.report, mindir=args.mindir)
     except (CheckpointError, DatasetError, EvaluationError, ReportError, ExportError, FileNotFoundError,
             SetupError) as e:
         logger.error("%s", e)

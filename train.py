@@ -166,7 +166,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from src.checkpoint import CheckpointError
     from src.dataset import DatasetError
-    from src.runtime import SetupError, ensure_writable_folder
+    from src.runtime import SetupError, compile_cache, ensure_writable_folder
 
     setup_logging()  # stderr only until the run folder is known to be writable
     try:
@@ -176,7 +176,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # Other ranks log to the console only (msrun keeps it in msrun_logs/worker_<rank>.log).
         if is_writer(rank):
             setup_logging(os.path.join(resolve_path(config.run_dir), "train.log"))
-        return train(config, pre_trained=args.pre_trained, resume=args.resume, log_every=args.log_every)
+        # A pre-trained backbone freezes stages: another graph.
+        with compile_cache(config, "train", {"pretrained_backbone": bool(args.pre_trained)}, __file__):
+            return train(config, pre_trained=args.pre_trained, resume=args.resume, log_every=args.log_every)
     except (ConfigError, CheckpointError, DatasetError, SetupError) as e:
         logger.error("%s", e)
         return EXIT_BAD_INPUT

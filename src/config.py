@@ -169,6 +169,11 @@ class Config:
     lr_scaling: str = "linear"  # data parallel over N ranks: "linear" = N * base_lr, "none" = base_lr
     dataset_sink_mode: bool = False  # feed batches through the device queue (Ascend: true)
     compute_dtype: str = "auto"  # backbone/FPN/heads: "float16", "float32", "auto" (float16 on Ascend)
+    # Folder of MindSpore's compile cache (src/runtime.py): the first run of a config compiles and
+    # saves its graphs there, later runs of the same config and code load them in seconds. One
+    # sub-folder per config + source hash (a change never reuses a stale graph), the 8 most
+    # recently used kept. null or "" = off (every run compiles).
+    compile_cache_dir: Optional[str] = "FineTune/.compile_cache"
 
     # ---- derived values --------------------------------------------------------------------
     @property

@@ -134,6 +134,12 @@ class LossCallBack(Callback):
     ``step_offset`` is the global step a resumed run starts from (``Model.train`` counts steps
     from 0 again even with ``initial_epoch``). ``csv_path`` None writes no CSV (data-parallel
     ranks other than 0).
+
+    Sink mode: on Ascend/GPU ``Model.train(dataset_sink_mode=True)`` runs a whole epoch (the sink)
+    per call and calls the step callbacks once per sink, with the last step's outputs and
+    ``cur_step_num`` advanced by the sink size; the row then holds that last step, and
+    ``step_seconds`` the sink's time divided by its steps. (On the CPU, MindSpore 2.7 ignores
+    sink mode and trains step by step.)
     """
 
     def __init__(self, csv_path: Optional[str], steps_per_epoch: int, total_epochs: int, log_every: int = 1,
@@ -148,6 +154,7 @@ class LossCallBack(Callback):
         self.error: Optional[NonFiniteLossError] = None
         self.history: List[dict] = []
         self._step_start = 0.0
+        self._last_step_num = 0  # Model.train's cur_step_num at the previous call
         self._csv = self._writer = None
         if csv_path is None:
             return
@@ -156,6 +163,9 @@ class LossCallBack(Callback):
         self._writer = csv.writer(self._csv)
         if new_file:
             self._writer.writerow(["epoch", "step", "total", *LOSS_NAMES, "lr", "loss_scale", "step_seconds"])
+
+    def on_train_begin(self, run_context):
+        self._last_step_num = int(run_context.original_args().cur_step_num)
 
     def on_train_step_begin(self, run_context):
         self._step_start = time.time()
@@ -168,12 +178,16 @@ class LossCallBack(Callback):
         scale = float(outputs[2 + len(LOSS_NAMES)].asnumpy())
         step = self.step_offset + int(params.cur_step_num)
         epoch = int(params.cur_epoch_num)
-        seconds = time.time() - self._step_start
+        # Steps this call covers: 1, or the sink size in sink mode.
+        steps_covered = max(1, int(params.cur_step_num) - self._last_step_num)
+        self._last_step_num = int(params.cur_step_num)
+        seconds = (time.time() - self._step_start) / steps_covered
         lr = float(self.lr_schedule[min(step - 1, len(self.lr_schedule) - 1)]) if self.lr_schedule is not None else float("nan")
         if self._writer is not None:
             self._writer.writerow([epoch, step, *[f"{v:.6f}" for v in values], f"{lr:.6g}", scale, f"{seconds:.3f}"])
             self._csv.flush()
-        record = dict(zip(("total",) + LOSS_NAMES, values), step=step, epoch=epoch, seconds=seconds)
+        record = dict(zip(("total",) + LOSS_NAMES, values), step=step, epoch=epoch, seconds=seconds,
+                      steps_covered=steps_covered)
         self.history.append(record)
         if not math.isfinite(values[0]):
             self.error = NonFiniteLossError(
@@ -184,7 +198,8 @@ class LossCallBack(Callback):
             return
         if not finite_grads:
             logger.warning("step %d: non-finite gradient, update skipped (loss scale %g)", step, scale)
-        if step % self.log_every == 0 or step == 1:
+        # A sink covering several steps logs when it passed a multiple of log_every.
+        if step // self.log_every != (step - steps_covered) // self.log_every or step == steps_covered:
             total_steps = self.steps_per_epoch * self.total_epochs
             parts = " ".join(f"{n}={v:.4f}" for n, v in zip(LOSS_NAMES, values[1:]))
             logger.info("epoch %d/%d step %d/%d loss=%.4f %s lr=%.5f %.2fs/step", epoch, self.total_epochs,

@@ -75,11 +75,15 @@ class ProgressBarCallback(Callback):
     def on_train_step_end(self, run_context) -> None:
         if self.bar is None:
             return
-        self.bar.update(1)
+        # Sink mode (Ascend/GPU) calls once per sink: advance by the steps the call covered.
+        steps = 1
+        if self.loss_callback is not None and self.loss_callback.history:
+            steps = self.loss_callback.history[-1].get("steps_covered", 1)
+        self.bar.update(steps)
         postfix = {}
         if self.loss_callback is not None and self.loss_callback.history:
             postfix["loss"] = f"{self.loss_callback.history[-1]['total']:.4f}"
-        self._steps_done += 1
+        self._steps_done += steps
         elapsed = time.monotonic() - self._started
         if elapsed > 0:
             rate = self._steps_done / elapsed  # over the whole run so far, steadier than the bar's

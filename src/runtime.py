@@ -1,9 +1,13 @@
 """Process-level set-up shared by the CLIs: logging and the MindSpore context."""
 
+import contextlib
+import hashlib
+import json
 import logging
 import os
+import shutil
 import sys
-from typing import List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -111,3 +115,136 @@ def set_mindspore_context(device_target: str, seed: Optional[int] = None, graph_
             raise DeviceUnavailableError(device_unavailable_message(device_target, available, first_line)) from e
     if seed is not None:
         ms.set_seed(seed)
+
+
+# ---- compile cache -------------------------------------------------------------------------
+# MindSpore's compile cache stores each compiled graph as ``rank_<R>/graph_cache/
+# compile_cache_<i>.mindir`` (i = the order of the graphs compiled with the cache on in the
+# process) and checks one thing before reusing it: a hash of the entry script and the modules it
+# imports that are *not* on sys.path -- with the repository root on sys.path that is the entry
+# script alone. Nothing about the graph's constants (image size, sample counts, dtype) or this
+# project's src/ modules is checked, so a changed config or module would silently run the old
+# graph. Each graph therefore gets its own folder named by a hash of everything that shapes it:
+# the config (minus the keys below), what else the caller says shapes it, the source of src/ and
+# of the entry script, and the MindSpore version.
+
+# Config keys that only touch file locations or the data pipeline (never a graph's shapes or
+# constants); changing them reuses the cached graph. Every other key is part of the hash.
+COMPILE_CACHE_IGNORED_KEYS = (
+    "compile_cache_dir", "run_dir", "coco_root", "train_data_type", "val_data_type", "instance_set",
+    "num_parallel_workers", "save_checkpoint_epochs", "keep_checkpoint_max", "strict_annotations",
+    "flip_ratio", "scale_jitter_range", "scale_jitter_list", "photometric_distortion", "crop_prob",
+    "crop_min_side",
+)
+# Graph folders kept under compile_cache_dir (the most recently used); older ones are deleted.
+COMPILE_CACHE_KEEP = 8
+SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+# Whether this process has already run a CLI with the compile cache on (see compile_cache).
+_compile_cache_used = False
+
+
+def source_digest(paths: Sequence[str] = ()) -> str:
+    """SHA-256 over the ``.py`` files of src/ (recursively) and the extra files ``paths``.
+
+    Args:
+        paths: further files (e.g. the entry script); missing ones are skipped.
+
+    Returns:
+        hex digest; any edit of any of these files changes it.
+    """
+    files = []
+    for folder, subfolders, names in os.walk(SOURCE_DIR):
+        subfolders[:] = sorted(d for d in subfolders if d != "__pycache__")
+        files.extend(os.path.join(folder, name) for name in sorted(names) if name.endswith(".py"))
+    files.extend(os.path.abspath(p) for p in paths if os.path.isfile(p))
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(os.path.relpath(path, os.path.dirname(SOURCE_DIR)).encode("utf-8") + b"\0")
+        with open(path, "rb") as handle:
+            digest.update(hashlib.sha256(handle.read()).digest())
+    return digest.hexdigest()
+
+
+def compile_cache_folder(config, purpose: str, graph_inputs: Optional[dict] = None,
+                         entry_file: str = "") -> Optional[str]:
+    """The cache folder of the graphs one CLI compiles for ``config``, or None when the cache is off.
+
+    Args:
+        config: the run's Config; ``compile_cache_dir`` empty/None turns the cache off.
+        purpose: the CLI (``"train"``, ``"eval"``): its graphs are numbered apart from the others'.
+        graph_inputs: anything else that shapes the graphs (e.g. ``{"pretrained_backbone": True}``,
+            which freezes stages); JSON-serialisable.
+        entry_file: the CLI's script, hashed with src/.
+
+    Returns:
+        ``<compile_cache_dir>/<purpose>-<16 hex digits>`` (absolute), or None.
+    """
+    root = getattr(config, "compile_cache_dir", None)
+    if not root:
+        return None
+    import mindspore as ms
+
+    settings = {key: value for key, value in config.to_dict().items() if key not in COMPILE_CACHE_IGNORED_KEYS}
+    material = json.dumps({"config": settings, "graph_inputs": graph_inputs or {}, "mindspore": ms.__version__,
+                           "source": source_digest([entry_file] if entry_file else [])}, sort_keys=True)
+    key = hashlib.sha256(material.encode("utf-8")).hexdigest()[:16]
+    from src.config import resolve_path
+
+    return os.path.join(os.path.abspath(resolve_path(root)), f"{purpose}-{key}")
+
+
+def _prune_compile_cache(root: str, keep: str) -> None:
+    """Delete all but the COMPILE_CACHE_KEEP most recently used graph folders under ``root``."""
+    try:
+        entries = [os.path.join(root, name) for name in os.listdir(root)]
+    except OSError:
+        return
+    folders = sorted((p for p in entries if os.path.isdir(p) and p != keep), key=os.path.getmtime, reverse=True)
+    for old in folders[COMPILE_CACHE_KEEP - 1:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def compile_cache(config, purpose: str, graph_inputs: Optional[dict] = None,
+                  entry_file: str = "") -> Iterator[Optional[str]]:
+    """MindSpore's compile cache on, in the folder of ``config`` (see above), for the ``with`` body.
+
+    Enter after :func:`set_mindspore_context` and before the first graph compiles. MindSpore
+    fixes the cache folder at the first cached compile of a process and numbers the graphs in
+    compile order, so only the first CLI run of a process uses the cache (the folder then holds
+    exactly that CLI's graphs, in that order); later ones in the same process (tests, notebooks)
+    run uncached. On leaving, the cache is turned off again.
+
+    Args:
+        config, purpose, graph_inputs, entry_file: as for :func:`compile_cache_folder`.
+
+    Yields:
+        the folder in use, or None (off by config, or a second run in this process).
+
+    Raises:
+        OutputFolderError: the folder cannot be written (the message names ``compile_cache_dir``).
+    """
+    global _compile_cache_used
+    folder = compile_cache_folder(config, purpose, graph_inputs, entry_file)
+    if folder is None:
+        yield None
+        return
+    if _compile_cache_used:
+        logging.getLogger(__name__).info("compile cache off: this process already ran with one")
+        yield None
+        return
+    import mindspore as ms
+
+    ensure_writable_folder(folder, "compile_cache_dir")
+    os.makedirs(folder, exist_ok=True)
+    os.utime(folder)  # marks it recently used for the pruning
+    _prune_compile_cache(os.path.dirname(folder), folder)
+    _compile_cache_used = True
+    # set_context (not the MS_COMPILER_CACHE_* variables): child processes must not inherit it.
+    ms.set_context(enable_compile_cache=True, compile_cache_path=folder)
+    logging.getLogger(__name__).info("compile cache: %s", folder)
+    try:
+        yield folder
+    finally:
+        ms.set_context(enable_compile_cache=False)

@@ -1,5 +1,9 @@
 """float16 plan and loss scaling: src/precision.py decides which cells compute in float16, and
-TrainOneStepCell skips a step whose scaled gradient overflows (the dynamic scale is halved)."""
+TrainOneStepCell skips a step whose scaled gradient overflows (the dynamic scale is halved).
+
+MindSpore 2.7.2 runs float16 convolutions on the CPU, so a whole float16 training step runs
+there too (slowly: the graph compile is long), and its losses are finite.
+"""
 
 import numpy as np
 import pytest
@@ -63,6 +67,42 @@ def test_float16_features_are_cast_back_to_float32(fp16_net):
     assert {p.dtype for p in pyramid} == {ms.float32}
     assert objectness.dtype == deltas.dtype == ms.float32
     assert np.isfinite(objectness.asnumpy()).all()
+
+
+def test_a_float16_training_step_on_the_cpu_has_finite_losses(tmp_path):
+    import mindspore as ms
+    from mindspore import nn
+
+    from src.dataset import create_new_dataset
+    from src.maskrcnn.mask_rcnn import build_model
+    from src.network_define import LossNet, TrainOneStepCell, WithLossCell
+    from src.synthetic import generate
+
+    generate(str(tmp_path), 2, 1, seed=0)
+    config = load_config(None, {**LIGHT, "compute_dtype": "float16", "coco_root": str(tmp_path),
+                                "rpn_pre_nms_top_k_train": 200, "rpn_post_nms_top_k_train": 64,
+                                "rcnn_num_samples": 32})
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        ms.set_seed(1)
+        batch = next(create_new_dataset(str(tmp_path), 2, is_training=True, num_parallel_workers=1,
+                                        config=config).create_tuple_iterator())
+        net = build_model(config)
+        assert built_dtypes(net) == {name: "float16" for name in FLOAT16_CELLS}
+        optimizer = nn.Momentum(net.trainable_params(), learning_rate=0.001, momentum=0.9)
+        cell = TrainOneStepCell(WithLossCell(net, LossNet()), optimizer, loss_scale=256.0)
+        cell.set_train(True)
+        weight = net.fpn.trainable_params()[0]
+        before = weight.asnumpy().copy()
+        outputs = cell(*batch)
+    finally:
+        ms.set_context(mode=previous)
+    losses = np.array([float(o.asnumpy()) for o in outputs[:6]])  # total + the 5 named losses
+    assert np.isfinite(losses).all() and losses[0] > 0, losses
+    assert bool(outputs[6].asnumpy())  # finite gradients: the step was applied
+    assert weight.dtype == ms.float32  # float32 master weights, float16 compute
+    assert not np.array_equal(weight.asnumpy(), before)
 
 
 class _Quadratic:

@@ -35,12 +35,15 @@ is a weighted sum of at most 16 feature cells, so the forward is ``W @ F`` and t
 ``W.T @ dOut`` (SciPy, in a ``pyfunc`` Custom op), ~8x faster. Ascend and GPU use the native op.
 """
 
+import hashlib
 import math
 
 import mindspore as ms
 import numpy as np
 import scipy.sparse
 from mindspore import nn, ops
+# The registry MindSpore's CPU pyfunc kernel looks functions up in (see _stable_pyfunc).
+from mindspore.ops.operations._pyfunc_registry import add_pyfunc
 
 from src.maskrcnn.numerics import ROI_ALIGN_MODES, ROI_LEVEL_RULES, check_choice
 
@@ -147,8 +150,47 @@ def sparse_roi_align_matrix(rois, feature_shape, out_size, sampling_ratio):
                                    shape=(num_rois * out_size * out_size, batch * height * width))
 
 
+def _pyfunc_key(role, out_size, sampling_ratio):
+    """A key for a ``pyfunc`` op's function that is the same in every process running this code.
+
+    MindSpore registers a ``pyfunc`` under ``id(func)`` and stores that number in the graph
+    (primitive attribute ``fn_id``); a graph restored from the compile cache in a new process
+    then names a function that does not exist there. This key is derived from what the
+    function computes: its role, its parameters and the source of this module (a change of
+    the arithmetic gives a new key).
+
+    Args:
+        role: ``"forward"`` or ``"backward"``.
+        out_size, sampling_ratio: the op's parameters.
+
+    Returns:
+        A positive int below 2**62 (MindSpore stores the attribute as int64).
+    """
+    with open(__file__, "rb") as handle:
+        source_digest = hashlib.sha256(handle.read()).hexdigest()
+    text = f"{__name__}.sparse_roi_align.{role}:{out_size}:{sampling_ratio}:{source_digest}"
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") >> 2
+
+
+def _stable_pyfunc(func, key, **custom_kwargs):
+    """``ops.Custom(func, func_type="pyfunc", ...)`` registered under ``key`` instead of ``id(func)``.
+
+    Registering the function in the op's constructor (every process builds the network before
+    its graph runs) is what makes a cached graph runnable: the graph's ``fn_id`` attribute is
+    ``key``, and this process's registry maps ``key`` to ``func``.
+    """
+    op = ops.Custom(func, func_type="pyfunc", **custom_kwargs)
+    add_pyfunc(key, func)
+    op.add_prim_attr("fn_id", key)
+    return op
+
+
 def _sparse_roi_align_op(out_size, sampling_ratio):
-    """A ``pyfunc`` Custom op computing ``ops.ROIAlign(out, out, 1.0, sampling_ratio, 1)``."""
+    """A ``pyfunc`` Custom op computing ``ops.ROIAlign(out, out, 1.0, sampling_ratio, 1)``.
+
+    Both Python functions (forward and gradient) are registered under content-derived keys
+    (:func:`_pyfunc_key`), so a training graph restored from MindSpore's compile cache runs.
+    """
 
     def forward(features, rois):
         batch, channels, height, width = features.shape
@@ -164,14 +206,15 @@ def _sparse_roi_align_op(out_size, sampling_ratio):
         grad = grad.reshape(batch, height, width, channels).transpose(0, 3, 1, 2)
         return np.ascontiguousarray(grad, dtype=features.dtype)
 
-    backward_op = ops.Custom(backward, out_shape=lambda f, r, g: f, out_dtype=lambda f, r, g: f,
-                             func_type="pyfunc")
+    backward_op = _stable_pyfunc(backward, _pyfunc_key("backward", out_size, sampling_ratio),
+                                 out_shape=lambda f, r, g: f, out_dtype=lambda f, r, g: f)
 
     def bprop(features, rois, out, grad_out):
         return backward_op(features, rois, grad_out), ops.zeros_like(rois)
 
-    return ops.Custom(forward, out_shape=lambda f, r: (r[0], f[1], out_size, out_size),
-                      out_dtype=lambda f, r: f, func_type="pyfunc", bprop=bprop)
+    return _stable_pyfunc(forward, _pyfunc_key("forward", out_size, sampling_ratio),
+                          out_shape=lambda f, r: (r[0], f[1], out_size, out_size),
+                          out_dtype=lambda f, r: f, bprop=bprop)
 
 
 def _replicate_border(feature):

@@ -1,0 +1,115 @@
+"""The compile cache: a second process loads the saved training graph and computes the same step.
+
+MindSpore's compile cache reuses a saved graph when only the entry script is unchanged: it checks
+neither the graph's constants nor its input shapes (measured on 2.7.2: a cached ``x * k`` kept
+the old ``k``). These tests pin the three things that make it safe and useful here: the CPU
+RoIAlign's Python functions are registered under keys that are the same in every process, the
+cache folder changes with everything that shapes the graph (and not with data-only keys), and a
+second ``train.py`` process with a warm cache loads the graph and logs the first run's losses.
+"""
+
+import csv
+import os
+import subprocess
+import sys
+
+from src.config import REPO_ROOT, load_config
+from src.runtime import COMPILE_CACHE_IGNORED_KEYS, compile_cache, compile_cache_folder, source_digest
+from src.synthetic import generate
+
+# MindSpore's own line (GLOG_v <= 2) when it runs a graph from the cache instead of compiling it.
+CACHE_LOADED_MESSAGE = "Use the compilation cache"
+
+
+def test_roi_align_functions_have_process_independent_keys():
+    from mindspore.ops.operations._pyfunc_registry import get_pyfunc
+
+    from src.maskrcnn.roi_align import _pyfunc_key, _sparse_roi_align_op
+
+    op = _sparse_roi_align_op(7, 2)
+    key = op.attrs["fn_id"]
+    assert key == _pyfunc_key("forward", 7, 2)
+    assert get_pyfunc(key) is op.func
+    assert 0 < key < 2 ** 63
+    # Another process computes the same keys (id() would differ from process to process).
+    code = ("from src.maskrcnn.roi_align import _pyfunc_key; "
+            "print(_pyfunc_key('forward', 7, 2), _pyfunc_key('backward', 7, 2), _pyfunc_key('forward', 14, 2))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=REPO_ROOT)).stdout.split()
+    here = [_pyfunc_key("forward", 7, 2), _pyfunc_key("backward", 7, 2), _pyfunc_key("forward", 14, 2)]
+    assert [int(v) for v in out] == here
+    assert len(set(here)) == 3
+
+
+def test_cache_folder_follows_what_shapes_the_graph():
+    config = load_config()
+    base = compile_cache_folder(config, "train")
+    assert base.startswith(os.path.join(REPO_ROOT, "FineTune", ".compile_cache", "train-"))
+    # Graph constants, shapes, dtypes and graph inputs the caller names give another folder.
+    for changed in ({"img_height": 320}, {"rcnn_num_samples": 64}, {"compute_dtype": "float16"},
+                    {"dataset_sink_mode": True}, {"seed": 2}, {"epoch_size": 5}):
+        assert compile_cache_folder(config.replace(**changed), "train") != base, changed
+    assert compile_cache_folder(config, "train", {"pretrained_backbone": True}) != base
+    assert compile_cache_folder(config, "eval") != base
+    # File locations and data-pipeline keys reuse the graph.
+    same = config.replace(run_dir="elsewhere", coco_root="other", flip_ratio=0.0, num_parallel_workers=1)
+    assert compile_cache_folder(same, "train") == base
+    assert set(COMPILE_CACHE_IGNORED_KEYS) <= set(config.to_dict())
+    # null or "" turns the cache off.
+    assert compile_cache_folder(config.replace(compile_cache_dir=None), "train") is None
+    assert compile_cache_folder(config.replace(compile_cache_dir=""), "train") is None
+
+
+def test_source_digest_follows_every_source_byte(tmp_path):
+    extra = tmp_path / "entry.py"
+    extra.write_text("x = 1\n")
+    before = source_digest([str(extra)])
+    assert source_digest([str(extra)]) == before
+    extra.write_text("x = 2\n")
+    assert source_digest([str(extra)]) != before
+
+
+def test_cache_is_off_by_config_and_for_a_second_run_in_a_process(tmp_path, monkeypatch):
+    import src.runtime as runtime
+
+    config = load_config(overrides={"compile_cache_dir": str(tmp_path / "cache")})
+    with compile_cache(config.replace(compile_cache_dir=None), "train") as folder:
+        assert folder is None
+    monkeypatch.setattr(runtime, "_compile_cache_used", True)
+    with compile_cache(config, "train") as folder:
+        assert folder is None
+    assert not (tmp_path / "cache").exists()
+
+
+def _train_once(data_dir, run_dir, cache_dir):
+    """train.py in a fresh process, 2 steps of a small config; returns (losses rows, log text)."""
+    command = [sys.executable, os.path.join(REPO_ROOT, "train.py"), "--coco_root", str(data_dir),
+               "--run_dir", str(run_dir), "--compile_cache_dir", str(cache_dir), "--img_height", "128",
+               "--img_width", "128", "--batch_size", "2", "--epoch_size", "1", "--num_parallel_workers", "1",
+               "--rpn_pre_nms_top_k_train", "200", "--rpn_post_nms_top_k_train", "64", "--rcnn_num_samples", "32",
+               "--log_every", "1"]
+    # GLOG_v=2 shows MindSpore's warning that it ran a graph from the cache.
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, GLOG_v="2")
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(run_dir / "losses.csv", newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle)), result.stdout + result.stderr
+
+
+def test_a_second_process_loads_the_graph_and_repeats_the_first_steps(tmp_path):
+    data_dir = tmp_path / "data"
+    generate(str(data_dir), 4, 1, seed=0)
+    cache_dir = tmp_path / "cache"
+    cold_rows, cold_log = _train_once(data_dir, tmp_path / "cold", cache_dir)
+    graphs = sorted(cache_dir.glob("train-*/rank_0/graph_cache/compile_cache_*.mindir"))
+    assert len(graphs) == 1, graphs  # the training graph, in the folder of this config
+    assert CACHE_LOADED_MESSAGE not in cold_log
+    saved_at = graphs[0].stat().st_mtime_ns
+
+    warm_rows, warm_log = _train_once(data_dir, tmp_path / "warm", cache_dir)
+    assert CACHE_LOADED_MESSAGE in warm_log
+    assert graphs[0].stat().st_mtime_ns == saved_at  # loaded, not compiled and saved again
+    assert len(warm_rows) == len(cold_rows) == 2
+    loss_keys = [k for k in cold_rows[0] if k not in ("lr", "loss_scale", "step_seconds")]
+    for cold, warm in zip(cold_rows, warm_rows):
+        assert {k: warm[k] for k in loss_keys} == {k: cold[k] for k in loss_keys}
