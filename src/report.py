@@ -36,6 +36,7 @@ from pycocotools import mask as mask_utils
 from src import error_analysis as ea
 from src.evaluation import IOU_TYPES, COCOEvaluator, run_cocoeval
 from src.plots import error_breakdown_figure, pr_figure, save_png
+from src.runtime import EXIT_BAD_INPUT, EXIT_OK
 
 logger = logging.getLogger(__name__)
 
@@ -466,7 +467,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         results = read_json(args.detections, "detections file")
     except DatasetError as e:
         logger.error("%s", e)
-        return 2
+        return EXIT_BAD_INPUT
     coco = COCO()
     coco.dataset = gt
     coco.createIndex()
@@ -476,7 +477,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         unknown = [n for n in args.classes.split(",") if n not in by_name]
         if unknown:
             logger.error("%s: no category named %s", args.ann_file, ", ".join(unknown))
-            return 2
+            return EXIT_BAD_INPUT
         cats = [by_name[n] for n in args.classes.split(",")]
     try:
         evaluator = COCOEvaluator(coco, cats, sorted(coco.imgs), max_dets=args.max_dets)
@@ -491,9 +492,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                   "detections": os.path.abspath(args.detections)})
     except (EvaluationError, ReportError) as e:
         logger.error("%s", e)
-        return 2
+        return EXIT_BAD_INPUT
     print(f"report: {path}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

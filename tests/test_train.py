@@ -71,7 +71,8 @@ def test_run_directory_holds_config_log_and_checkpoints(trained_run):
     assert f"maskrcnn-{EPOCHS}_{EPOCHS * STEPS_PER_EPOCH}.ckpt" in names
     assert not [n for n in names if n.endswith(".tmp") or n.startswith(".")], names
     # The numerics preset travels with the weights (loading under another preset warns).
-    from src.checkpoint import NUMERICS_KEY, read_checkpoint_with_metadata
+    from src.checkpoint.io import read_checkpoint_with_metadata
+    from src.checkpoint.names import NUMERICS_KEY
 
     assert read_checkpoint_with_metadata(str(run_dir / "last.ckpt"))[1] == {NUMERICS_KEY: "native"}
 
