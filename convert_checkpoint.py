@@ -20,7 +20,7 @@ the class layers. Without ``--mode`` the kind is detected from the parameter nam
 of converted, dropped (classifier, optimizer state) and unexpected tensors is logged, and so is
 the numerics preset the weights need (config key ``numerics``), which is also stored in the
 output, so that loading it into a network of another preset warns. The output is written
-atomically. Exit codes: 0 done, 1 the input is missing, unreadable or not of the expected kind.
+atomically. Exit codes: 0 done, 2 the input is missing, unreadable or not of the expected kind.
 """
 
 import argparse
@@ -28,6 +28,8 @@ import logging
 import os
 import sys
 from typing import Optional, Sequence
+
+from src.runtime import EXIT_BAD_INPUT, EXIT_OK
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CKPT_FILE = os.path.join(REPO_ROOT, "FineTune", "resnet50.ckpt")
@@ -37,8 +39,6 @@ DEFAULT_OUTPUT_FILES = {
     "torchvision_resnet50": os.path.join(REPO_ROOT, "FineTune", "torchvision_resnet50_backbone.ckpt"),
     "torchvision_maskrcnn": os.path.join(REPO_ROOT, "FineTune", "torchvision_maskrcnn_coco_converted.ckpt"),
 }
-EXIT_OK = 0
-EXIT_BAD_INPUT = 1
 
 logger = logging.getLogger("convert_checkpoint")
 
@@ -65,8 +65,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     setup_logging()
     # MindSpore is imported only once the arguments are known to be valid.
-    from src.checkpoint import (CONVERT_MODES, CONVERTED_FROM_KEY, NUMERICS_KEY, CheckpointError,
-                                convert_foreign_checkpoint, read_weights, save_checkpoint_atomic)
+    from src.checkpoint.convert import convert_foreign_checkpoint
+    from src.checkpoint.io import CheckpointError, read_weights, save_checkpoint_atomic
+    from src.checkpoint.names import CONVERTED_FROM_KEY, CONVERT_MODES, NUMERICS_KEY
 
     try:
         params, _ = read_weights(args.ckpt_file)

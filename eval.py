@@ -19,11 +19,10 @@ import tempfile
 from typing import Optional, Sequence
 
 from src.config import DEVICE_TARGETS, add_config_arguments, config_from_cli, resolve_path
+from src.runtime import EXIT_BAD_INPUT, EXIT_OK
 
 logger = logging.getLogger("eval")
 
-EXIT_OK = 0
-EXIT_BAD_INPUT = 2
 METRICS_FILE = "metrics.json"
 DEFAULT_OUT_SUBDIR = "eval"
 
@@ -124,7 +123,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     setup_logging()
     out_dir = args.out or os.path.join(resolve_path(config.run_dir), DEFAULT_OUT_SUBDIR)
-    from src.checkpoint import CheckpointError
+    from src.checkpoint.io import CheckpointError
     from src.dataset import DatasetError
     from src.evaluation.report_data import ReportError
     from src.evaluation.results import EvaluationError

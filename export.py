@@ -21,11 +21,10 @@ import sys
 from typing import Optional, Sequence
 
 from src.config import add_config_arguments, config_from_cli
+from src.runtime import EXIT_BAD_INPUT, EXIT_OK
 
 logger = logging.getLogger("export")
 
-EXIT_OK = 0
-EXIT_BAD_INPUT = 2
 FILE_FORMATS = ("MINDIR", "ONNX", "AIR")
 SUFFIXES = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
 
@@ -106,7 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from src.runtime import set_mindspore_context, setup_logging
 
     setup_logging()
-    from src.checkpoint import CheckpointError
+    from src.checkpoint.io import CheckpointError
 
     if not os.path.isfile(args.ckpt):
         logger.error("checkpoint file not found: %s", args.ckpt)

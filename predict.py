@@ -33,11 +33,10 @@ import cv2
 import numpy as np
 
 from src.config import DEVICE_TARGETS, add_config_arguments, config_from_cli
+from src.runtime import EXIT_BAD_INPUT, EXIT_OK
 
 logger = logging.getLogger("predict")
 
-EXIT_OK = 0
-EXIT_BAD_INPUT = 2
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
 VIDEO_FOURCC = "mp4v"
@@ -273,7 +272,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     setup_logging()
     from export import ExportError
-    from src.checkpoint import CheckpointError
+    from src.checkpoint.io import CheckpointError
     from src.runtime import SetupError, ensure_writable_folder
     from src.evaluation.report_data import DEFAULT_REPORT_JSON, ReportError, load_score_thresholds
 

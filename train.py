@@ -4,8 +4,10 @@
                     [--device_target CPU|Ascend|GPU] [--any_config_key VALUE ...]
 
 The run directory (``run_dir`` in the config) receives the resolved config, ``train.log``,
-``losses.csv`` (every loss component per step) and the checkpoints (``last.ckpt`` and numbered
-ones, written atomically; with ``--eval_interval K`` also ``best.ckpt`` by segm AP).
+``losses.csv`` (every loss component per step) and the checkpoints, written atomically:
+``last.ckpt`` (weights, optimizer state and global step: the file ``--resume`` takes), numbered
+``maskrcnn-<epoch>_<step>.ckpt`` (weights only; ``keep_checkpoint_max`` of them, 0 = none) and,
+with ``--eval_interval K``, ``best.ckpt`` by segm AP (weights only).
 Exit codes: 0 done, 1 training stopped (non-finite loss), 2 bad input.
 """
 
@@ -21,12 +23,11 @@ import numpy as np
 import yaml
 
 from src.config import ConfigError, add_config_arguments, config_from_cli, resolve_path
+from src.runtime import EXIT_BAD_INPUT, EXIT_OK
 
 logger = logging.getLogger("train")
 
-EXIT_OK = 0
 EXIT_TRAINING_STOPPED = 1
-EXIT_BAD_INPUT = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "ResNet50 / Mask R-CNN checkpoint (.ckpt, .safetensors, .pth), or a checkpoint of "
                              "this model; empty = random init")
     parser.add_argument("--resume", default="",
-                        help="checkpoint written by this script (e.g. RUN_DIR/last.ckpt): restores the "
-                             "weights, optimizer state and global step, and continues from there")
+                        help="RUN_DIR/last.ckpt of an earlier run: restores the weights, optimizer state and "
+                             "global step, and continues from there (numbered checkpoints and best.ckpt hold "
+                             "the weights only: start from those with --pre_trained)")
     parser.add_argument("--log_every", type=int, default=None,
                         help="print the losses every N steps instead of a progress bar (default: a bar with "
                              "steps/s and ETA on a terminal, a line every step otherwise)")
@@ -59,7 +61,9 @@ def train(config, pre_trained: str = "", resume: str = "", log_every: Optional[i
     from mindspore import Tensor, nn
     from mindspore.train import Model
 
-    from src.checkpoint import NUMERICS_KEY, load_pretrained, load_train_state, save_checkpoint_atomic
+    from src.checkpoint.io import save_checkpoint_atomic
+    from src.checkpoint.load import load_pretrained, load_train_state
+    from src.checkpoint.names import NUMERICS_KEY
     from src.dataset import create_new_dataset
     from src.loss_log import drop_rows_after_step
     from src.lr_schedule import build_lr_schedule
@@ -136,7 +140,7 @@ def train(config, pre_trained: str = "", resume: str = "", log_every: Optional[i
     # Checkpoints record the numerics preset, so loading them under another one warns.
     save_fn = functools.partial(save_checkpoint_atomic, append_dict={NUMERICS_KEY: config.numerics})
     if writer:
-        callbacks.append(CheckpointCallback(save_fn, ckpt_dir, "maskrcnn",
+        callbacks.append(CheckpointCallback(save_fn, net, ckpt_dir, "maskrcnn",
                                             config.save_checkpoint_epochs, config.keep_checkpoint_max, loss_cb,
                                             step_offset=start_step))
         if config.eval_interval:
@@ -164,7 +168,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from src.distributed import init_data_parallel, is_writer
     from src.runtime import set_mindspore_context, setup_logging
 
-    from src.checkpoint import CheckpointError
+    from src.checkpoint.io import CheckpointError
     from src.dataset import DatasetError
     from src.runtime import SetupError, compile_cache, ensure_writable_folder
 

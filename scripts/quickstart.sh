@@ -17,7 +17,8 @@ echo "[1/5] generating the synthetic COCO-format set in $DATA"
 
 echo "[2/5] fine-tuning from random initialisation (config $CONFIG, run directory $RUN)"
 rm -rf "$RUN"
-"$PY" train.py --config_path "$CONFIG" --coco_root "$DATA" --run_dir "$RUN" "$@"
+# The steps below use last.ckpt only: no numbered (weights-only) checkpoints are kept.
+"$PY" train.py --config_path "$CONFIG" --coco_root "$DATA" --run_dir "$RUN" --keep_checkpoint_max 0 "$@"
 
 echo "[3/5] evaluating $RUN/last.ckpt on the validation split (report page in $RUN/eval/report)"
 "$PY" eval.py --config_path "$CONFIG" --coco_root "$DATA" --ckpt "$RUN/last.ckpt" --out "$RUN/eval" \

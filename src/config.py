@@ -143,6 +143,11 @@ class Config:
     loss_scale: float = 1.0  # static loss scale (float16 on Ascend wants e.g. 256)
     dynamic_loss_scale: bool = False  # float16: grow/shrink the scale on overflow
     grad_clip_norm: float = 0.0  # clip gradients to this global L2 norm; 0 = no clipping
+    # Checkpoints in run_dir: every save_checkpoint_epochs epochs (and at the end) a numbered
+    # maskrcnn-<epoch>_<step>.ckpt with the network weights only (for eval.py, predict.py,
+    # export.py, --pre_trained), and last.ckpt with the weights, optimizer state and global step
+    # (the one file --resume reads). keep_checkpoint_max: how many numbered files are kept
+    # (the oldest are deleted); 0 = none, last.ckpt only.
     save_checkpoint_epochs: int = 1
     keep_checkpoint_max: int = 5
     eval_interval: int = 0  # epochs between validation runs in training; 0 = never
@@ -294,7 +299,7 @@ def _validate(cfg: Config, source: str) -> None:
                      "rpn_pre_nms_top_k_test", "rpn_post_nms_top_k_test", "test_max_per_img",
                      "roi_box_size", "roi_mask_size", "roi_sampling_ratio", "fpn_channels",
                      "box_head_channels", "mask_head_channels", "num_parallel_workers",
-                     "save_checkpoint_epochs", "keep_checkpoint_max")
+                     "save_checkpoint_epochs")
     for key in positive_ints:
         if getattr(cfg, key) <= 0:
             raise bad(key, "must be positive")
@@ -322,6 +327,8 @@ def _validate(cfg: Config, source: str) -> None:
         raise bad("grad_clip_norm", "must not be negative (0 = no clipping)")
     if cfg.loss_scale <= 0:
         raise bad("loss_scale", "must be positive")
+    if cfg.keep_checkpoint_max < 0:
+        raise bad("keep_checkpoint_max", "must not be negative (0 = no numbered checkpoints, last.ckpt only)")
     if cfg.warmup_steps < 0 or cfg.eval_interval < 0:
         raise bad("warmup_steps" if cfg.warmup_steps < 0 else "eval_interval", "must not be negative")
     if cfg.lr_scaling not in ("linear", "none"):

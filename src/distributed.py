@@ -137,20 +137,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run_dir = sub.add_parser("run-dir", help="print the run directory of a config (+ overrides)")
     from src.config import ConfigError, add_config_arguments, config_from_cli, resolve_path
+    from src.runtime import EXIT_BAD_INPUT, EXIT_OK
 
     add_config_arguments(run_dir)
     sub.add_parser("free-port", help="print a free TCP port")
     args, extra = parser.parse_known_args(argv)
     if args.command == "free-port":
         print(free_port())
-        return 0
+        return EXIT_OK
     try:
         _, config = config_from_cli(run_dir, ["--config_path", args.config_path, *extra])
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     print(resolve_path(config.run_dir))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import numpy as np
 
 from src.annotations import DatasetError, MIN_POLYGON_POINTS, load_coco_json, read_json
 from src.config import COCO_INSTANCE_SET, COCO_SPLITS
+from src.runtime import EXIT_BAD_INPUT, EXIT_OK
 
 LOGGER = logging.getLogger(__name__)
 
@@ -220,8 +221,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             via_to_coco(args.via_json, args.image_dir, args.out, args.category, args.split, args.category_id)
     except DatasetError as e:
         LOGGER.error("%s", e)
-        return 1
-    return 0
+        return EXIT_BAD_INPUT
+    return EXIT_OK
 
 
 if __name__ == "__main__":

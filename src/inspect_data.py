@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from src.config import FPN_STRIDES, Config, add_config_arguments, config_from_cli
+from src.runtime import EXIT_BAD_INPUT, EXIT_OK
 from src.transforms import fit_scale, resized_size
 
 LOGGER = logging.getLogger(__name__)
@@ -260,11 +261,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         summary = inspect(config, args.split, args.out, args.num)
     except DatasetError as e:
         LOGGER.error("%s", e)
-        return 2
+        return EXIT_BAD_INPUT
     print(json.dumps(summary, indent=2))
     for warning in summary["warnings"]:
         LOGGER.warning("%s", warning)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

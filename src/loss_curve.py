@@ -17,6 +17,7 @@ import numpy as np
 
 from src.batch import LOSS_NAMES
 from src.plots import loss_figure, moving_average, save_png
+from src.runtime import EXIT_BAD_INPUT, EXIT_OK
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +73,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         save_png(loss_figure(losses, LOSS_NAMES, args.smoothing, args.log_scale), args.png_path)
     except (ValueError, OSError) as e:
         logger.error("%s", e)
-        return 2
+        return EXIT_BAD_INPUT
     first, last = moving_average(losses["total"], args.smoothing)[[0, -1]]
     logger.info("wrote %s (%d steps, smoothed total loss %.3f -> %.3f)", args.png_path, len(losses["step"]), first, last)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

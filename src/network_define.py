@@ -19,6 +19,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.train.callback import Callback
 
 from src.batch import LOSS_NAMES
+from src.checkpoint.names import LAST_CHECKPOINT_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -211,24 +212,43 @@ class LossCallBack(Callback):
 
 
 class CheckpointCallback(Callback):
-    """Saves the whole train cell (weights, optimizer state, global step) atomically.
+    """Saves checkpoints atomically: numbered weights-only files, and ``last.ckpt`` to resume from.
 
-    Files are ``<prefix>-<epoch>_<global step>.ckpt`` plus ``last.ckpt``; at most ``keep_max`` numbered
-    files are kept. Nothing is saved after a non-finite loss (``loss_callback.error``).
+    Every ``every_epochs`` epochs and at the end of training, ``<prefix>-<epoch>_<global step>.ckpt``
+    receives the weights of ``weights_network`` only (what eval.py, predict.py, export.py and
+    ``train.py --pre_trained`` read), then ``last.ckpt`` the whole train cell: weights, optimizer
+    state (momentum) and global step, what ``train.py --resume`` needs. At most ``keep_max``
+    numbered files are kept (the oldest are deleted); ``keep_max`` 0 writes none, ``last.ckpt``
+    only. Nothing is saved after a non-finite loss (``loss_callback.error``).
     """
 
-    def __init__(self, save_fn: Callable[[nn.Cell, str], None], directory: str, prefix: str,
-                 every_epochs: int, keep_max: int, loss_callback: Optional[LossCallBack] = None,
+    def __init__(self, save_fn: Callable[[nn.Cell, str], None], weights_network: nn.Cell, directory: str,
+                 prefix: str, every_epochs: int, keep_max: int, loss_callback: Optional[LossCallBack] = None,
                  step_offset: int = 0):
+        """
+        Args:
+            save_fn: ``save_fn(cell, path)`` writes the parameters of ``cell`` to ``path``
+                (e.g. ``src.checkpoint.io.save_checkpoint_atomic``).
+            weights_network: the network whose weights the numbered checkpoints hold (the
+                ``Mask_Rcnn_Resnet50`` inside the train cell).
+            directory: the run folder.
+            prefix: file name prefix of the numbered checkpoints.
+            every_epochs: epochs between saves.
+            keep_max: numbered checkpoints kept, >= 0.
+            loss_callback: the run's LossCallBack; its ``error`` stops all saving.
+            step_offset: global step at which this run started (``--resume``).
+        """
         super().__init__()
         self.step_offset = step_offset
         self.save_fn = save_fn
+        self.weights_network = weights_network
         self.directory = directory
         self.prefix = prefix
         self.every_epochs = every_epochs
         self.keep_max = keep_max
         self.loss_callback = loss_callback
         self.saved: List[str] = []
+        self.last_saved_step: Optional[int] = None
 
     def _save(self, run_context, force: bool = False):
         params = run_context.original_args()
@@ -238,13 +258,19 @@ class CheckpointCallback(Callback):
         if not force and epoch % self.every_epochs:
             return
         step = self.step_offset + int(params.cur_step_num)
-        path = os.path.join(self.directory, f"{self.prefix}-{epoch}_{step}.ckpt")
-        if path in self.saved:
+        if step == self.last_saved_step:
             return
-        self.save_fn(params.train_network, path)
-        self.save_fn(params.train_network, os.path.join(self.directory, "last.ckpt"))
-        self.saved.append(path)
-        logger.info("saved checkpoint %s", path)
+        written = []
+        if self.keep_max > 0:
+            path = os.path.join(self.directory, f"{self.prefix}-{epoch}_{step}.ckpt")
+            self.save_fn(self.weights_network, path)
+            self.saved.append(path)
+            written.append(f"{path} (weights)")
+        last = os.path.join(self.directory, LAST_CHECKPOINT_NAME)
+        self.save_fn(params.train_network, last)
+        self.last_saved_step = step
+        written.append(f"{last} (weights, optimizer state, step {step})")
+        logger.info("saved checkpoints %s", ", ".join(written))
         while len(self.saved) > self.keep_max:
             old = self.saved.pop(0)
             if os.path.exists(old):

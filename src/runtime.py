@@ -1,4 +1,4 @@
-"""Process-level set-up shared by the CLIs: logging and the MindSpore context."""
+"""Process-level set-up shared by the CLIs: exit codes, logging and the MindSpore context."""
 
 import contextlib
 import hashlib
@@ -8,6 +8,13 @@ import os
 import shutil
 import sys
 from typing import Iterator, List, Optional, Sequence
+
+# Exit codes of every command-line tool (train.py, eval.py, predict.py, export.py,
+# convert_checkpoint.py and the ``python -m src.*`` tools). Bad input (a config key, data,
+# checkpoint, option or device that cannot work) is EXIT_BAD_INPUT, the same status argparse
+# gives a usage error; train.py alone adds 1 for a run stopped by a non-finite loss.
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

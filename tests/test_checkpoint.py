@@ -1,4 +1,4 @@
-"""src/checkpoint.py: rename tables, conversion, loading into the network, atomic saving."""
+"""src/checkpoint/: rename tables, conversion, loading into the network, atomic saving."""
 
 import os
 
@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 from mindspore import Parameter, Tensor, nn
 
-from src import checkpoint as ckpt
-from src.checkpoint import (CheckpointError, SkippedParam, ZOO_MASKRCNN_TO_OURS, ZOO_MASKRCNN_TRANSPOSED,
-                            ZOO_RESNET50_TO_OURS, convert_resnet50, convert_zoo_maskrcnn, detect_checkpoint_kind,
-                            load_pretrained, read_checkpoint, save_checkpoint_atomic)
+from src.checkpoint.convert import convert_resnet50, convert_zoo_maskrcnn, detect_checkpoint_kind
+from src.checkpoint.io import CheckpointError, read_checkpoint, save_checkpoint_atomic
+from src.checkpoint.load import SkippedParam, load_pretrained, load_train_state
+from src.checkpoint.names import (KIND_BACKBONE, KIND_FULL, KIND_ZOO_MASKRCNN, KIND_ZOO_RESNET50,
+                                  RECOMPUTED_ON_RESUME, RESNET50_SHAPES, ZOO_MASKRCNN_TO_OURS,
+                                  ZOO_MASKRCNN_TRANSPOSED, ZOO_RESNET50_TO_OURS)
 from src.config import Config
 from src.maskrcnn.resnet50 import ResNet50
 from zoo_checkpoints import (ZOO_MASKRCNN_LIST, ZOO_OPTIMIZER_STATE, ZOO_RESNET50_LIST, random_arrays,
@@ -71,7 +73,7 @@ def zoo_maskrcnn(zoo_lists_dir, tmp_path_factory):
 def test_resnet50_table_is_the_zoo_list(zoo_lists_dir):
     zoo = read_param_list(zoo_lists_dir, ZOO_RESNET50_LIST)
     expected = {n: s for n, s in zoo.items() if not n.startswith("end_point.")}
-    assert list(ckpt.RESNET50_SHAPES.items()) == list(expected.items())
+    assert list(RESNET50_SHAPES.items()) == list(expected.items())
     assert len(ZOO_RESNET50_TO_OURS) == NUM_RESNET50_TENSORS
     assert ZOO_RESNET50_TO_OURS["layer1.0.down_sample_layer.1.gamma"] == "backbone.layer1.0.down_sample_layer.1.gamma"
     # Our backbone has exactly these names and shapes.
@@ -99,10 +101,10 @@ def test_maskrcnn_table_covers_every_zoo_name_once(zoo_lists_dir):
 
 
 @pytest.mark.parametrize("names, kind", [
-    (["conv1.weight", "end_point.bias", "moments.conv1.weight"], ckpt.KIND_ZOO_RESNET50),
-    (["backbone.conv1.weight", "fpn_ncek.lateral_convs_list.0.weight"], ckpt.KIND_ZOO_MASKRCNN),
-    (["backbone.conv1.weight", "global_step"], ckpt.KIND_BACKBONE),
-    (["backbone.conv1.weight", "mask_head.conv1.weight", "moments.fpn.lateral_convs.0.weight"], ckpt.KIND_FULL),
+    (["conv1.weight", "end_point.bias", "moments.conv1.weight"], KIND_ZOO_RESNET50),
+    (["backbone.conv1.weight", "fpn_ncek.lateral_convs_list.0.weight"], KIND_ZOO_MASKRCNN),
+    (["backbone.conv1.weight", "global_step"], KIND_BACKBONE),
+    (["backbone.conv1.weight", "mask_head.conv1.weight", "moments.fpn.lateral_convs.0.weight"], KIND_FULL),
 ])
 def test_detect_checkpoint_kind(names, kind):
     assert detect_checkpoint_kind(names) == kind
@@ -274,7 +276,7 @@ def test_load_full_checkpoint_ignores_optimizer_state(tmp_path):
     path, arrays = _tiny_file(tmp_path, changes=state)
     net = _tiny_net()
     report = load_pretrained(net, path)
-    assert report.kind == ckpt.KIND_FULL and report.converted_from is None
+    assert report.kind == KIND_FULL and report.converted_from is None
     assert sorted(report.loaded) == sorted(TINY_SHAPES)
     assert sorted(report.dropped) == sorted(state)
     assert report.skipped == [] and report.left_at_init == []
@@ -351,7 +353,7 @@ def test_zoo_resnet50_loads_into_the_backbone(zoo_resnet50):
     path, arrays = zoo_resnet50
     net = ResNet50(frozen_stages=1, norm="frozen")
     report = load_pretrained(net, path)  # raw zoo file: converted on the fly
-    assert report.converted_from == ckpt.KIND_ZOO_RESNET50 and report.kind == ckpt.KIND_BACKBONE
+    assert report.converted_from == KIND_ZOO_RESNET50 and report.kind == KIND_BACKBONE
     assert len(report.loaded) == NUM_RESNET50_TENSORS
     assert report.left_at_init == [] and report.skipped == []
     assert sorted(report.dropped) == sorted(["end_point.weight", "end_point.bias", *ZOO_OPTIMIZER_STATE])
@@ -369,7 +371,7 @@ def test_backbone_checkpoint_into_the_full_model(zoo_resnet50, tmp_path):
     net = _build_model()
     before = _values(net)
     report = load_pretrained(net, path)
-    assert report.kind == ckpt.KIND_BACKBONE and report.converted_from is None
+    assert report.kind == KIND_BACKBONE and report.converted_from is None
     assert sorted(report.loaded) == sorted(converted)
     assert sorted(report.left_at_init) == sorted(n for n in before if not n.startswith("backbone."))
     assert len(report.left_at_init) == len(before) - NUM_RESNET50_TENSORS > 0
@@ -383,7 +385,7 @@ def test_zoo_maskrcnn_loads_into_a_two_class_model(zoo_maskrcnn):
     net = _build_model()
     before = _values(net)
     report = load_pretrained(net, path)
-    assert report.converted_from == ckpt.KIND_ZOO_MASKRCNN and report.kind == ckpt.KIND_FULL
+    assert report.converted_from == KIND_ZOO_MASKRCNN and report.kind == KIND_FULL
     assert {s.name: (s.file_shape, s.model_shape) for s in report.skipped} == CLASS_LAYERS_81_VS_2
     assert report.left_at_init == []
     assert len(report.loaded) == len(before) - len(CLASS_LAYERS_81_VS_2) == 307 - 6
@@ -506,9 +508,9 @@ def test_training_checkpoint_round_trip(tmp_path):
 
     _, fresh_cell = _train_cell()
     fresh_lr = {p.name: p.asnumpy().copy() for p in fresh_cell.get_parameters() if p.name == "learning_rate"}
-    assert ckpt.load_train_state(fresh_cell, path) == saved["global_step"][0]
+    assert load_train_state(fresh_cell, path) == saved["global_step"][0]
     for param in fresh_cell.get_parameters():
-        if param.name in ckpt.RECOMPUTED_ON_RESUME:
+        if param.name in RECOMPUTED_ON_RESUME:
             # The LR schedule comes from the resumed run's config, not from the file.
             np.testing.assert_array_equal(param.asnumpy(), fresh_lr[param.name])
         else:
@@ -526,14 +528,17 @@ def test_training_checkpoint_round_trip(tmp_path):
 def test_training_checkpoint_of_another_set_up_is_refused(tmp_path):
     path, _ = _tiny_file(tmp_path)
     _, cell = _train_cell()
-    with pytest.raises(CheckpointError, match=r"tiny\.ckpt: not a training checkpoint of train\.py \(no "
-                                              r"'global_step'\); use --pre_trained for weights only$"):
-        ckpt.load_train_state(cell, path)
+    with pytest.raises(CheckpointError) as info:
+        load_train_state(cell, path)
+    # one line naming the file, the run's last.ckpt beside it and --pre_trained
+    assert str(info.value) == (f"{path}: holds weights only (no optimizer state, no 'global_step'), it cannot "
+                               f"be resumed: resume from the run's last.ckpt ({tmp_path / 'last.ckpt'}), or start "
+                               f"a new run from these weights with --pre_trained")
     _, other_cell = _train_cell(dict(TINY_SHAPES, **{"box_head.fc1.weight": (6, 4)}))
     other_path = str(tmp_path / "other.ckpt")
     save_checkpoint_atomic(other_cell, other_path)
     with pytest.raises(CheckpointError) as info:
-        ckpt.load_train_state(cell, other_path)
+        load_train_state(cell, other_path)
     assert str(info.value) == (f"{other_path}: does not match the training set-up: 2 shape mismatches: "
                                f"box_head.fc1.weight file (6, 4) model (5, 4); moments.box_head.fc1.weight file "
                                f"(6, 4) model (5, 4)")

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 
 import convert_checkpoint
-from src.checkpoint import ZOO_MASKRCNN_TRANSPOSED, ZOO_MASKRCNN_TO_OURS, load_pretrained, read_checkpoint
+from src.checkpoint.io import read_checkpoint
+from src.checkpoint.load import load_pretrained
+from src.checkpoint.names import ZOO_MASKRCNN_TO_OURS, ZOO_MASKRCNN_TRANSPOSED
 from src.maskrcnn.resnet50 import ResNet50
+from src.runtime import EXIT_BAD_INPUT
 from zoo_checkpoints import (ZOO_MASKRCNN_LIST, ZOO_OPTIMIZER_STATE, ZOO_RESNET50_LIST, random_arrays,
                              read_param_list, save_arrays)
 
@@ -90,7 +93,7 @@ def test_maskrcnn_detected_and_converted(zoo_maskrcnn, tmp_path, caplog, monkeyp
 
 def test_not_a_resnet_is_a_one_line_error(lenet_ckpt, tmp_path, caplog):
     out = str(tmp_path / "out.ckpt")
-    assert convert_checkpoint.main(["--ckpt_file", lenet_ckpt, "--output_file", out, "--mode", "resnet50"]) == 1
+    assert convert_checkpoint.main(["--ckpt_file", lenet_ckpt, "--output_file", out, "--mode", "resnet50"]) == EXIT_BAD_INPUT
     (message,) = _errors(caplog)
     assert message.startswith(f"{lenet_ckpt}: not a model-zoo ResNet50 checkpoint: found 1 of the 265 expected "
                               f"parameter names; missing: bn1.moving_mean")
@@ -101,7 +104,7 @@ def test_not_a_resnet_is_a_one_line_error(lenet_ckpt, tmp_path, caplog):
 
 def test_unrecognised_names_without_mode(tmp_path, caplog):
     path = save_arrays(random_arrays({"features.0.weight": (2, 2)}, seed=0), str(tmp_path / "other.ckpt"))
-    assert convert_checkpoint.main(["--ckpt_file", path, "--output_file", str(tmp_path / "o.ckpt")]) == 1
+    assert convert_checkpoint.main(["--ckpt_file", path, "--output_file", str(tmp_path / "o.ckpt")]) == EXIT_BAD_INPUT
     assert _errors(caplog) == [f"{path}: not a model-zoo or torchvision ResNet50 / Mask R-CNN checkpoint nor "
                                f"one of this project: unrecognised parameter names (features.0.weight)"]
 
@@ -109,29 +112,29 @@ def test_unrecognised_names_without_mode(tmp_path, caplog):
 def test_wrong_mode_and_already_converted_inputs(zoo_maskrcnn, tmp_path, caplog):
     path, _ = zoo_maskrcnn
     assert convert_checkpoint.main(["--ckpt_file", path, "--output_file", str(tmp_path / "o.ckpt"),
-                                    "--mode", "resnet50"]) == 1
+                                    "--mode", "resnet50"]) == EXIT_BAD_INPUT
     assert _errors(caplog) == [f"{path}: not a model-zoo ResNet50 checkpoint: its names are those of a "
                                f"model-zoo Mask R-CNN (use --mode maskrcnn)"]
     caplog.clear()
     ours = save_arrays(random_arrays({"backbone.conv1.weight": (64, 3, 7, 7)}, seed=0), str(tmp_path / "ours.ckpt"))
-    assert convert_checkpoint.main(["--ckpt_file", ours, "--output_file", str(tmp_path / "o.ckpt")]) == 1
+    assert convert_checkpoint.main(["--ckpt_file", ours, "--output_file", str(tmp_path / "o.ckpt")]) == EXIT_BAD_INPUT
     assert _errors(caplog) == [f"{ours}: already uses this project's names (backbone checkpoint); nothing to convert"]
     assert sorted(os.listdir(tmp_path)) == ["ours.ckpt"]
 
 
 def test_missing_input_file(tmp_path, caplog):
     missing = str(tmp_path / "resnet50.ckpt")
-    assert convert_checkpoint.main(["--ckpt_file", missing, "--output_file", str(tmp_path / "o.ckpt")]) == 1
+    assert convert_checkpoint.main(["--ckpt_file", missing, "--output_file", str(tmp_path / "o.ckpt")]) == EXIT_BAD_INPUT
     assert _errors(caplog) == [f"checkpoint file not found: {missing}"]
 
 
 def test_command_line_exit_code_and_single_error_line(lenet_ckpt, tmp_path):
-    """The real process: exit status 1 and exactly one error line on stderr, no traceback."""
+    """The real process: exit status 2 and exactly one error line on stderr, no traceback."""
     result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "convert_checkpoint.py"), "--ckpt_file",
                              lenet_ckpt, "--output_file", str(tmp_path / "o.ckpt")],
                             capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,
                             env=dict(os.environ, GLOG_v="3"))
-    assert result.returncode == 1
+    assert result.returncode == EXIT_BAD_INPUT == 2
     error_lines = [line for line in result.stderr.splitlines() if "ERROR" in line]
     assert len(error_lines) == 1, result.stderr
     assert f"{lenet_ckpt}: not a model-zoo ResNet50 checkpoint: found 1 of the 265" in error_lines[0]

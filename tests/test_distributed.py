@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
-from src.checkpoint import read_checkpoint
+from src.checkpoint.io import read_checkpoint
 from src.config import load_config
 from src.distributed import DIGEST_LOG_PREFIX
 from src.synthetic import generate
@@ -145,7 +145,7 @@ def _single_image_grads(config, init_ckpt):
     import mindspore as ms
     from mindspore import nn, ops
 
-    from src.checkpoint import load_pretrained
+    from src.checkpoint.load import load_pretrained
     from src.dataset import create_new_dataset
     from src.maskrcnn.builder import build_model
     from src.network_define import LossNet, WithLossCell

@@ -18,7 +18,8 @@ import convert_checkpoint
 import eval as eval_cli
 import predict
 import train
-from src.checkpoint import CheckpointError, load_pretrained, load_train_state, read_checkpoint, save_checkpoint_atomic
+from src.checkpoint.io import CheckpointError, read_checkpoint, save_checkpoint_atomic
+from src.checkpoint.load import load_pretrained, load_train_state
 from src.config import REPO_ROOT, ConfigError, load_config
 from src.annotations import DatasetError, load_coco_json
 from src.loss_log import drop_rows_after_step

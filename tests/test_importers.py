@@ -10,6 +10,7 @@ import pytest
 from src import importers
 from src.config import Config
 from src.dataset import COCOSubDataset, DatasetError
+from src.runtime import EXIT_BAD_INPUT
 
 
 def _fake_coco(root):
@@ -72,7 +73,7 @@ def test_coco_subset_unknown_category_lists_names(tmp_path, caplog):
     with pytest.raises(DatasetError, match="category 'sofa' is not in the file; available: book, cup"):
         importers.coco_subset(str(tmp_path / "coco"), "sofa", 2, str(tmp_path / "out"), ["train2017"])
     assert importers.main(["coco-subset", "--coco_dir", str(tmp_path / "coco"), "--category", "sofa",
-                           "--num_images", "2", "--out", str(tmp_path / "o2"), "--splits", "train2017"]) == 1
+                           "--num_images", "2", "--out", str(tmp_path / "o2"), "--splits", "train2017"]) == EXIT_BAD_INPUT
     assert "category 'sofa' is not in the file" in caplog.text
 
 

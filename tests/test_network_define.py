@@ -110,7 +110,8 @@ def test_checkpoint_callback_keeps_max_and_saves_nothing_after_nan(tmp_path):
             handle.write(network)  # which state went into the file
 
     loss_cb = SimpleNamespace(error=None)
-    callback = CheckpointCallback(save, str(tmp_path), "m", every_epochs=1, keep_max=2, loss_callback=loss_cb)
+    callback = CheckpointCallback(save, "weights only", str(tmp_path), "m", every_epochs=1, keep_max=2,
+                                  loss_callback=loss_cb)
     for epoch in (1, 2, 3):
         context, _ = _run_context(None, epoch * 5, epoch, network=f"state after epoch {epoch}")
         callback.on_train_epoch_end(context)
@@ -124,6 +125,58 @@ def test_checkpoint_callback_keeps_max_and_saves_nothing_after_nan(tmp_path):
     assert len(saved) == 6
     assert sorted(os.listdir(tmp_path)) == ["last.ckpt", "m-2_10.ckpt", "m-3_15.ckpt"]
     assert (tmp_path / "last.ckpt").read_text() == "state after epoch 3"
+    # The numbered files hold the network's weights, last.ckpt the whole train cell.
+    assert (tmp_path / "m-3_15.ckpt").read_text() == "weights only"
+
+
+def test_checkpoint_callback_with_keep_max_0_writes_last_ckpt_only(tmp_path):
+    saved = []
+
+    def save(network, path):
+        saved.append((os.path.basename(path), network))
+        with open(path, "w") as handle:
+            handle.write(network)
+
+    callback = CheckpointCallback(save, "weights only", str(tmp_path), "m", every_epochs=1, keep_max=0,
+                                  step_offset=10)
+    for epoch in (1, 2):
+        context, _ = _run_context(None, epoch * 5, epoch, network=f"state after epoch {epoch}")
+        callback.on_train_epoch_end(context)
+    callback.on_train_end(context)  # same step as the last epoch end: not written again
+    assert saved == [("last.ckpt", "state after epoch 1"), ("last.ckpt", "state after epoch 2")]
+    assert os.listdir(tmp_path) == ["last.ckpt"]
+
+
+def test_numbered_checkpoints_hold_weights_only_and_last_ckpt_resumes(tmp_path):
+    from src.checkpoint.io import CheckpointError, read_checkpoint, save_checkpoint_atomic
+    from src.checkpoint.load import load_train_state
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    toy = ToyLosses()
+    opt = nn.Momentum(toy.trainable_params(), learning_rate=0.01, momentum=0.9)
+    cell = TrainOneStepCell(WithLossCell(toy, LossNet()), opt, loss_scale=1.0)
+    cell(*_batch((1.0, 1.0, 1.0, 1.0)))  # one step: non-zero momentum
+    callback = CheckpointCallback(save_checkpoint_atomic, toy, str(tmp_path), "m", every_epochs=1, keep_max=5)
+    context, _ = _run_context(None, 1, 1, network=cell)
+    callback.on_train_epoch_end(context)
+    numbered, last = str(tmp_path / "m-1_1.ckpt"), str(tmp_path / "last.ckpt")
+    assert sorted(os.listdir(tmp_path)) == ["last.ckpt", "m-1_1.ckpt"]
+    assert list(read_checkpoint(numbered)) == ["w"]
+    last_params = read_checkpoint(last)
+    assert {"w", "moments.w", "global_step"} <= set(last_params)
+    assert np.any(last_params["moments.w"].asnumpy() != 0)
+    np.testing.assert_array_equal(read_checkpoint(numbered)["w"].asnumpy(), toy.w.asnumpy())
+    assert os.path.getsize(numbered) < os.path.getsize(last)
+
+    fresh = ToyLosses()
+    fresh_cell = TrainOneStepCell(WithLossCell(fresh, LossNet()),
+                                  nn.Momentum(fresh.trainable_params(), learning_rate=0.01, momentum=0.9))
+    assert load_train_state(fresh_cell, last) == 1
+    np.testing.assert_array_equal(fresh.w.asnumpy(), toy.w.asnumpy())
+    with pytest.raises(CheckpointError) as info:
+        load_train_state(fresh_cell, numbered)
+    assert str(info.value).startswith(f"{numbered}: holds weights only")
+    assert f"resume from the run's last.ckpt ({last})" in str(info.value) and "--pre_trained" in str(info.value)
 
 
 def test_gradient_clipping_limits_the_global_norm_of_the_update():

@@ -49,7 +49,7 @@ def _decode(rle):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Synthetic val split, tiny config YAML and a random-init checkpoint of that config."""
-    from src.checkpoint import save_checkpoint_atomic
+    from src.checkpoint.io import save_checkpoint_atomic
     from src.config import load_config
     from src.maskrcnn.builder import build_model
     from src.runtime import set_mindspore_context

@@ -16,7 +16,9 @@ import time
 
 import pytest
 
-from src.checkpoint import CKPT_SUFFIX, GLOBAL_STEP_NAME, load_pretrained, read_checkpoint
+from src.checkpoint.io import CKPT_SUFFIX, read_checkpoint
+from src.checkpoint.load import load_pretrained
+from src.checkpoint.names import GLOBAL_STEP_NAME
 from src.config import REPO_ROOT, load_config, parse_overrides
 from src.synthetic import generate
 

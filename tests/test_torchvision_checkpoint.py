@@ -13,12 +13,15 @@ import pytest
 from safetensors.numpy import save_file
 
 import convert_checkpoint
-from src import checkpoint as ckpt
-from src.checkpoint import (CheckpointError, NUMERICS_KEY, RESNET50_SHAPES, TORCHVISION_LEGACY_NAMES,
-                            TORCHVISION_MASKRCNN_TO_OURS, TORCHVISION_RESNET50_TO_OURS, detect_checkpoint_kind,
-                            load_pretrained, read_checkpoint_with_metadata, read_weights)
+from src.checkpoint.convert import convert_torchvision_maskrcnn, detect_checkpoint_kind
+from src.checkpoint.io import CheckpointError, read_checkpoint_with_metadata, read_weights
+from src.checkpoint.load import load_pretrained
+from src.checkpoint.names import (KIND_BACKBONE, KIND_FULL, KIND_TV_MASKRCNN, KIND_TV_RESNET50,
+                                  KIND_ZOO_RESNET50, NUMERICS_KEY, RESNET50_SHAPES, TORCHVISION_LEGACY_NAMES,
+                                  TORCHVISION_MASKRCNN_TO_OURS, TORCHVISION_RESNET50_TO_OURS)
 from src.config import Config
 from src.maskrcnn.resnet50 import ResNet50
+from src.runtime import EXIT_BAD_INPUT
 from zoo_checkpoints import read_param_list
 
 TV_RESNET50_LIST = "torchvision_resnet50_params.txt"
@@ -110,11 +113,11 @@ def test_tables_cover_every_torchvision_name_once(zoo_lists_dir):
 
 
 @pytest.mark.parametrize("names, kind", [
-    (["conv1.weight", "bn1.running_mean", "fc.weight"], ckpt.KIND_TV_RESNET50),
-    (["layer1.0.downsample.0.weight"], ckpt.KIND_TV_RESNET50),
-    (["backbone.body.conv1.weight", "roi_heads.box_head.fc6.weight"], ckpt.KIND_TV_MASKRCNN),
-    (["rpn.head.conv.weight"], ckpt.KIND_TV_MASKRCNN),
-    (["conv1.weight", "bn1.moving_mean", "end_point.weight"], ckpt.KIND_ZOO_RESNET50),
+    (["conv1.weight", "bn1.running_mean", "fc.weight"], KIND_TV_RESNET50),
+    (["layer1.0.downsample.0.weight"], KIND_TV_RESNET50),
+    (["backbone.body.conv1.weight", "roi_heads.box_head.fc6.weight"], KIND_TV_MASKRCNN),
+    (["rpn.head.conv.weight"], KIND_TV_MASKRCNN),
+    (["conv1.weight", "bn1.moving_mean", "end_point.weight"], KIND_ZOO_RESNET50),
 ])
 def test_detect_torchvision_kinds(names, kind):
     assert detect_checkpoint_kind(names) == kind
@@ -156,7 +159,7 @@ def test_coco_maskrcnn_in_legacy_names_loads_into_a_two_class_model(tv_maskrcnn_
     before = {p.name: p.asnumpy().copy() for p in net.get_parameters()}
     caplog.set_level(logging.INFO)
     report = load_pretrained(net, path)
-    assert report.converted_from == ckpt.KIND_TV_MASKRCNN and report.kind == ckpt.KIND_FULL
+    assert report.converted_from == KIND_TV_MASKRCNN and report.kind == KIND_FULL
     assert {s.name: (s.file_shape, s.model_shape) for s in report.skipped} == CLASS_LAYERS_91_VS_2
     assert len(report.loaded) == NUM_MASKRCNN_TENSORS - len(CLASS_LAYERS_91_VS_2) and not report.left_at_init
     assert "box_head.cls_score.weight: class-dependent layer, class count differs (file (91, 1024) vs model " \
@@ -189,7 +192,7 @@ def test_backbone_files_do_not_warn(tv_resnet50, caplog):
     path, _ = tv_resnet50
     caplog.set_level(logging.INFO)
     report = load_pretrained(_small_model("native"), path)
-    assert report.converted_from == ckpt.KIND_TV_RESNET50 and report.kind == ckpt.KIND_BACKBONE
+    assert report.converted_from == KIND_TV_RESNET50 and report.kind == KIND_BACKBONE
     assert len(report.loaded) == NUM_RESNET50_TENSORS and report.left_at_init
     assert not _numerics_warnings(caplog)
 
@@ -198,7 +201,7 @@ def test_wrong_mode_and_other_architectures_are_one_line_errors(tv_maskrcnn_lega
                                                                 caplog):
     path, arrays = tv_maskrcnn_legacy
     assert convert_checkpoint.main(["--ckpt_file", path, "--output_file", str(tmp_path / "o.ckpt"),
-                                    "--mode", "torchvision_resnet50"]) == 1
+                                    "--mode", "torchvision_resnet50"]) == EXIT_BAD_INPUT
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [f"{path}: not a torchvision resnet50 checkpoint: its names are those of a torchvision "
                       f"Mask R-CNN (use --mode torchvision_maskrcnn)"]
@@ -208,12 +211,12 @@ def test_wrong_mode_and_other_architectures_are_one_line_errors(tv_maskrcnn_lega
     with pytest.raises(CheckpointError, match=r"v2\.st: not a torchvision maskrcnn_resnet50_fpn \(v1\) checkpoint: "
                                               r"found 303 of the 307 expected parameter names; missing: "
                                               r"roi_heads\.box_head\.fc6\.weight"):
-        ckpt.convert_torchvision_maskrcnn(v2, source="v2.st")
+        convert_torchvision_maskrcnn(v2, source="v2.st")
     both = dict(arrays)
     both["rpn.head.conv.0.0.weight"] = arrays["rpn.head.conv.weight"]
     with pytest.raises(CheckpointError, match=r"holds both 'rpn\.head\.conv\.weight' and 'rpn\.head\.conv\.0\.0\."
                                               r"weight' \(two spellings of the same torchvision tensor\)"):
-        ckpt.convert_torchvision_maskrcnn(both, source="both.st")
+        convert_torchvision_maskrcnn(both, source="both.st")
 
 
 # ---- reading --------------------------------------------------------------------------------
@@ -226,7 +229,7 @@ def test_pth_without_torch_names_the_pip_command(tmp_path, monkeypatch, caplog):
         read_weights(str(pth))
     assert str(info.value) == (f"{pth}: reading a PyTorch .pth file needs torch (at conversion time only): "
                                f"python -m pip install torch, or save the state dict as .safetensors")
-    assert convert_checkpoint.main(["--ckpt_file", str(pth), "--output_file", str(tmp_path / "o.ckpt")]) == 1
+    assert convert_checkpoint.main(["--ckpt_file", str(pth), "--output_file", str(tmp_path / "o.ckpt")]) == EXIT_BAD_INPUT
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [str(info.value)]
 

@@ -76,7 +76,7 @@ def ours(converted, parity_config):
     import mindspore as ms
     from mindspore import Tensor
 
-    from src.checkpoint import load_pretrained
+    from src.checkpoint.load import load_pretrained
     from src.maskrcnn.builder import build_model
 
     previous = ms.get_context("mode")
@@ -128,7 +128,8 @@ def test_reference_is_small_and_records_its_versions(reference):
 
 
 def test_conversion_records_the_torchvision_preset(converted, ours):
-    from src.checkpoint import NUMERICS_KEY, read_checkpoint_with_metadata
+    from src.checkpoint.io import read_checkpoint_with_metadata
+    from src.checkpoint.names import NUMERICS_KEY
 
     params, metadata = read_checkpoint_with_metadata(converted)
     assert len(params) == NUM_TENSORS

@@ -71,9 +71,35 @@ def test_run_directory_holds_config_log_and_checkpoints(trained_run):
     assert f"maskrcnn-{EPOCHS}_{EPOCHS * STEPS_PER_EPOCH}.ckpt" in names
     assert not [n for n in names if n.endswith(".tmp") or n.startswith(".")], names
     # The numerics preset travels with the weights (loading under another preset warns).
-    from src.checkpoint import NUMERICS_KEY, read_checkpoint_with_metadata
+    from src.checkpoint.io import read_checkpoint_with_metadata
+    from src.checkpoint.names import NUMERICS_KEY
 
     assert read_checkpoint_with_metadata(str(run_dir / "last.ckpt"))[1] == {NUMERICS_KEY: "native"}
+    # last.ckpt holds the optimizer state and global step (--resume); a numbered checkpoint holds
+    # exactly the network weights of the same moment, and its preset.
+    from src.checkpoint.names import is_training_state
+
+    last_params = read_checkpoint_with_metadata(str(run_dir / "last.ckpt"))[0]
+    numbered = str(run_dir / f"maskrcnn-{EPOCHS}_{EPOCHS * STEPS_PER_EPOCH}.ckpt")
+    numbered_params, numbered_metadata = read_checkpoint_with_metadata(numbered)
+    assert {"global_step", "moments.backbone.conv1.weight"} <= set(last_params)
+    assert sorted(numbered_params) == sorted(n for n in last_params if not is_training_state(n))
+    for name, value in numbered_params.items():
+        np.testing.assert_array_equal(value.asnumpy(), last_params[name].asnumpy(), err_msg=name)
+    assert numbered_metadata == {NUMERICS_KEY: "native"}
+    assert os.path.getsize(numbered) < 0.6 * os.path.getsize(run_dir / "last.ckpt")
+
+
+def test_resume_from_a_weights_only_checkpoint_is_one_line_naming_last_ckpt(trained_run, tmp_path, capsys):
+    _, data_dir, run_dir = trained_run
+    numbered = run_dir / f"maskrcnn-{EPOCHS}_{EPOCHS * STEPS_PER_EPOCH}.ckpt"
+    code = train.main(_small_run_args(data_dir, tmp_path / "resumed", EPOCHS + 1) + ["--resume", str(numbered)])
+    assert code == train.EXIT_BAD_INPUT == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, errors
+    assert errors[0].endswith(f"{numbered}: holds weights only (no optimizer state, no 'global_step'), it cannot be "
+                              f"resumed: resume from the run's last.ckpt ({run_dir / 'last.ckpt'}), or start a new "
+                              f"run from these weights with --pre_trained"), errors
 
 
 def test_resume_continues_at_the_saved_step(trained_run, tmp_path):

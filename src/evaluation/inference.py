@@ -81,7 +81,8 @@ def load_inference_checkpoint(net, ckpt_path: str):
     Raises:
         src.checkpoint.CheckpointError: one line naming the file and listing the mismatches.
     """
-    from src.checkpoint import CheckpointError, load_pretrained
+    from src.checkpoint.io import CheckpointError
+    from src.checkpoint.load import load_pretrained
 
     report = load_pretrained(net, ckpt_path)
     if report.skipped:

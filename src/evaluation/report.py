@@ -25,6 +25,7 @@ from src.evaluation.report_data import (GALLERY_SIZE, REPORT_JSON, ReportError, 
                                         jsonable)
 from src.evaluation.report_page import DEFAULT_TITLE, REPORT_HTML, draw_pictures, render_html
 from src.evaluation.results import EvaluationError
+from src.runtime import EXIT_BAD_INPUT, EXIT_OK
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         results = read_json(args.detections, "detections file")
     except DatasetError as e:
         logger.error("%s", e)
-        return 2
+        return EXIT_BAD_INPUT
     coco = COCO()
     coco.dataset = gt
     coco.createIndex()
@@ -100,7 +101,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         unknown = [n for n in args.classes.split(",") if n not in by_name]
         if unknown:
             logger.error("%s: no category named %s", args.ann_file, ", ".join(unknown))
-            return 2
+            return EXIT_BAD_INPUT
         cats = [by_name[n] for n in args.classes.split(",")]
     try:
         evaluator = COCOEvaluator(coco, cats, sorted(coco.imgs), max_dets=args.max_dets)
@@ -115,9 +116,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                   "detections": os.path.abspath(args.detections)})
     except (EvaluationError, ReportError) as e:
         logger.error("%s", e)
-        return 2
+        return EXIT_BAD_INPUT
     print(f"report: {path}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":
