@@ -4,21 +4,21 @@ Training batch (columns of ``create_new_dataset(..., is_training=True)``, in thi
 ``B`` = batch size, ``N`` = ``config.max_instance_count``, ``H, W`` = ``config.img_height,
 config.img_width`` (the padded network input):
 
-=============  ==================  =========================================================
-column         shape / dtype       meaning
-=============  ==================  =========================================================
-image          [B, 3, H, W] f32    RGB, normalised with img_mean/img_std, zero padded at the
-                                   bottom/right after the keep-ratio resize
-image_shape    [B, 4] f32          (resized_h, resized_w, scale_h, scale_w): the un-padded
-                                   image size inside the input and the resize factors
-                                   (input pixels per original pixel)
-box            [B, N, 4] f32       x1, y1, x2, y2 in input pixels (after resize and flip)
-label          [B, N] i32          1..num_classes-1 for objects, ``CROWD_LABEL`` for crowd
-                                   regions (to be ignored, never a positive), 0 for padding
-valid_num      [B, N] i32          1 for a real (non-crowd) instance, 0 for padding and crowd
-mask           [B, N, H, W] u8     instance segmentation, 1 on the object's pixels, aligned
-                                   with ``image``
-=============  ==================  =========================================================
+==============  ==================  =========================================================
+column          shape / dtype       meaning
+==============  ==================  =========================================================
+image           [B, 3, H, W] f32    RGB, normalised with img_mean/img_std, zero padded at the
+                                    bottom/right after the keep-ratio resize
+image_shape     [B, 4] f32          (resized_h, resized_w, scale_h, scale_w): the un-padded
+                                    image size inside the input and the resize factors
+                                    (input pixels per original pixel)
+box             [B, N, 4] f32       x1, y1, x2, y2 in input pixels (after resize and flip)
+label           [B, N] i32          1..num_classes-1 for objects, ``CROWD_LABEL`` for crowd
+                                    regions (to be ignored, never a positive), 0 for padding
+instance_valid  [B, N] i32          1 for a real (non-crowd) instance, 0 for padding and crowd
+mask            [B, N, H, W] u8     instance segmentation, 1 on the object's pixels, aligned
+                                    with ``image``
+==============  ==================  =========================================================
 
 Real instances come first, then crowd regions, then padding.
 
@@ -39,7 +39,7 @@ masks          [B, K, M, M] f32    mask probabilities inside the box, M =
 =============  ==================  =========================================================
 """
 
-TRAIN_COLUMNS = ("image", "image_shape", "box", "label", "valid_num", "mask")
+TRAIN_COLUMNS = ("image", "image_shape", "box", "label", "instance_valid", "mask")
 EVAL_COLUMNS = ("image", "image_shape", "image_id")
 PREDICTION_NAMES = ("boxes", "scores", "labels", "valid", "masks")
 

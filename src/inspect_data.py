@@ -201,7 +201,7 @@ def draw_network_sample(columns, config: Config) -> np.ndarray:
     """The padded input of one training sample with its ground truth drawn.
 
     Args:
-        columns: one sample's (image [3, H, W] f32, image_shape, box [N, 4], label [N], valid_num [N],
+        columns: one sample's (image [3, H, W] f32, image_shape, box [N, 4], label [N], instance_valid [N],
             mask [N, H, W]) as in src/batch.py.
 
     Returns:

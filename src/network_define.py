@@ -48,8 +48,8 @@ class WithLossCell(nn.Cell):
         self.net = net
         self.loss_net = loss_net
 
-    def construct(self, image, image_shape, box, label, valid_num, mask):
-        losses = self.net(image, image_shape, box, label, valid_num, mask)
+    def construct(self, image, image_shape, box, label, instance_valid, mask):
+        losses = self.net(image, image_shape, box, label, instance_valid, mask)
         total = self.loss_net(losses)
         return (total,) + tuple(losses)
 
@@ -105,13 +105,13 @@ class TrainOneStepCell(nn.Cell):
             ops.assign(self.good_steps, ops.zeros_like(self.good_steps))
         return finite
 
-    def construct(self, image, image_shape, box, label, valid_num, mask):
-        outputs = self.network(image, image_shape, box, label, valid_num, mask)
+    def construct(self, image, image_shape, box, label, instance_valid, mask):
+        outputs = self.network(image, image_shape, box, label, instance_valid, mask)
         scale = self.loss_scale * 1.0
         sens = (ops.fill(outputs[0].dtype, outputs[0].shape, 1.0) * scale.astype(outputs[0].dtype),)
         for component in outputs[1:]:
             sens = sens + (ops.zeros_like(component),)
-        grads = self.grad(self.network, self.weights)(image, image_shape, box, label, valid_num, mask, sens)
+        grads = self.grad(self.network, self.weights)(image, image_shape, box, label, instance_valid, mask, sens)
         grads = self.reducer(grads)
         grads = tuple(g / scale.astype(g.dtype) for g in grads)
         finite = _all_finite(grads)

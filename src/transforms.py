@@ -196,7 +196,7 @@ def preprocess_train(img: np.ndarray, annos: np.ndarray, masks: np.ndarray, out_
 
     Returns:
         image [3, H, W] f32, image_shape [4] f32 (resized_h, resized_w, scale_h, scale_w),
-        box [N, 4] f32, label [N] i32 (crowd -> CROWD_LABEL, padding 0), valid_num [N] i32,
+        box [N, 4] f32, label [N] i32 (crowd -> CROWD_LABEL, padding 0), instance_valid [N] i32,
         mask [N, H, W] u8.
     """
     n = annos.shape[0]
@@ -226,7 +226,7 @@ def pack_train(img: np.ndarray, annos: np.ndarray, masks: np.ndarray, scale_h: f
         out_h, out_w, max_instances, mean, std: as in :func:`preprocess_train`.
 
     Returns:
-        image [3, H, W] f32, image_shape [4] f32, box [N, 4] f32, label [N] i32, valid_num [N] i32,
+        image [3, H, W] f32, image_shape [4] f32, box [N, 4] f32, label [N] i32, instance_valid [N] i32,
         mask [N, H, W] u8, as :func:`preprocess_train`.
     """
     n = min(annos.shape[0], max_instances)
@@ -239,12 +239,12 @@ def pack_train(img: np.ndarray, annos: np.ndarray, masks: np.ndarray, scale_h: f
     crowd = annos[:n, 5] > 0
     label = np.zeros((max_instances,), np.int32)
     label[:n] = np.where(crowd, CROWD_LABEL, annos[:n, 4]).astype(np.int32)
-    valid_num = np.zeros((max_instances,), np.int32)
-    valid_num[:n] = (~crowd).astype(np.int32)
+    instance_valid = np.zeros((max_instances,), np.int32)
+    instance_valid[:n] = (~crowd).astype(np.int32)
     mask_out = np.zeros((max_instances, out_h, out_w), np.uint8)
     mask_out[:n, :new_h, :new_w] = masks[:n]
     image_shape = np.array([new_h, new_w, scale_h, scale_w], np.float32)
-    return image, image_shape, box, label, valid_num, mask_out
+    return image, image_shape, box, label, instance_valid, mask_out
 
 
 def preprocess_eval(img: np.ndarray, out_h: int, out_w: int, mean: Sequence[float], std: Sequence[float],

@@ -116,7 +116,7 @@ def test_training_batch_layout_and_alignment(small_set):
     assert b["image"].shape == (2, 3, 96, 128) and b["mask"].shape == (2, 4, 96, 128)
     assert b["box"].shape == (2, 4, 4) and b["label"].dtype == np.int32
     np.testing.assert_array_equal(b["label"], [[1, 2, CROWD_LABEL, 0], [1, 0, 0, 0]])
-    np.testing.assert_array_equal(b["valid_num"], [[1, 1, 0, 0], [1, 0, 0, 0]])
+    np.testing.assert_array_equal(b["instance_valid"], [[1, 1, 0, 0], [1, 0, 0, 0]])
     # 48x64 -> 96x128 (scale 2); flipped about x = 64: book x 10..70 -> 58..118.
     np.testing.assert_allclose(b["image_shape"][0], [96, 128, 2, 2], rtol=1e-6)
     np.testing.assert_allclose(b["box"][0], [[58, 10, 118, 50], [28, 40, 48, 60], [108, 60, 128, 80],
@@ -158,7 +158,7 @@ def test_synthetic_set_with_two_workers_labels_map_to_coco_ids(tmp_path):
     for b in pipeline.create_dict_iterator(num_epochs=1, output_numpy=True):
         rgb = b["image"].transpose(0, 2, 3, 1) * np.array(cfg.img_std) + np.array(cfg.img_mean)
         for i in range(2):
-            real = int(b["valid_num"][i].sum())
+            real = int(b["instance_valid"][i].sum())
             assert (b["label"][i, :real] > 0).all() and (b["label"][i, real:] <= 0).all()
             for k in range(real):
                 m = b["mask"][i, k].astype(bool)

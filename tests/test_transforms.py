@@ -110,14 +110,14 @@ def test_normalize_and_pad_exact():
 @pytest.mark.parametrize("flip", [False, True])
 def test_preprocess_train_keeps_boxes_and_masks_on_the_object(flip):
     img, annos, masks = _scene()
-    image, image_shape, box, label, valid_num, mask = transforms.preprocess_train(
+    image, image_shape, box, label, instance_valid, mask = transforms.preprocess_train(
         img, annos, masks, 96, 128, max_instances=5, mean=MEAN, std=STD, flip=flip)
     assert image.shape == (3, 96, 128) and image.dtype == np.float32
     assert mask.shape == (5, 96, 128) and mask.dtype == np.uint8
     # 40x60 into 96x128: scale min(2.4, 2.133) -> 85x128.
     np.testing.assert_allclose(image_shape, [85, 128, 85 / 40, 128 / 60], rtol=1e-6)
     np.testing.assert_array_equal(label, [1, 2, CROWD_LABEL, 0, 0])
-    np.testing.assert_array_equal(valid_num, [1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(instance_valid, [1, 1, 0, 0, 0])
     assert not mask[3:].any() and not box[3:].any()
     # Padding is zero in the image (un-normalised 0 = padding) and in the masks.
     assert not image[:, 85:, :].any() and not mask[:, 85:, :].any()

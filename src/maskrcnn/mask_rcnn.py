@@ -2,7 +2,7 @@
 
 Training (``net.set_train(True)``)::
 
-    net(image, image_shape, box, label, valid_num, mask)
+    net(image, image_shape, box, label, instance_valid, mask)
         -> (rpn_cls, rpn_reg, rcnn_cls, rcnn_reg, rcnn_mask)   # src.batch.LOSS_NAMES order
 
 Inference (``net.set_train(False)``)::
@@ -88,9 +88,9 @@ class Mask_Rcnn_Resnet50(nn.Cell):  # pylint: disable=invalid-name  (the name us
         """rois [B,R,4] -> mask logits [B*R, C, M, M] float32."""
         return self.mask_head(self.mask_roi_align(pyramid[:4], rois)).astype(mstype.float32)
 
-    def construct(self, image, image_shape, box=None, label=None, valid_num=None, mask=None):
+    def construct(self, image, image_shape, box=None, label=None, instance_valid=None, mask=None):
         if self.training:
-            return self._losses(image, image_shape, box, label, valid_num, mask)
+            return self._losses(image, image_shape, box, label, instance_valid, mask)
         return self._detect(image, image_shape)
 
     def _losses(self, image, image_shape, gt_boxes, gt_labels, gt_valid, gt_masks):
