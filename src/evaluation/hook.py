@@ -34,7 +34,7 @@ class EvalCallback(Callback):
         config: the run's Config.
         ckpt_dir: folder of the run's checkpoints.
         interval: epochs between evaluations (>= 1).
-        save_fn: ``save_fn(net, path)``, e.g. ``src.checkpoint.save_checkpoint_atomic``.
+        save_fn: ``save_fn(net, path)``, e.g. ``src.checkpoint.io.save_checkpoint_atomic``.
     """
 
     def __init__(self, net, config, ckpt_dir: str, interval: int, save_fn):

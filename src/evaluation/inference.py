@@ -79,7 +79,7 @@ def load_inference_checkpoint(net, ckpt_path: str):
         the ``LoadReport`` of ``load_pretrained``.
 
     Raises:
-        src.checkpoint.CheckpointError: one line naming the file and listing the mismatches.
+        src.checkpoint.io.CheckpointError: one line naming the file and listing the mismatches.
     """
     from src.checkpoint.io import CheckpointError
     from src.checkpoint.load import load_pretrained

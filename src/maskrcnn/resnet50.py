@@ -3,7 +3,7 @@
 Parameter names are exactly those of the MindSpore model-zoo ResNet50 ImageNet classifier
 (``conv1.weight``, ``bn1.gamma``, ``layer1.0.conv1.weight``,
 ``layer1.0.down_sample_layer.0.weight``, ...) without its classifier ``end_point.*``, so a zoo
-checkpoint loads after the ``backbone.`` prefix is added (see ``src/checkpoint.py``).
+checkpoint loads after the ``backbone.`` prefix is added (see ``src/checkpoint/names.py``).
 """
 
 from __future__ import annotations
