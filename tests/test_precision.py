@@ -74,7 +74,7 @@ def test_a_float16_training_step_on_the_cpu_has_finite_losses(tmp_path):
     from mindspore import nn
 
     from src.dataset import create_new_dataset
-    from src.maskrcnn.mask_rcnn import build_model
+    from src.maskrcnn.builder import build_model
     from src.network_define import LossNet, TrainOneStepCell, WithLossCell
     from src.synthetic import generate
 
