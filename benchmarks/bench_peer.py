@@ -185,6 +185,22 @@ def exit_text(returncode: Optional[int]) -> str:
     return f"exit {returncode}"
 
 
+def failure_record(what: str, result: subprocess.CompletedProcess) -> dict:
+    """``{"error": ...}`` naming the failed command, how it ended and its last stderr lines."""
+    return {"error": f"{what} {exit_text(result.returncode)}: " + " | ".join(result.stderr.strip().splitlines()[-3:])}
+
+
+def eval_speed_record(what: str, result: subprocess.CompletedProcess, version_keys: Sequence[str]) -> dict:
+    """The eval-speed fields of the last JSON line a finished eval benchmark printed (or its failure)."""
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode or not lines:
+        return failure_record(what, result)
+    record = json.loads(lines[-1])
+    keep = ("num_images", "num_detections", "compile_s", "net_s_per_image", "postprocess_s_per_image",
+            "cocoeval_s", "images_per_s", *version_keys)
+    return {key: record[key] for key in keep if key in record}
+
+
 def _last_json_line(path: str) -> Optional[dict]:
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
@@ -311,8 +327,7 @@ class Bench:
                                  "--ckpt", os.path.join(run_dir, "last.ckpt"), "--out", eval_dir, "--no_progress"],
                                 cwd=REPO_ROOT, env=self.ours_env, capture_output=True, text=True)
         if result.returncode:
-            return {"error": f"eval.py {exit_text(result.returncode)}: "
-                             + " | ".join(result.stderr.strip().splitlines()[-3:])}
+            return failure_record("eval.py", result)
         with open(os.path.join(eval_dir, "metrics.json"), encoding="utf-8") as handle:
             metrics = json.load(handle)
         record.update(eval_s=round(time.perf_counter() - start, 1), num_images=metrics.get("num_images"),
@@ -327,14 +342,7 @@ class Bench:
                                  f"{canvas[0]}x{canvas[1]}", "--num_images", str(self.args.eval_images),
                                  "--config_path", self.args.config_path, "--coco_root", self.data_dir],
                                 cwd=REPO_ROOT, env=self.ours_env, capture_output=True, text=True)
-        lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-        if result.returncode or not lines:
-            return {"error": f"bench_eval.py {exit_text(result.returncode)}: "
-                             + " | ".join(result.stderr.strip().splitlines()[-3:])}
-        record = json.loads(lines[-1])
-        keep = ("num_images", "num_detections", "compile_s", "net_s_per_image", "postprocess_s_per_image",
-                "cocoeval_s", "images_per_s", "mindspore")
-        return {key: record[key] for key in keep if key in record}
+        return eval_speed_record("bench_eval.py", result, ("mindspore",))
 
     def _train_record(self, run: dict, needed: int) -> dict:
         """first_step_s, steady_step_s (median after --warmup over the first ``needed`` steps), ..."""
@@ -390,14 +398,7 @@ class Bench:
         settings = peer_settings(self.config(canvas, num_parallel_workers=1), canvas, self.args.threads)
         cmd = self._peer_cmd("eval_speed", settings, out_dir, "--num_images", str(self.args.eval_images))
         result = subprocess.run(cmd, cwd=REPO_ROOT, env=self.peer_env, capture_output=True, text=True)
-        lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-        if result.returncode or not lines:
-            return {"error": f"peer {exit_text(result.returncode)}: "
-                             + " | ".join(result.stderr.strip().splitlines()[-3:])}
-        record = json.loads(lines[-1])
-        keep = ("num_images", "num_detections", "compile_s", "net_s_per_image", "postprocess_s_per_image",
-                "cocoeval_s", "images_per_s", *PEER_VERSION_KEYS)
-        return {key: record[key] for key in keep if key in record}
+        return eval_speed_record("peer", result, PEER_VERSION_KEYS)
 
 
 def run_case(bench: Bench, framework: str, case: str) -> dict:
