@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _optimizer_groups(net, weight_decay: float):
+def optimizer_groups(net, weight_decay: float):
     """Weight decay on conv/dense weights only, not on biases and norm parameters."""
     trainable = net.trainable_params()
     decay = [p for p in trainable if p.name.endswith(".weight")]
@@ -101,7 +101,7 @@ def train(config, pre_trained: str = "", resume: str = "", log_every: Optional[i
         logger.info("rank %d of %d: global batch %d, base_lr %g (lr_scaling=%s)", rank, group_size,
                     group_size * config.batch_size, lr_base, config.lr_scaling)
     lr = build_lr_schedule(config.replace(base_lr=lr_base), steps_per_epoch)
-    optimizer = nn.Momentum(_optimizer_groups(net, config.weight_decay), learning_rate=Tensor(lr),
+    optimizer = nn.Momentum(optimizer_groups(net, config.weight_decay), learning_rate=Tensor(lr),
                             momentum=config.momentum)
     net_with_loss = WithLossCell(net, LossNet())
     train_cell = TrainOneStepCell(net_with_loss, optimizer, loss_scale=config.loss_scale,

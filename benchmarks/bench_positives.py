@@ -72,7 +72,7 @@ def main(argv=None):
     dataset = create_new_dataset(data, config.batch_size, is_training=True, num_parallel_workers=1, config=config)
     net = build_model(config)
     lr = build_lr_schedule(config, dataset.get_dataset_size())
-    optimizer = nn.Momentum(train_module._optimizer_groups(net, config.weight_decay),  # pylint: disable=protected-access
+    optimizer = nn.Momentum(train_module.optimizer_groups(net, config.weight_decay),
                             learning_rate=Tensor(lr), momentum=config.momentum)
     step_cell = TrainOneStepCell(WithLossCell(net, LossNet()), optimizer, grad_clip_norm=config.grad_clip_norm)
     step_cell.set_train(True)
