@@ -190,3 +190,36 @@ def test_gradient_clipping_limits_the_global_norm_of_the_update():
     # unclipped gradient: 15 * sum(w0) in every component (norm 15*2.5*2 = 75); clipped to 0.5
     assert np.linalg.norm(step) == pytest.approx(0.5, rel=1e-4)
     np.testing.assert_allclose(step / np.linalg.norm(step), np.full(4, 0.5), rtol=1e-5)
+
+
+class TwoParameterToy(nn.Cell):
+    """Five equal losses w * x0 + v * x1 (one gradient each for w and v)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = Parameter(Tensor(np.array([1.0], np.float32)), name="w")
+        self.v = Parameter(Tensor(np.array([2.0], np.float32)), name="v")
+
+    def construct(self, image, image_shape, box, label, instance_valid, mask):
+        x = image.reshape(-1)
+        base = (self.w * x[0]).sum() + (self.v * x[1]).sum()
+        return tuple(base for _ in range(5))
+
+
+def test_one_non_finite_gradient_among_several_skips_every_update():
+    ms.set_context(mode=ms.GRAPH_MODE)
+    toy = TwoParameterToy()
+    opt = nn.Momentum(toy.trainable_params(), learning_rate=0.1, momentum=0.0)
+    cell = TrainOneStepCell(WithLossCell(toy, LossNet()), opt, grad_clip_norm=10.0)
+    outputs = cell(*_batch((1.0, np.nan, 1.0, 1.0)))  # d/dw is finite (5), d/dv is NaN
+    assert bool(outputs[6].asnumpy()) is False
+    assert toy.w.asnumpy().tolist() == [1.0] and toy.v.asnumpy().tolist() == [2.0]
+
+
+def test_clipping_leaves_a_gradient_below_the_bound_unchanged():
+    ms.set_context(mode=ms.GRAPH_MODE)
+    toy = TwoParameterToy()
+    opt = nn.Momentum(toy.trainable_params(), learning_rate=0.1, momentum=0.0)
+    cell = TrainOneStepCell(WithLossCell(toy, LossNet()), opt, loss_scale=4.0, grad_clip_norm=100.0)
+    cell(*_batch((1.0, 2.0, 1.0, 1.0)))  # gradients 5 * (1, 2): norm ~11.2 < 100
+    np.testing.assert_allclose([toy.w.asnumpy()[0], toy.v.asnumpy()[0]], [1.0 - 0.5, 2.0 - 1.0], rtol=1e-6)
