@@ -61,10 +61,10 @@ def count_forward_flops(net, batch) -> float:
     return total[0]
 
 
-def run_case(height: int, width: int, batch_size: int, steps: int, data_dir: str) -> dict:
+def build_train_step(height: int, width: int, batch_size: int, data_dir: str, count_flops: bool = False):
+    """(train_cell, one real batch, training FLOP per step or None) of the default recipe at HxW."""
     import mindspore as ms
-    import numpy as np
-    from mindspore import Tensor, nn
+    from mindspore import nn
 
     from src.config import load_config
     from src.dataset import create_new_dataset
@@ -80,10 +80,18 @@ def run_case(height: int, width: int, batch_size: int, steps: int, data_dir: str
     batch = next(dataset.create_tuple_iterator())
     net = build_model(config)
     net.set_train(True)
-    flops = 3.0 * count_forward_flops(net, batch)
+    flops = 3.0 * count_forward_flops(net, batch) if count_flops else None
     optimizer = nn.Momentum(net.trainable_params(), learning_rate=0.001, momentum=0.9)
-    train_cell = TrainOneStepCell(WithLossCell(net, LossNet()), optimizer)
+    train_cell = TrainOneStepCell(WithLossCell(net, LossNet()), optimizer, grad_clip_norm=config.grad_clip_norm)
     train_cell.set_train(True)
+    return train_cell, batch, flops
+
+
+def run_case(height: int, width: int, batch_size: int, steps: int, data_dir: str) -> dict:
+    import mindspore as ms
+    import numpy as np
+
+    train_cell, batch, flops = build_train_step(height, width, batch_size, data_dir, count_flops=True)
     start = time.perf_counter()
     outputs = train_cell(*batch)
     loss = float(outputs[0].asnumpy())

@@ -116,10 +116,11 @@ class Config:
     box_head_channels: int = 1024  # width of the two fully connected layers
     mask_head_channels: int = 256
     mask_loss_weight: float = 1.0
-    # Training: the mask head runs on at most this many RoIs per image, the first positive slots
-    # of stage-2 sampling (sampled positives come first, so real ones precede the padding);
-    # null = all P_max = int(rcnn_num_samples * rcnn_pos_fraction) positive slots. Real
-    # positives beyond the bound are left out of the mask loss (the box losses keep them).
+    # Training: the mask head runs on batch_size * this many RoI slots, shared by the images of
+    # the batch and given to real positives only (in turns: every image's first, then its
+    # second, ...); null = every one of the P_max = int(rcnn_num_samples * rcnn_pos_fraction)
+    # positive slots of every image, padding included. Real positives beyond the bound are left
+    # out of the mask loss (the box losses keep them). See MaskLoss.select.
     mask_rois_per_image: Optional[int] = None
 
     # ---- inference ------------------------------------------------------------------------

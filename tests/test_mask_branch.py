@@ -82,15 +82,16 @@ def test_mask_loss_gradient_only_on_gt_channel():
 
 
 def test_mask_loss_cell_crops_targets_and_applies_its_weight(mode):
-    # One image, GT slot 1 is a full 8x8 square; RoI 0 is that square (target all ones), RoI 1
-    # is padding (weight 0, label 0). Logit 3 everywhere on class 2: BCE log(1 + e^-3) per pixel.
-    masks = np.zeros((1, 2, 16, 16), np.uint8)
-    masks[0, 1, 4:12, 4:12] = 1
-    rois = _t([[[4, 4, 12, 12], [0, 0, 0, 0]]])
+    # Two images; GT slot 1 of image 1 is a full 8x8 square (image 0's slot 1 is empty). Picked
+    # RoI 0 belongs to image 1 and is that square (target all ones), RoI 1 is padding (weight 0,
+    # label 0). Logit 3 everywhere on class 2: BCE log(1 + e^-3) per pixel.
+    masks = np.zeros((2, 2, 16, 16), np.uint8)
+    masks[1, 1, 4:12, 4:12] = 1
+    rois = _t([[4, 4, 12, 12], [0, 0, 0, 0]])
     logits = Tensor(np.full((2, 3, 6, 6), 3.0, np.float32))
     loss = MaskLoss(mask_size=6, max_positives=2, loss_weight=2.5)
-    value = float(loss(logits, Tensor(masks), rois, _t([[1, 0]], np.int32), _t([[2, 0]], np.int32),
-                       _t([[1, 0]])).asnumpy())
+    value = float(loss(logits, Tensor(masks), rois, _t([1, 0], np.int32), _t([1, 0], np.int32), _t([2, 0], np.int32),
+                       _t([1, 0])).asnumpy())
     assert value == pytest.approx(2.5 * math.log(1 + math.exp(-3.0)), rel=1e-5)
     assert loss.rois_per_image == 2
 
@@ -126,3 +127,47 @@ def test_mask_probabilities_pick_the_detected_class_and_zero_padding(mode):
     np.testing.assert_allclose(masks[0, 0], sigmoid(2.0), rtol=1e-6)
     np.testing.assert_allclose(masks[0, 1], sigmoid(-1.0), rtol=1e-6)
     assert (masks[1] == 0).all()
+
+
+def test_select_shares_the_slots_between_the_images_in_turns():
+    """K = 4 per image, B = 2: 8 slots. Image 0 has 6 positives, image 1 has 1: all 7 are kept."""
+    loss = MaskLoss(mask_size=28, max_positives=8, rois_per_image=4)
+    weights = np.zeros((2, 10), np.float32)
+    weights[0, :6] = 1.0
+    weights[1, :1] = 1.0
+    labels = (weights > 0).astype(np.int32) * 2
+    rois = np.arange(2 * 10 * 4, dtype=np.float32).reshape(2, 10, 4)
+    matched = np.tile(np.arange(10, dtype=np.int32) % 3, (2, 1))
+    align_rois, rows, picked = loss.select(Tensor(rois), Tensor(matched), Tensor(labels), Tensor(weights))
+    p_rois, p_image, p_matched, p_labels, p_weights = (v.asnumpy() for v in picked)
+    kept = sorted((int(i), int(r[0]) // 4 % 10) for i, r, w in zip(p_image, p_rois, p_weights) if w > 0)
+    assert kept == [(0, s) for s in range(6)] + [(1, 0)]
+    assert p_weights.sum() == 7 and (p_labels[p_weights > 0] == 2).all()
+    # RoIAlign pools every picked box in its own image's row, zero boxes elsewhere; the mask head
+    # takes row image * T + i for picked slot i.
+    align_rois, rows = align_rois.asnumpy(), rows.asnumpy()
+    assert align_rois.shape == (2, 8, 4)
+    for i, image in enumerate(p_image):
+        np.testing.assert_array_equal(align_rois[image, i], p_rois[i])
+        assert not align_rois[1 - image, i].any()
+        assert rows[i] == image * 8 + i
+
+
+def test_select_with_more_positives_than_slots_takes_each_image_first_slots_in_turn():
+    loss = MaskLoss(mask_size=28, max_positives=8, rois_per_image=2)
+    weights = np.ones((2, 8), np.float32)
+    rois = np.arange(2 * 8 * 4, dtype=np.float32).reshape(2, 8, 4)
+    _, _, picked = loss.select(Tensor(rois), Tensor(np.zeros((2, 8), np.int32)), Tensor(np.ones((2, 8), np.int32)),
+                               Tensor(weights))
+    p_rois, p_image = picked[0].asnumpy(), picked[1].asnumpy()
+    assert sorted((int(i), int(r[0]) // 4 % 8) for i, r in zip(p_image, p_rois)) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+def test_unbounded_select_passes_every_slot_through():
+    loss = MaskLoss(mask_size=28, max_positives=3)
+    rois = Tensor(np.random.default_rng(0).random((2, 5, 4), dtype=np.float32))
+    align_rois, rows, picked = loss.select(rois, Tensor(np.zeros((2, 5), np.int32)), Tensor(np.ones((2, 5), np.int32)),
+                                           Tensor(np.ones((2, 5), np.float32)))
+    assert rows is None
+    np.testing.assert_array_equal(align_rois.asnumpy(), rois.asnumpy()[:, :3])
+    assert picked[1].asnumpy().tolist() == [0, 0, 0, 1, 1, 1]

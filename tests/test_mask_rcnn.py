@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import mindspore as ms
-from mindspore import Tensor, nn
+from mindspore import Tensor, nn, ops
 
 from src.batch import CROWD_LABEL, LOSS_NAMES
 from src.config import load_config
@@ -274,6 +274,9 @@ class _Recorder(nn.Cell):
         self.inputs = inputs
         return self.cell(*inputs)
 
+    def select(self, *inputs):
+        return self.cell.select(*inputs)
+
 
 @pytest.fixture(scope="module")
 def recording_net():
@@ -297,7 +300,7 @@ def recording_net():
 
 
 def _run_with_bound(net, bound):
-    """The five losses with the mask head on the first ``bound`` positive slots per image."""
+    """The five losses with the mask head on ``B * bound`` positive slots shared by the batch."""
     net.mask_loss.rois_per_image = net.mask_loss.cell.rois_per_image = bound
     previous = ms.get_context("mode")
     ms.set_context(mode=ms.PYNATIVE_MODE)
@@ -313,34 +316,34 @@ def unbounded(recording_net):
     losses = _run_with_bound(recording_net, P_MAX)
     inputs = recording_net.mask_loss.inputs
     assert recording_net.mask_head.inputs[0].shape[0] == 2 * P_MAX
-    return losses, inputs[5].asnumpy().sum(axis=1).astype(int), inputs
+    weights = inputs[6].asnumpy().reshape(2, P_MAX)
+    return losses, (weights > 0).sum(axis=1), inputs
 
 
-def test_a_bound_above_the_real_positives_changes_no_loss(recording_net, unbounded):
+def test_a_shared_bound_above_the_real_positives_changes_no_loss(recording_net, unbounded):
     full, positives, _ = unbounded
-    bound = int(positives.max())
-    assert 1 <= bound < P_MAX, positives  # the batch has real positives, fewer than P_max
+    # B * K slots for the whole batch: K = half the batch's positives (rounded up) drops none.
+    bound = int(-(-positives.sum() // 2))
+    assert 1 <= bound < P_MAX, positives
     losses = _run_with_bound(recording_net, bound)
     np.testing.assert_allclose(losses, full, rtol=1e-6)
     assert losses[4] > 0
+    assert recording_net.mask_head.inputs[0].shape[0] == 2 * bound
 
 
 def test_the_mask_head_runs_on_bound_rows_per_image(recording_net, unbounded):
     _run_with_bound(recording_net, 3)
     assert recording_net.mask_head.inputs[0].shape[0] == 2 * 3  # B * K RoI feature rows
-    assert recording_net.mask_loss.inputs[2].shape == (2, 3, 4)
+    assert recording_net.mask_loss.inputs[2].shape == (2 * 3, 4)
 
 
-def test_a_bound_below_the_real_positives_counts_only_the_first_slots(recording_net, unbounded):
+def test_a_bound_below_the_real_positives_takes_turns_between_the_images(recording_net, unbounded):
     full, positives, inputs = unbounded
-    assert positives.max() > 1, positives
+    assert positives.min() >= 1 and positives.max() > 1, positives
     losses = _run_with_bound(recording_net, 1)
     np.testing.assert_allclose(losses[:4], full[:4], rtol=1e-6)  # the box/RPN losses keep every RoI
-    # Expected: the unbounded mask loss restricted to slot 0 of each image.
-    logits, gt_masks, rois, matched, labels, weights = inputs
-    per_image = logits.asnumpy().reshape((2, P_MAX) + logits.shape[1:])
-    first_logits = Tensor(per_image[:, 0])
-    expected = recording_net.mask_loss.cell(first_logits, gt_masks, rois[:, :1], matched[:, :1],
-                                            labels[:, :1], weights[:, :1])
+    # Expected: the unbounded mask loss restricted to slot 0 of each image (flat rows 0 and P_MAX).
+    first = Tensor(np.array([0, P_MAX], np.int32))
+    expected = recording_net.mask_loss.cell(*(ops.gather(v, first, 0) if i != 1 else v for i, v in enumerate(inputs)))
     assert losses[4] == pytest.approx(float(expected.asnumpy()), rel=1e-5)
     assert abs(losses[4] - full[4]) > 1e-3 * full[4]  # the dropped positives did count before

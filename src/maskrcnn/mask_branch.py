@@ -151,20 +151,22 @@ def mask_bce_loss(mask_logits, labels, targets, weights):
 
 
 class MaskLoss(nn.Cell):
-    """The mask loss of the positive RoI slots (``roi_heads.RCNNTargets`` puts them first).
+    """The mask loss of the positive RoI slots (``roi_heads.RCNNTargets`` puts them first), and
+    which of them the mask head runs on.
 
     Args:
         mask_size: side ``M`` of the predicted masks and targets (``Config.mask_out_size``).
         max_positives: positive slots per image ``P_max = int(num_samples * pos_fraction)``.
         loss_weight: factor of the loss (config.mask_loss_weight).
-        rois_per_image: ``K``, the mask head runs on the first ``K`` positive slots of each image
-            (config.mask_rois_per_image); None = all ``P_max``. Sampled positives fill the first
-            slots, so a ``K`` at least the number of real positives drops none of them.
+        rois_per_image: ``K`` (config.mask_rois_per_image): the mask head runs on ``T = B * K``
+            slots shared by the ``B`` images of the batch, so an image may use more than ``K``
+            when another has fewer positives; None = every slot (``T = B * P_max``). See
+            :meth:`select`.
 
-    Inputs (``K = rois_per_image``):
-        mask_logits ``[B*K, C, M, M]`` float32 (the mask head on ``rois``), gt_masks
-        ``[B, N, H, W]``, rois ``[B, K, 4]``, matched_gt ``[B, K]`` i32, roi_labels ``[B, K]``
-        i32, box_weights ``[B, K]`` f32 (1 = positive), all of the first ``K`` slots.
+    Inputs (of ``construct``; ``T`` picked slots, from :meth:`select`):
+        mask_logits ``[T, C, M, M]`` float32 (the mask head on the picked RoIs), gt_masks
+        ``[B, N, H, W]``, then the picked slots' ``rois [T, 4]``, ``image [T]`` i32,
+        ``matched_gt [T]`` i32, ``roi_labels [T]`` i32, ``box_weights [T]`` f32 (1 = positive).
 
     Outputs:
         Scalar float32 :func:`mask_bce_loss` times ``loss_weight``.
@@ -181,13 +183,60 @@ class MaskLoss(nn.Cell):
             raise ValueError(f"MaskLoss: rois_per_image must be between 1 and max_positives = "
                              f"{max_positives}, got {rois_per_image!r}")
         self.mask_size = int(mask_size)
+        self.max_positives = int(max_positives)
         self.rois_per_image = int(rois_per_image)
         self.loss_weight = float(loss_weight)
 
-    def construct(self, mask_logits, gt_masks, rois, matched_gt, roi_labels, box_weights):
-        targets = mask_targets(gt_masks, rois, matched_gt, self.mask_size)
+    def select(self, rois, matched_gt, roi_labels, box_weights):
+        """The slots the mask head trains on.
+
+        With ``K < P_max`` the ``T = B * K`` slots go to the positives of all images, in turns:
+        every image's first positive, then every image's second, and so on (sampled positives
+        sit in the first slots in random order, so each image keeps a random subset). While the
+        batch has at most ``T`` real positives, none is dropped, whatever their split between
+        the images.
+
+        Args:
+            rois ``[B, S, 4]``, matched_gt ``[B, S]``, roi_labels ``[B, S]``, box_weights
+            ``[B, S]``: stage-2 sampling's outputs (``S >= P_max``).
+
+        Returns:
+            ``(align_rois [B, R, 4], rows [T] i32 or None, picked)``: RoIAlign pools
+            ``align_rois`` (``R = T`` per image, each image's slots of other images zeroed;
+            ``R = P_max`` and ``rows`` None when unbounded) and the mask head takes its rows
+            ``rows``; ``picked = (rois [T, 4], image [T], matched_gt [T], roi_labels [T],
+            box_weights [T])`` are :meth:`construct`'s last inputs.
+        """
+        batch, slots = rois.shape[0], self.max_positives
+        rois, matched_gt = rois[:, :slots], matched_gt[:, :slots].astype(ms.int32)
+        roi_labels, box_weights = roi_labels[:, :slots].astype(ms.int32), box_weights[:, :slots]
+        image = ops.broadcast_to(ops.arange(batch).astype(ms.int32).reshape(batch, 1), (batch, slots))
+        if self.rois_per_image >= slots:
+            return rois, None, (rois.reshape(-1, 4), image.reshape(-1), matched_gt.reshape(-1),
+                                roi_labels.reshape(-1), box_weights.reshape(-1))
+        total = batch * self.rois_per_image
+        positive = (box_weights > 0.0) & (roi_labels > 0)
+        turn = ops.arange(slots).astype(ms.float32).reshape(1, slots)
+        priority = ops.where(positive, float(slots) - turn, -1.0 - turn).reshape(-1)  # [B * P_max]
+        priority, flat = ops.topk(priority, total)
+        flat = flat.astype(ms.int32)
+        picked_image = ops.gather(image.reshape(-1), flat, 0)
+        picked_rois = ops.gather(rois.reshape(-1, 4), flat, 0)
+        picked_weights = ops.where(priority > 0.0, ops.gather(box_weights.reshape(-1), flat, 0), 0.0)
+        own = ops.arange(batch).astype(ms.int32).reshape(batch, 1) == picked_image.reshape(1, total)
+        align_rois = ops.where(ops.expand_dims(own, -1), ops.expand_dims(picked_rois, 0), 0.0)  # [B, T, 4]
+        rows = picked_image * total + ops.arange(total).astype(ms.int32)
+        return align_rois, rows, (picked_rois, picked_image, ops.gather(matched_gt.reshape(-1), flat, 0),
+                                  ops.gather(roi_labels.reshape(-1), flat, 0), picked_weights)
+
+    def construct(self, mask_logits, gt_masks, rois, image, matched_gt, roi_labels, box_weights):
+        batch, num_gt = gt_masks.shape[0], gt_masks.shape[1]
+        # One "image" holding every GT mask: picked slot i reads GT slot image * N + matched_gt.
+        all_masks = gt_masks.reshape((1, batch * num_gt) + gt_masks.shape[2:])
+        slot = (image * num_gt + matched_gt).reshape(1, -1)
+        targets = mask_targets(all_masks, ops.expand_dims(rois, 0), slot, self.mask_size)
         targets = ops.stop_gradient(targets).reshape(-1, self.mask_size, self.mask_size)
-        loss = mask_bce_loss(mask_logits, roi_labels.reshape(-1), targets, box_weights.reshape(-1))
+        loss = mask_bce_loss(mask_logits, roi_labels, targets, box_weights)
         return loss * self.loss_weight
 
 

@@ -84,9 +84,13 @@ class Mask_Rcnn_Resnet50(nn.Cell):  # pylint: disable=invalid-name  (the name us
         box_deltas = box_deltas.astype(mstype.float32).reshape(-1, self.num_classes, 4)
         return cls_logits.astype(mstype.float32), box_deltas
 
-    def _mask_logits(self, pyramid, rois):
-        """rois [B,R,4] -> mask logits [B*R, C, M, M] float32."""
-        return self.mask_head(self.mask_roi_align(pyramid[:4], rois)).astype(mstype.float32)
+    def mask_logits(self, pyramid, rois, rows=None):
+        """rois [B,R,4] -> mask logits [B*R, C, M, M] float32 (only RoI feature rows ``rows`` [T]
+        when given: [T, C, M, M])."""
+        features = self.mask_roi_align(pyramid[:4], rois)
+        if rows is not None:
+            features = ops.gather(features, rows, 0)
+        return self.mask_head(features).astype(mstype.float32)
 
     def construct(self, image, image_shape, box=None, label=None, instance_valid=None, mask=None):
         if self.training:
@@ -110,19 +114,24 @@ class Mask_Rcnn_Resnet50(nn.Cell):  # pylint: disable=invalid-name  (the name us
         rcnn_cls, rcnn_reg = box_head_losses(cls_logits, box_deltas, roi_labels, roi_weights,
                                              box_targets, box_weights)
 
-        # The mask branch runs on the first K positive slots only (K = mask_loss.rois_per_image).
-        count = self.mask_loss.rois_per_image
-        mask_rois = rois[:, :count]
-        rcnn_mask = self.mask_loss(self._mask_logits(pyramid, mask_rois), gt_masks, mask_rois,
-                                   matched_gt[:, :count], roi_labels[:, :count], box_weights[:, :count])
+        # The mask branch runs on the positive slots MaskLoss.select picks (a bound shared by the batch).
+        align_rois, rows, picked = self.mask_loss.select(rois, matched_gt, roi_labels, box_weights)
+        rcnn_mask = self.mask_loss(self.mask_logits(pyramid, align_rois, rows), gt_masks, *picked)
         return rpn_cls, rpn_reg, rcnn_cls, rcnn_reg, rcnn_mask
 
-    def _detect(self, image, image_shape):
-        """Detections per image, padded to test_max_per_img (see the module docstring)."""
+    def detect_boxes(self, image, image_shape):
+        """Inference without masks: (P2..P5, boxes, scores, labels, valid), the detections sorted
+        by score with the valid ones first (``src/maskrcnn/detector.py`` adds the masks)."""
         pyramid, objectness, rpn_deltas = self._features(image)
         proposals, proposal_valid = self.proposals_test(objectness, rpn_deltas, self.anchors, image_shape)
         cls_logits, box_deltas = self._box_head(pyramid, proposals)
         boxes, scores, labels, valid = self.box_postprocess(proposals, proposal_valid, cls_logits,
                                                             box_deltas, image_shape)
-        masks = mask_probabilities(self._mask_logits(pyramid, ops.stop_gradient(boxes)), labels, valid)
+        return pyramid[:4], boxes, scores, labels, valid
+
+    def _detect(self, image, image_shape):
+        """Detections per image, padded to test_max_per_img (see the module docstring): one graph,
+        masks for every slot (the exported model's form)."""
+        pyramid, boxes, scores, labels, valid = self.detect_boxes(image, image_shape)
+        masks = mask_probabilities(self.mask_logits(pyramid, ops.stop_gradient(boxes)), labels, valid)
         return boxes, scores, labels, valid, masks
