@@ -133,9 +133,8 @@ class Predictor:
     """
 
     def __init__(self, net, config, score_thr, labels: Sequence[int]):
-        from src.maskrcnn.detector import as_predictor
-
-        self.detect = as_predictor(net)
+        self.net = net
+        self.net.set_train(False)
         self.config = config
         self.score_thr = score_thr
         self.labels = np.asarray(sorted(labels), dtype=np.int32)
@@ -156,7 +155,7 @@ class Predictor:
         height, width = image.shape[:2]
         net_input, image_shape = preprocess_eval(image, cfg.img_height, cfg.img_width, cfg.img_mean,
                                                  cfg.img_std, cfg.keep_ratio)
-        outputs = self.detect(ms.Tensor(net_input[None]), ms.Tensor(image_shape[None]))
+        outputs = self.net(ms.Tensor(net_input[None]), ms.Tensor(image_shape[None]))
         boxes, scores, labels, valid, masks = (o.asnumpy()[0] for o in outputs)
         in_range = (labels >= 0) & (labels < len(self.label_thr))
         keep = valid.astype(bool) & in_range & (scores >= self.label_thr[np.where(in_range, labels, 0)])

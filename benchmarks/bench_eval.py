@@ -7,9 +7,8 @@ JSON line is printed per size::
 
     python benchmarks/bench_eval.py --sizes 384x640,768x1280 --num_images 8
 
-``--ckpt RUN/last.ckpt`` measures a trained model instead (its few real detections are what the
-two-graph inference of ``src/maskrcnn/detector.py`` saves on); ``--one_graph`` runs the network
-as one graph with masks for every detection slot (the exported model's form) for comparison.
+``--ckpt RUN/last.ckpt`` measures a trained model instead (fewer real detections: less
+paste-back and RLE work; the network's cost is the same).
 
 Fields: ``compile_s`` (first batch, graph compilation included), ``net_s_per_image`` (steady-state
 network time), ``postprocess_s_per_image`` (paste-back + RLE encoding), ``cocoeval_s`` (bbox +
@@ -50,13 +49,12 @@ def parse_sizes(text: str) -> List[Tuple[int, int]]:
 
 
 def bench_size(config_path: Optional[str], coco_root: str, height: int, width: int, num_images: int,
-               batch_size: int, device_target: str, ckpt: Optional[str] = None, one_graph: bool = False) -> dict:
+               batch_size: int, device_target: str, ckpt: Optional[str] = None) -> dict:
     """Time one input size; returns the JSON record."""
     import mindspore as ms
 
     from src.evaluation.inference import build_eval_split
     from src.maskrcnn.builder import build_model
-    from src.maskrcnn.detector import Detector
 
     config = load_config(config_path, {"coco_root": coco_root, "img_height": height, "img_width": width,
                                        "batch_size": batch_size, "device_target": device_target,
@@ -67,7 +65,6 @@ def bench_size(config_path: Optional[str], coco_root: str, height: int, width: i
 
         load_inference_checkpoint(net, ckpt)
     net.set_train(False)
-    detector = net if one_graph else Detector(net)
     dataset, evaluator, sub = build_eval_split(config)
     evaluator.reset()
     batches = list(dataset.create_dict_iterator(num_epochs=1, output_numpy=True))
@@ -76,7 +73,7 @@ def bench_size(config_path: Optional[str], coco_root: str, height: int, width: i
     steady_images = 0
     for index, batch in enumerate(batches):
         start = time.perf_counter()
-        outputs = detector(ms.Tensor(batch["image"]), ms.Tensor(batch["image_shape"]))
+        outputs = net(ms.Tensor(batch["image"]), ms.Tensor(batch["image_shape"]))
         predictions = tuple(o.asnumpy() for o in outputs)
         elapsed = time.perf_counter() - start
         start = time.perf_counter()
@@ -98,7 +95,6 @@ def bench_size(config_path: Optional[str], coco_root: str, height: int, width: i
         "bench": "eval", "img_height": height, "img_width": width, "batch_size": batch_size,
         "device_target": device_target, "num_images": evaluated, "num_detections": metrics["num_detections"],
         "test_max_per_img": config.test_max_per_img, "ckpt": ckpt,
-        "inference": "one_graph" if one_graph else "two_graphs",
         "compile_s": round(compile_s, 2),
         "net_s_per_image": round(net_s / max(steady_images, 1), 3),
         "postprocess_s_per_image": round(post_s / max(steady_images, 1), 4),
@@ -119,8 +115,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--coco_root", default=None, help="COCO-format root (default: synthetic, temporary)")
     parser.add_argument("--device_target", default="CPU", choices=("CPU", "Ascend", "GPU"))
     parser.add_argument("--ckpt", default=None, help="trained weights (default: random initialisation)")
-    parser.add_argument("--one_graph", action="store_true",
-                        help="masks for every detection slot in one graph (the exported model's form)")
     args = parser.parse_args(argv)
     if args.num_images < 2 * args.batch_size:
         parser.error("--num_images must cover at least two batches (the first one compiles)")
@@ -136,7 +130,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             synthetic.generate(root, num_train=0, num_val=args.num_images, seed=0)
         for height, width in args.sizes:
             emit(bench_size(args.config_path, root, height, width, args.num_images, args.batch_size,
-                            args.device_target, args.ckpt, args.one_graph))
+                            args.device_target, args.ckpt))
     return 0
 
 

@@ -11,7 +11,6 @@ from mindspore.train.callback import Callback
 
 from src.evaluation.coco_eval import IOU_TYPES
 from src.evaluation.inference import build_eval_split, evaluate_model
-from src.maskrcnn.detector import as_predictor
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +48,6 @@ class EvalCallback(Callback):
         self.save_fn = save_fn
         self.best_segm_ap = -math.inf
         self._split = None
-        self._predictor = (None, None)  # (the net it was built for, predictor)
 
     def on_train_epoch_end(self, run_context) -> None:
         epoch = int(run_context.original_args().cur_epoch_num)
@@ -58,10 +56,8 @@ class EvalCallback(Callback):
         if self._split is None:
             self._split = build_eval_split(self.config, num_parallel_workers=1)
         dataset, evaluator, sub = self._split
-        if self._predictor[0] is not self.net:  # built once: its graphs compile at the first evaluation
-            self._predictor = (self.net, as_predictor(self.net))
         try:
-            metrics = evaluate_model(self._predictor[1], dataset, evaluator, progress=False)
+            metrics = evaluate_model(self.net, dataset, evaluator, progress=False)
         finally:
             self.net.set_train(True)
         record = {"epoch": epoch}

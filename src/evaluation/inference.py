@@ -22,10 +22,8 @@ def run_inference(net, dataset, progress: bool = True, max_batches: Optional[int
     """Run the network over an eval dataset and yield its predictions batch by batch.
 
     Args:
-        net: ``Mask_Rcnn_Resnet50`` (run as a ``src.maskrcnn.detector.Detector``: masks only for
-            the detections there are), a ``Detector`` (pass one to reuse its compiled graphs
-            across calls), or any ``net(image, image_shape)`` with the same five outputs (the
-            exported model).
+        net: the network in inference mode (``net.set_train(False)`` is called here);
+            ``net(image, image_shape)`` returns (boxes, scores, labels, valid, masks).
         dataset: a ``mindspore.dataset.Dataset`` with columns image, image_shape, image_id
             (from :func:`build_eval_split`); image_id -1 marks padding.
         progress: show a tqdm progress bar (on stderr).
@@ -37,9 +35,7 @@ def run_inference(net, dataset, progress: bool = True, max_batches: Optional[int
     import mindspore as ms  # heavy import kept out of module import time
     from tqdm import tqdm
 
-    from src.maskrcnn.detector import as_predictor
-
-    predict = as_predictor(net)
+    net.set_train(False)
     total = dataset.get_dataset_size()
     if max_batches is not None:
         total = min(total, max_batches)
@@ -49,7 +45,7 @@ def run_inference(net, dataset, progress: bool = True, max_batches: Optional[int
             if max_batches is not None and index >= max_batches:
                 break
             image_shape = np.asarray(batch["image_shape"], dtype=np.float32)
-            outputs = predict(ms.Tensor(batch["image"]), ms.Tensor(image_shape))
+            outputs = net(ms.Tensor(batch["image"]), ms.Tensor(image_shape))
             predictions = tuple(to_numpy(o) for o in outputs)
             yield predictions, np.asarray(batch["image_id"]).reshape(-1), image_shape
             bar.update(1)

@@ -10,7 +10,6 @@
 - ``sampling``: helpers shared by the target Cells; ``losses``: generic loss maths
 - ``numerics``: the presets of numerical conventions
 - ``mask_rcnn``: ``Mask_Rcnn_Resnet50``, which wires the stage Cells together
-- ``detector``: ``Detector``, inference as a box graph and a mask graph sized to the detections
 - ``builder``: ``build_model(config)``, the one place that reads the Config for the network
 
 Submodules are imported explicitly (``from src.maskrcnn.builder import build_model``) so that

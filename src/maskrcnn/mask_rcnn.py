@@ -121,7 +121,7 @@ class Mask_Rcnn_Resnet50(nn.Cell):  # pylint: disable=invalid-name  (the name us
 
     def detect_boxes(self, image, image_shape):
         """Inference without masks: (P2..P5, boxes, scores, labels, valid), the detections sorted
-        by score with the valid ones first (``src/maskrcnn/detector.py`` adds the masks)."""
+        by score with the valid ones first."""
         pyramid, objectness, rpn_deltas = self._features(image)
         proposals, proposal_valid = self.proposals_test(objectness, rpn_deltas, self.anchors, image_shape)
         cls_logits, box_deltas = self._box_head(pyramid, proposals)
@@ -130,8 +130,7 @@ class Mask_Rcnn_Resnet50(nn.Cell):  # pylint: disable=invalid-name  (the name us
         return pyramid[:4], boxes, scores, labels, valid
 
     def _detect(self, image, image_shape):
-        """Detections per image, padded to test_max_per_img (see the module docstring): one graph,
-        masks for every slot (the exported model's form)."""
+        """Detections per image, padded to test_max_per_img (see the module docstring)."""
         pyramid, boxes, scores, labels, valid = self.detect_boxes(image, image_shape)
         masks = mask_probabilities(self.mask_logits(pyramid, ops.stop_gradient(boxes)), labels, valid)
         return boxes, scores, labels, valid, masks
