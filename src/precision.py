@@ -5,7 +5,7 @@
   ``src/maskrcnn/builder.py``); their
   outputs are cast back to float32 before the losses, box decoding, proposal/detection NMS and
   mask paste, which always run in float32 (``Mask_Rcnn_Resnet50._features`` / ``_box_head`` /
-  ``mask_logits``). "auto" means float16 on Ascend and float32 elsewhere.
+  ``_mask_logits``). "auto" means float16 on Ascend and float32 elsewhere.
 - RoIAlign kernel (:func:`roi_align_kernel`): the sparse SciPy ``pyfunc`` op on the CPU (fast
   training), the native ``ops.ROIAlign`` on Ascend/GPU and whenever the graph is exported
   (a ``pyfunc`` op cannot be stored in a MindIR). Decided from the config (never from the

@@ -84,7 +84,7 @@ class Mask_Rcnn_Resnet50(nn.Cell):  # pylint: disable=invalid-name  (the name us
         box_deltas = box_deltas.astype(mstype.float32).reshape(-1, self.num_classes, 4)
         return cls_logits.astype(mstype.float32), box_deltas
 
-    def mask_logits(self, pyramid, rois, rows=None):
+    def _mask_logits(self, pyramid, rois, rows=None):
         """rois [B,R,4] -> mask logits [B*R, C, M, M] float32 (only RoI feature rows ``rows`` [T]
         when given: [T, C, M, M])."""
         features = self.mask_roi_align(pyramid[:4], rois)
@@ -116,21 +116,15 @@ class Mask_Rcnn_Resnet50(nn.Cell):  # pylint: disable=invalid-name  (the name us
 
         # The mask branch runs on the positive slots MaskLoss.select picks (a bound shared by the batch).
         align_rois, rows, picked = self.mask_loss.select(rois, matched_gt, roi_labels, box_weights)
-        rcnn_mask = self.mask_loss(self.mask_logits(pyramid, align_rois, rows), gt_masks, *picked)
+        rcnn_mask = self.mask_loss(self._mask_logits(pyramid, align_rois, rows), gt_masks, *picked)
         return rpn_cls, rpn_reg, rcnn_cls, rcnn_reg, rcnn_mask
 
-    def detect_boxes(self, image, image_shape):
-        """Inference without masks: (P2..P5, boxes, scores, labels, valid), the detections sorted
-        by score with the valid ones first."""
+    def _detect(self, image, image_shape):
+        """Detections per image, padded to test_max_per_img (see the module docstring)."""
         pyramid, objectness, rpn_deltas = self._features(image)
         proposals, proposal_valid = self.proposals_test(objectness, rpn_deltas, self.anchors, image_shape)
         cls_logits, box_deltas = self._box_head(pyramid, proposals)
         boxes, scores, labels, valid = self.box_postprocess(proposals, proposal_valid, cls_logits,
                                                             box_deltas, image_shape)
-        return pyramid[:4], boxes, scores, labels, valid
-
-    def _detect(self, image, image_shape):
-        """Detections per image, padded to test_max_per_img (see the module docstring)."""
-        pyramid, boxes, scores, labels, valid = self.detect_boxes(image, image_shape)
-        masks = mask_probabilities(self.mask_logits(pyramid, ops.stop_gradient(boxes)), labels, valid)
+        masks = mask_probabilities(self._mask_logits(pyramid, ops.stop_gradient(boxes)), labels, valid)
         return boxes, scores, labels, valid, masks
