@@ -116,11 +116,13 @@ class Config:
     box_head_channels: int = 1024  # width of the two fully connected layers
     mask_head_channels: int = 256
     mask_loss_weight: float = 1.0
-    # Training: the mask head runs on batch_size * this many RoI slots, shared by the images of
-    # the batch and given to real positives only (in turns: every image's first, then its
-    # second, ...); null = every one of the P_max = int(rcnn_num_samples * rcnn_pos_fraction)
-    # positive slots of every image, padding included. Real positives beyond the bound are left
-    # out of the mask loss (the box losses keep them). See MaskLoss.select.
+    # Training: null = the mask head runs on the batch's real positives only, however many
+    # there are (a shape that changes every step; the loss is the one of every slot). K = a
+    # static bound: batch_size * K RoI slots, shared by the images of the batch and given to
+    # real positives first (in turns: every image's first, then its second, ...); real positives
+    # beyond it are left out of the mask loss (the box losses keep them). K = P_max =
+    # int(rcnn_num_samples * rcnn_pos_fraction) runs every positive slot, padding included, for
+    # backends where dynamic shapes are unsupported or slow. See MaskLoss.select.
     mask_rois_per_image: Optional[int] = None
 
     # ---- inference ------------------------------------------------------------------------

@@ -35,7 +35,8 @@ def test_stage_arguments_come_from_the_config():
     assert (net.box_roi_align.out_size, net.mask_roi_align.out_size) == (7, 5)
     assert net.mask_loss.mask_size == config.mask_out_size == 10
     assert net.mask_loss.loss_weight == 0.5
-    assert net.mask_loss.rois_per_image == net.rcnn_targets.max_positives == 4
+    assert net.mask_loss.rois_per_image is None  # null: the real positives only
+    assert net.mask_loss.max_positives == net.rcnn_targets.max_positives == 4
     assert build_model(_config(mask_rois_per_image=3)).mask_loss.rois_per_image == 3
     post = net.box_postprocess
     assert (post.num_classes, post.max_per_image, post.score_thr) == (config.num_classes, 7, 0.2)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from mindspore import Tensor, nn, ops
 
-from src.maskrcnn.mask_branch import MaskHead, MaskLoss, mask_bce_loss, mask_probabilities, mask_targets
+from src.maskrcnn.mask_branch import (MaskHead, MaskLoss, mask_bce_loss, mask_probabilities, mask_targets,
+                                      rows_to_run)
 
 
 def _t(x, dtype=np.float32):
@@ -93,16 +94,16 @@ def test_mask_loss_cell_crops_targets_and_applies_its_weight(mode):
     value = float(loss(logits, Tensor(masks), rois, _t([1, 0], np.int32), _t([1, 0], np.int32), _t([2, 0], np.int32),
                        _t([1, 0])).asnumpy())
     assert value == pytest.approx(2.5 * math.log(1 + math.exp(-3.0)), rel=1e-5)
-    assert loss.rois_per_image == 2
 
 
 def test_mask_loss_needs_a_positive_slot_and_a_bound_within_them():
     with pytest.raises(ValueError, match="leaves no positive RoI slot"):
         MaskLoss(mask_size=28, max_positives=0)
-    assert MaskLoss(mask_size=28, max_positives=32).rois_per_image == 32
+    assert MaskLoss(mask_size=28, max_positives=32).rois_per_image is None  # the real positives only
     assert MaskLoss(mask_size=28, max_positives=32, rois_per_image=8).rois_per_image == 8
     for bad in (0, 33):
-        with pytest.raises(ValueError, match=rf"MaskLoss: rois_per_image must be between 1 and max_positives = 32, "
+        with pytest.raises(ValueError, match=rf"MaskLoss: rois_per_image must be None or between 1 and "
+                                             rf"max_positives = 32, "
                                              rf"got {bad}"):
             MaskLoss(mask_size=28, max_positives=32, rois_per_image=bad)
 
@@ -121,12 +122,33 @@ def test_mask_probabilities_pick_the_detected_class_and_zero_padding(mode):
     logits[2, 1] = 5.0  # slot of a padding detection
     labels = _t([[1, 2], [1, 0]], np.int32)
     valid = Tensor(np.array([[True, True], [False, False]]))
-    masks = mask_probabilities(Tensor(logits), labels, valid).asnumpy()
+    masks = mask_probabilities(Tensor(logits), labels, valid, Tensor(np.arange(4, dtype=np.int32))).asnumpy()
     assert masks.shape == (2, 2, 2, 2)
     sigmoid = lambda x: 1.0 / (1.0 + math.exp(-x))  # noqa: E731
     np.testing.assert_allclose(masks[0, 0], sigmoid(2.0), rtol=1e-6)
     np.testing.assert_allclose(masks[0, 1], sigmoid(-1.0), rtol=1e-6)
     assert (masks[1] == 0).all()
+
+
+def test_mask_probabilities_of_some_rows_fill_their_slots_only(mode):
+    # The head ran on slots 1 and 2 of [B*K] = 2 x 2 (rows_to_run of valid [[F, T], [T, F]] would
+    # also hold slot 0); the other slots stay zero even where the logits would be large.
+    logits = np.zeros((2, 3, 2, 2), np.float32)
+    logits[0, 2] = 1.5
+    logits[1, 1] = -0.5
+    labels = _t([[1, 2], [1, 1]], np.int32)
+    valid = Tensor(np.array([[True, True], [True, True]]))
+    masks = mask_probabilities(Tensor(logits), labels, valid, _t([1, 2], np.int32)).asnumpy()
+    assert masks.shape == (2, 2, 2, 2)
+    np.testing.assert_allclose(masks[0, 1], 1.0 / (1.0 + math.exp(-1.5)), rtol=1e-6)
+    np.testing.assert_allclose(masks[1, 0], 1.0 / (1.0 + math.exp(0.5)), rtol=1e-6)
+    assert not masks[0, 0].any() and not masks[1, 1].any()
+
+
+def test_rows_to_run_are_the_true_entries_and_never_none(mode):
+    assert rows_to_run(Tensor(np.array([[False, True], [True, False]]))).asnumpy().tolist() == [0, 1, 2]
+    assert rows_to_run(Tensor(np.array([True, False, True]))).asnumpy().tolist() == [0, 2]
+    assert rows_to_run(Tensor(np.zeros((2, 3), bool))).asnumpy().tolist() == [0]
 
 
 def test_select_shares_the_slots_between_the_images_in_turns():
@@ -163,11 +185,82 @@ def test_select_with_more_positives_than_slots_takes_each_image_first_slots_in_t
     assert sorted((int(i), int(r[0]) // 4 % 8) for i, r in zip(p_image, p_rois)) == [(0, 0), (0, 1), (1, 0), (1, 1)]
 
 
-def test_unbounded_select_passes_every_slot_through():
-    loss = MaskLoss(mask_size=28, max_positives=3)
+def test_a_bound_of_every_slot_passes_every_slot_through():
+    loss = MaskLoss(mask_size=28, max_positives=3, rois_per_image=3)
     rois = Tensor(np.random.default_rng(0).random((2, 5, 4), dtype=np.float32))
     align_rois, rows, picked = loss.select(rois, Tensor(np.zeros((2, 5), np.int32)), Tensor(np.ones((2, 5), np.int32)),
                                            Tensor(np.ones((2, 5), np.float32)))
     assert rows is None
     np.testing.assert_array_equal(align_rois.asnumpy(), rois.asnumpy()[:, :3])
     assert picked[1].asnumpy().tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def _slots(positive):
+    """select()'s inputs for two images of 5 sampled slots, ``positive`` [2, 5] bool; slot (b, s)
+    has box x1 = 10 * b + s, GT slot s % 3, label 2 where positive (0 elsewhere)."""
+    positive = np.asarray(positive, bool)
+    rois = np.zeros((2, 5, 4), np.float32)
+    rois[..., 0] = 10 * np.arange(2).reshape(2, 1) + np.arange(5)
+    rois[..., 2:] = rois[..., :1] + 4.0
+    matched = np.tile(np.arange(5, dtype=np.int32) % 3, (2, 1))
+    return (Tensor(rois), Tensor(matched), Tensor(positive.astype(np.int32) * 2),
+            Tensor(positive.astype(np.float32)))
+
+
+def test_select_on_real_positives_keeps_exactly_them_in_image_order():
+    loss = MaskLoss(mask_size=28, max_positives=4)  # slot 4 of each image is never a positive slot
+    positive = [[False, True, False, True, True], [True, False, False, False, False]]
+    align_rois, rows, picked = loss.select(*_slots(positive))
+    p_rois, p_image, p_matched, p_labels, p_weights = (v.asnumpy() for v in picked)
+    # Rows index RoIAlign's [B * P_max] output: image 0 slots 1, 3, image 1 slot 0, and row 0
+    # (image 0 slot 0, not a positive: weight 0) because a convolution needs a row.
+    assert rows.asnumpy().tolist() == [0, 1, 3, 4]
+    assert align_rois.shape == (2, 4, 4)
+    assert p_rois[:, 0].tolist() == [0, 1, 3, 10] and p_image.tolist() == [0, 0, 0, 1]
+    assert p_matched.tolist() == [0, 1, 0, 0] and p_weights.tolist() == [0, 1, 1, 1]
+    assert p_labels.tolist() == [0, 2, 2, 2]
+    # When slot 0 is a positive nothing is added.
+    rows = loss.select(*_slots([[True, False, False, True, False], [False] * 5]))[1]
+    assert rows.asnumpy().tolist() == [0, 3]
+
+
+class _PositivesMaskLoss(nn.Cell):
+    """RoI features [B * P_max, C, S, S] -> the mask loss of a tiny head on the slots select()
+    picks, and how many rows the head ran on."""
+
+    def __init__(self, rois_per_image):
+        super().__init__()
+        ms.set_seed(3)
+        self.head = MaskHead(in_channels=2, channels=4, num_classes=3)
+        self.loss = MaskLoss(mask_size=6, max_positives=4, rois_per_image=rois_per_image)
+
+    def construct(self, features, gt_masks, rois, matched, labels, weights):
+        align_rois, rows, picked = self.loss.select(rois, matched, labels, weights)
+        if rows is not None:
+            features = ops.gather(features, rows, 0)
+        return self.loss(self.head(features), gt_masks, *picked), ops.shape(features)[0]
+
+
+def test_graph_mode_mask_loss_on_real_positives_equals_every_slot_and_runs_on_fewer_rows():
+    """One compiled graph, two batches with different positive counts (a dynamic shape): the loss
+    and its gradient equal the static every-slot graph's; the head ran on the positives."""
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        rng = np.random.default_rng(0)
+        masks = Tensor((rng.random((2, 3, 24, 24)) > 0.5).astype(np.uint8))
+        features = Tensor(rng.standard_normal((8, 2, 3, 3)).astype(np.float32))
+        nets = {bound: _PositivesMaskLoss(bound) for bound in (None, 4)}
+        grads = {bound: ops.GradOperation(get_by_list=True)(net, net.trainable_params())
+                 for bound, net in nets.items()}
+        for positive, rows in (([[False, True, False, True, True], [True, False, False, False, False]], 4),
+                               ([[True, True, True, True, True], [False, True, True, False, False]], 6)):
+            inputs = (features, masks) + _slots(positive)
+            (loss, count), (every_loss, every_count) = (nets[None](*inputs), nets[4](*inputs))
+            assert (int(count), int(every_count)) == (rows, 8)
+            assert float(loss.asnumpy()) > 0
+            assert float(loss.asnumpy()) == pytest.approx(float(every_loss.asnumpy()), rel=1e-5)
+            for ours, every in zip(grads[None](*inputs), grads[4](*inputs)):
+                np.testing.assert_allclose(ours.asnumpy(), every.asnumpy(), rtol=1e-4, atol=1e-6)
+    finally:
+        ms.set_context(mode=previous)

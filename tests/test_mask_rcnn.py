@@ -331,6 +331,15 @@ def test_a_shared_bound_above_the_real_positives_changes_no_loss(recording_net, 
     assert recording_net.mask_head.inputs[0].shape[0] == 2 * bound
 
 
+def test_the_default_runs_the_mask_head_on_the_real_positives_only_with_the_same_losses(recording_net, unbounded):
+    full, positives, inputs = unbounded
+    assert positives.sum() < 2 * P_MAX, positives  # padding slots exist, so rows are saved
+    losses = _run_with_bound(recording_net, None)
+    np.testing.assert_allclose(losses, full, rtol=1e-6)
+    first_is_positive = bool(inputs[6].asnumpy()[0] > 0)
+    assert recording_net.mask_head.inputs[0].shape[0] == positives.sum() + (0 if first_is_positive else 1)
+
+
 def test_the_mask_head_runs_on_bound_rows_per_image(recording_net, unbounded):
     _run_with_bound(recording_net, 3)
     assert recording_net.mask_head.inputs[0].shape[0] == 2 * 3  # B * K RoI feature rows

@@ -4,6 +4,7 @@
 - :func:`mask_targets`: each RoI's matched GT mask cropped and resized to the head's output.
 - :func:`mask_bce_loss` / :class:`MaskLoss`: per-pixel BCE on the GT class's channel of the
   positive RoIs, times the mask loss weight.
+- :func:`rows_to_run`: the RoI slots the head runs on (real positives, real detections).
 - :func:`mask_probabilities`: inference, the detected class's channel through a sigmoid.
 
 The predicted side is ``M = MASK_HEAD_UPSAMPLE * roi_mask_size`` (``Config.mask_out_size``,
@@ -104,10 +105,10 @@ def mask_targets(gt_masks, rois, matched_gt, out_size, binarize=True):
     The flat pixel index is int32, so ``B * N * H * W`` must stay below 2**31 (e.g. 2 x 100
     instances at 1344 x 800 is 2.2e8).
     """
+    # Reshapes keep the RoI count as -1: it may be a dynamic shape (MaskLoss on real positives).
     batch, num_gt, height, width = gt_masks.shape
-    num_rois = rois.shape[1]
     samples = out_size * MASK_SUBSAMPLES
-    boxes = ops.stop_gradient(rois.astype(ms.float32)).reshape(batch * num_rois, 4)
+    boxes = ops.stop_gradient(rois.astype(ms.float32)).reshape(-1, 4)
     steps = (ops.arange(samples).astype(ms.float32).reshape(1, samples) + 0.5) / samples  # [1, n]
     xs = boxes[:, 0:1] + steps * (boxes[:, 2:3] - boxes[:, 0:1])  # [BR, n] continuous coords
     ys = boxes[:, 1:2] + steps * (boxes[:, 3:4] - boxes[:, 1:2])
@@ -115,12 +116,12 @@ def mask_targets(gt_masks, rois, matched_gt, out_size, binarize=True):
     cols = ops.clamp(ops.floor(xs), 0.0, float(width - 1)).astype(ms.int32)
     rows = ops.clamp(ops.floor(ys), 0.0, float(height - 1)).astype(ms.int32)
     first = (ops.arange(batch).astype(ms.int32) * num_gt).reshape(batch, 1)
-    slot = (first + matched_gt.astype(ms.int32)).reshape(batch * num_rois, 1, 1)
+    slot = (first + matched_gt.astype(ms.int32)).reshape(-1, 1, 1)
     flat_index = (slot * height + ops.expand_dims(rows, 2)) * width + ops.expand_dims(cols, 1)  # [BR, n, n]
     values = ops.gather(gt_masks.reshape(-1), flat_index, 0).astype(ms.float32)
     values = ops.where(inside, values, 0.0)
-    coverage = values.reshape(batch * num_rois, out_size, MASK_SUBSAMPLES, out_size, MASK_SUBSAMPLES)
-    coverage = coverage.mean(axis=(2, 4)).reshape(batch, num_rois, out_size, out_size)
+    coverage = values.reshape(-1, out_size, MASK_SUBSAMPLES, out_size, MASK_SUBSAMPLES)
+    coverage = coverage.mean(axis=(2, 4)).reshape(batch, -1, out_size, out_size)
     if binarize:
         coverage = (coverage >= MASK_BINARY_THR).astype(ms.float32)
     return ops.stop_gradient(coverage)
@@ -143,11 +144,18 @@ def mask_bce_loss(mask_logits, labels, targets, weights):
     num_classes = mask_logits.shape[1]
     labels = ops.clamp(labels.astype(ms.int32), 0, num_classes - 1)
     one_hot = ops.one_hot(labels, num_classes, ops.ones((), ms.float32), ops.zeros((), ms.float32))
-    chosen = (mask_logits * one_hot.reshape(one_hot.shape[0], num_classes, 1, 1)).sum(axis=1)  # [R, M, M]
+    chosen = (mask_logits * one_hot.reshape(-1, num_classes, 1, 1)).sum(axis=1)  # [R, M, M]
     per_row = bce_with_logits(chosen, targets.astype(ms.float32)).mean(axis=(1, 2))
     weights = ops.where(labels > 0, weights.astype(ms.float32), 0.0)
     total = ops.where(weights > 0.0, per_row * weights, 0.0).sum()
     return normalise(total, weights, None)
+
+
+def rows_to_run(keep):
+    """``[T]`` int32 flat indices of the True entries of ``keep`` (any shape), plus index 0 when
+    it is not one of them: a convolution cannot run on zero rows. ``T`` is a dynamic shape."""
+    keep = keep.reshape(-1)
+    return ops.nonzero(keep | (ops.arange(keep.shape[0]) == 0)).reshape(-1).astype(ms.int32)
 
 
 class MaskLoss(nn.Cell):
@@ -160,8 +168,9 @@ class MaskLoss(nn.Cell):
         loss_weight: factor of the loss (config.mask_loss_weight).
         rois_per_image: ``K`` (config.mask_rois_per_image): the mask head runs on ``T = B * K``
             slots shared by the ``B`` images of the batch, so an image may use more than ``K``
-            when another has fewer positives; None = every slot (``T = B * P_max``). See
-            :meth:`select`.
+            when another has fewer positives (``K = P_max``: every slot, ``T = B * P_max``);
+            None = on the batch's real positives only, ``T`` changing from step to step (a
+            dynamic shape). See :meth:`select`.
 
     Inputs (of ``construct``; ``T`` picked slots, from :meth:`select`):
         mask_logits ``[T, C, M, M]`` float32 (the mask head on the picked RoIs), gt_masks
@@ -177,19 +186,20 @@ class MaskLoss(nn.Cell):
         if int(max_positives) < 1:
             raise ValueError(f"MaskLoss: max_positives must be >= 1 (rcnn_num_samples * rcnn_pos_fraction "
                              f"leaves no positive RoI slot for the mask head), got {max_positives!r}")
-        if rois_per_image is None:
-            rois_per_image = max_positives
-        if not 1 <= int(rois_per_image) <= int(max_positives):
-            raise ValueError(f"MaskLoss: rois_per_image must be between 1 and max_positives = "
+        if rois_per_image is not None and not 1 <= int(rois_per_image) <= int(max_positives):
+            raise ValueError(f"MaskLoss: rois_per_image must be None or between 1 and max_positives = "
                              f"{max_positives}, got {rois_per_image!r}")
         self.mask_size = int(mask_size)
         self.max_positives = int(max_positives)
-        self.rois_per_image = int(rois_per_image)
+        self.rois_per_image = None if rois_per_image is None else int(rois_per_image)
         self.loss_weight = float(loss_weight)
 
     def select(self, rois, matched_gt, roi_labels, box_weights):
         """The slots the mask head trains on.
 
+        With ``K`` None they are the real positives of the batch (``T`` of them, in image and
+        slot order), plus slot 0 of image 0 when it is not one (weight 0: a convolution cannot
+        run on zero rows), so no compute goes to padding and the loss is the one of every slot.
         With ``K < P_max`` the ``T = B * K`` slots go to the positives of all images, in turns:
         every image's first positive, then every image's second, and so on (sampled positives
         sit in the first slots in random order, so each image keeps a random subset). While the
@@ -202,18 +212,22 @@ class MaskLoss(nn.Cell):
 
         Returns:
             ``(align_rois [B, R, 4], rows [T] i32 or None, picked)``: RoIAlign pools
-            ``align_rois`` (``R = T`` per image, each image's slots of other images zeroed;
-            ``R = P_max`` and ``rows`` None when unbounded) and the mask head takes its rows
-            ``rows``; ``picked = (rois [T, 4], image [T], matched_gt [T], roi_labels [T],
-            box_weights [T])`` are :meth:`construct`'s last inputs.
+            ``align_rois`` (``R = P_max`` unless bounded; bounded: ``R = T`` per image, each
+            image's slots of other images zeroed) and the mask head takes its rows ``rows``
+            (None: all ``B * P_max``); ``picked = (rois [T, 4], image [T], matched_gt [T],
+            roi_labels [T], box_weights [T])`` are :meth:`construct`'s last inputs.
         """
         batch, slots = rois.shape[0], self.max_positives
         rois, matched_gt = rois[:, :slots], matched_gt[:, :slots].astype(ms.int32)
         roi_labels, box_weights = roi_labels[:, :slots].astype(ms.int32), box_weights[:, :slots]
         image = ops.broadcast_to(ops.arange(batch).astype(ms.int32).reshape(batch, 1), (batch, slots))
+        every_slot = (rois.reshape(-1, 4), image.reshape(-1), matched_gt.reshape(-1), roi_labels.reshape(-1),
+                      box_weights.reshape(-1))
+        if self.rois_per_image is None:
+            rows = rows_to_run((box_weights > 0.0) & (roi_labels > 0))
+            return rois, rows, tuple(ops.gather(value, rows, 0) for value in every_slot)
         if self.rois_per_image >= slots:
-            return rois, None, (rois.reshape(-1, 4), image.reshape(-1), matched_gt.reshape(-1),
-                                roi_labels.reshape(-1), box_weights.reshape(-1))
+            return rois, None, every_slot
         total = batch * self.rois_per_image
         positive = (box_weights > 0.0) & (roi_labels > 0)
         turn = ops.arange(slots).astype(ms.float32).reshape(1, slots)
@@ -240,19 +254,23 @@ class MaskLoss(nn.Cell):
         return loss * self.loss_weight
 
 
-def mask_probabilities(mask_logits, labels, valid):
+def mask_probabilities(mask_logits, labels, valid, rows):
     """Inference: the mask of each detection's class as probabilities.
 
     Args:
-        mask_logits: ``[B*K, C, M, M]`` float32, the mask head on the detected boxes.
+        mask_logits: ``[T, C, M, M]`` float32, the mask head on the detection slots ``rows``.
         labels: ``[B, K]`` int32 detected classes; valid: ``[B, K]`` bool.
+        rows: ``[T]`` int32 flat slots ``b * K + k`` the logits belong to (:func:`rows_to_run`).
 
     Returns:
-        ``[B, K, M, M]`` float32 sigmoid of channel ``labels[b, k]``; all zero where not valid.
+        ``[B, K, M, M]`` float32 sigmoid of channel ``labels[b, k]``; all zero where not valid
+        and in the slots the head did not run on.
     """
     batch, count = labels.shape
     num_classes, size = mask_logits.shape[1], mask_logits.shape[-1]
-    onehot = ops.one_hot(labels.reshape(-1), num_classes, Tensor(1.0, ms.float32), Tensor(0.0, ms.float32))
+    labels, valid = ops.gather(labels.reshape(-1), rows, 0), ops.gather(valid.reshape(-1), rows, 0)
+    onehot = ops.one_hot(labels, num_classes, Tensor(1.0, ms.float32), Tensor(0.0, ms.float32))
     chosen = (mask_logits * onehot.reshape(-1, num_classes, 1, 1)).sum(axis=1)
-    masks = ops.sigmoid(chosen).reshape(batch, count, size, size)
-    return masks * valid.astype(ms.float32).reshape(batch, count, 1, 1)
+    masks = ops.sigmoid(chosen) * valid.astype(ms.float32).reshape(-1, 1, 1)
+    masks = ops.scatter_nd(rows.reshape(-1, 1), masks, (batch * count, size, size))
+    return masks.reshape(batch, count, size, size)

@@ -22,7 +22,7 @@ import mindspore.nn as nn
 import mindspore.ops as ops
 from mindspore import Tensor
 
-from src.maskrcnn.mask_branch import mask_probabilities
+from src.maskrcnn.mask_branch import mask_probabilities, rows_to_run
 from src.maskrcnn.roi_heads import box_head_losses
 from src.maskrcnn.rpn import rpn_losses
 
@@ -126,5 +126,6 @@ class Mask_Rcnn_Resnet50(nn.Cell):  # pylint: disable=invalid-name  (the name us
         cls_logits, box_deltas = self._box_head(pyramid, proposals)
         boxes, scores, labels, valid = self.box_postprocess(proposals, proposal_valid, cls_logits,
                                                             box_deltas, image_shape)
-        masks = mask_probabilities(self._mask_logits(pyramid, ops.stop_gradient(boxes)), labels, valid)
+        rows = rows_to_run(valid)  # the mask head runs on the real detections only
+        masks = mask_probabilities(self._mask_logits(pyramid, ops.stop_gradient(boxes), rows), labels, valid, rows)
         return boxes, scores, labels, valid, masks
