@@ -29,6 +29,8 @@ Cases (one JSON line per framework and case, ``"bench": "peer"``):
 - ``ap``: train ``--budget_steps`` steps at 256x256 (the quick start's 192, a whole number of
   our epochs), then bbox / segm AP and AP50 on the val split with pycocotools (the same
   categories, images, maxDets and mask threshold on both sides).
+  It also times evaluation at 384x640 of the model it trained (``trained_eval_384x640_*``: the
+  mask heads run on real detections, fewer than a random model's).
 - ``eval_HxW``: evaluation images/s of a random-init model over the val images (bench_eval.py's
   definition: steady network + paste-back/RLE time plus COCOeval, the first batch excluded).
 
@@ -61,6 +63,8 @@ BENCH = "peer"
 OURS, PEER = "mindspore", "torchvision"
 DEFAULT_CASES = "train_256x256,train_384x640,ap,eval_384x640"
 AP_CANVAS = (256, 256)
+# The ap case also times evaluation of the model it trained (real detections, not every slot).
+TRAINED_EVAL_CANVAS = (384, 640)
 PEER_SCRIPT = os.path.join(REPO_ROOT, "benchmarks", "peer_torchvision.py")
 PEER_ENV_VAR = "PEER_PYTHON"
 PEER_VENV_HINT = ("python3 -m venv ~/.venvs/torchvision && ~/.venvs/torchvision/bin/pip install torch torchvision "
@@ -100,6 +104,13 @@ def parse_case(name: str) -> Tuple[str, Optional[Tuple[int, int]]]:
     if kind not in ("train", "eval") or height <= 0 or width <= 0:
         raise ValueError(f"case '{name}' is not train_HxW, eval_HxW or ap")
     return kind, (height, width)
+
+
+def trained_eval_fields(record: dict) -> dict:
+    """An eval-speed record as the ap case's ``trained_eval_*`` fields (its error, if any)."""
+    canvas = "x".join(str(side) for side in TRAINED_EVAL_CANVAS)
+    keys = ("images_per_s", "net_s_per_image", "num_detections", "error")
+    return {f"trained_eval_{canvas}_{key}": record[key] for key in keys if key in record}
 
 
 def peer_settings(config, canvas: Tuple[int, int], threads: int) -> dict:
@@ -335,12 +346,13 @@ class Bench:
         for iou_type in ("bbox", "segm"):
             for stat in ("AP", "AP50"):
                 record[f"{iou_type}_{stat}"] = round(float(metrics[iou_type][stat]), 4)
-        return record
+        return dict(record, **trained_eval_fields(self.ours_eval(TRAINED_EVAL_CANVAS, os.path.join(run_dir, "last.ckpt"))))
 
-    def ours_eval(self, canvas: Tuple[int, int]) -> dict:
+    def ours_eval(self, canvas: Tuple[int, int], ckpt: str = "") -> dict:
         result = subprocess.run([sys.executable, os.path.join("benchmarks", "bench_eval.py"), "--sizes",
                                  f"{canvas[0]}x{canvas[1]}", "--num_images", str(self.args.eval_images),
-                                 "--config_path", self.args.config_path, "--coco_root", self.data_dir],
+                                 "--config_path", self.args.config_path, "--coco_root", self.data_dir]
+                                + (["--ckpt", ckpt] if ckpt else []),
                                 cwd=REPO_ROOT, env=self.ours_env, capture_output=True, text=True)
         return eval_speed_record("bench_eval.py", result, ("mindspore",))
 
@@ -379,7 +391,7 @@ class Bench:
         out_dir = self.folder("peer_ap")
         settings = peer_settings(self.config(AP_CANVAS), AP_CANVAS, self.args.threads)
         cmd = self._peer_cmd("train", settings, out_dir, "--steps", str(budget), "--schedule_steps", str(budget),
-                             "--evaluate")
+                             "--evaluate", "--save_weights", os.path.join(out_dir, "trained.pt"))
         run = run_and_watch(cmd, os.path.join(out_dir, "losses.csv"), os.path.join(out_dir, "peer"), self.peer_env)
         record = self._train_record(run, budget)
         if "error" in record:
@@ -390,13 +402,14 @@ class Bench:
         keep = ("num_images", "num_detections", "bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50", "eval_s",
                 "steps_per_epoch", *PEER_VERSION_KEYS)
         record.update({key: result[key] for key in keep if key in result})
-        return record
+        return dict(record, **trained_eval_fields(self.peer_eval(TRAINED_EVAL_CANVAS, os.path.join(out_dir, "trained.pt"))))
 
-    def peer_eval(self, canvas: Tuple[int, int]) -> dict:
-        out_dir = self.folder(f"peer_eval_{canvas[0]}x{canvas[1]}")
+    def peer_eval(self, canvas: Tuple[int, int], weights: str = "") -> dict:
+        out_dir = self.folder(f"peer_eval_{canvas[0]}x{canvas[1]}{'_trained' if weights else ''}")
         # bench_eval.py feeds our side with one data worker.
         settings = peer_settings(self.config(canvas, num_parallel_workers=1), canvas, self.args.threads)
-        cmd = self._peer_cmd("eval_speed", settings, out_dir, "--num_images", str(self.args.eval_images))
+        cmd = self._peer_cmd("eval_speed", settings, out_dir, "--num_images", str(self.args.eval_images),
+                             *(["--weights", weights] if weights else []))
         result = subprocess.run(cmd, cwd=REPO_ROOT, env=self.peer_env, capture_output=True, text=True)
         return eval_speed_record("peer", result, PEER_VERSION_KEYS)
 

@@ -61,8 +61,10 @@ def count_forward_flops(net, batch) -> float:
     return total[0]
 
 
-def build_train_step(height: int, width: int, batch_size: int, data_dir: str, count_flops: bool = False):
-    """(train_cell, one real batch, training FLOP per step or None) of the default recipe at HxW."""
+def build_train_step(height: int, width: int, batch_size: int, data_dir: str, count_flops: bool = False,
+                     overrides=None):
+    """(train_cell, one real batch, training FLOP per step or None) of the default recipe at HxW
+    (with config ``overrides``, a dict)."""
     import mindspore as ms
     from mindspore import nn
 
@@ -75,7 +77,7 @@ def build_train_step(height: int, width: int, batch_size: int, data_dir: str, co
     ms.set_device("CPU")
     ms.set_seed(1)
     config = load_config(overrides={"img_height": height, "img_width": width, "batch_size": batch_size,
-                                    "coco_root": data_dir})
+                                    "coco_root": data_dir, **(overrides or {})})
     dataset = create_new_dataset(data_dir, batch_size, is_training=True, num_parallel_workers=1, config=config)
     batch = next(dataset.create_tuple_iterator())
     net = build_model(config)

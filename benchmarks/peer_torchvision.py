@@ -480,6 +480,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="train: length of the LR schedule (default --steps)")
     parser.add_argument("--evaluate", action="store_true", help="train: evaluate on the val split afterwards")
     parser.add_argument("--num_images", type=int, default=0, help="eval_speed: val images (0 = all)")
+    parser.add_argument("--save_weights", default="", help="train: save the trained state dict here")
+    parser.add_argument("--weights", default="", help="eval_speed: load this state dict (default: random init)")
     args = parser.parse_args(argv)
     try:
         with open(args.settings, encoding="utf-8") as handle:
@@ -500,8 +502,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if outcome["error"] is None and args.evaluate:
             start = time.perf_counter()
             record.update(evaluate(model, settings), eval_s=round(time.perf_counter() - start, 1))
+        if outcome["error"] is None and args.save_weights:
+            torch.save(model.state_dict(), args.save_weights)
     else:
         model = build_model(settings)
+        if args.weights:
+            model.load_state_dict(torch.load(args.weights))
         record.update(evaluate(model, settings, args.num_images or None))
     record["process_s"] = round(time.time() - PROCESS_START, 1)
     print(json.dumps(record, sort_keys=True), flush=True)

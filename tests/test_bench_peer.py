@@ -181,3 +181,12 @@ def test_budget_that_is_not_whole_epochs_is_refused_before_training(tmp_path):
     assert "--budget_steps 7 is not a whole number of our epochs (6 steps per epoch" in result.stderr
     assert result.stdout.strip() == ""
     assert not (tmp_path / "ours_ap").exists()
+
+
+def test_trained_eval_fields_name_the_canvas_and_keep_speed_or_error():
+    fields = bench_peer.trained_eval_fields({"images_per_s": 1.7, "net_s_per_image": 0.5, "num_detections": 508,
+                                             "compile_s": 13.0})
+    assert fields == {"trained_eval_384x640_images_per_s": 1.7, "trained_eval_384x640_net_s_per_image": 0.5,
+                      "trained_eval_384x640_num_detections": 508}
+    assert bench_peer.trained_eval_fields({"error": "bench_eval.py exit 1"}) == {
+        "trained_eval_384x640_error": "bench_eval.py exit 1"}
