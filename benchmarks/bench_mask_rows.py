@@ -16,12 +16,11 @@ modes up to float32 rounding: the same initialisation and batches, the same loss
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 from bench_train import build_train_step
-from common import REPO_ROOT, emit
+from common import emit, run_in_child
 
 MODES = ("positives", "every_slot")
 
@@ -81,14 +80,8 @@ def main(argv=None):
         emit(run_mode(args.one_mode, height, width, args.steps, os.path.abspath(args.data_dir), args.ckpt))
         return 0
     for mode in MODES:
-        result = subprocess.run([sys.executable, os.path.abspath(__file__), "--one_mode", mode, "--data_dir",
-                                 args.data_dir, "--ckpt", args.ckpt, "--image", args.image, "--steps",
-                                 str(args.steps)], cwd=REPO_ROOT, capture_output=True, text=True)
-        lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-        if result.returncode or not lines:
-            emit({"bench": "mask_rows", "mode": mode, "error": result.stderr.strip().splitlines()[-1:]})
-        else:
-            print(lines[-1], flush=True)
+        run_in_child(__file__, ["--one_mode", mode, "--data_dir", args.data_dir, "--ckpt", args.ckpt, "--image",
+                                args.image, "--steps", str(args.steps)], {"bench": "mask_rows", "mode": mode})
     return 0
 
 

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from common import REPO_ROOT, emit, peak_rss_mb
+from common import REPO_ROOT, emit, peak_rss_mb, run_in_child
 
 DEFAULT_CASES = "256x256,384x640,768x1280"
 
@@ -132,14 +132,8 @@ def main(argv=None):
             subprocess.run([sys.executable, "-m", "src.synthetic", "--out", data_dir, "--train", "8", "--val", "2",
                             "--seed", "0"], check=True, cwd=REPO_ROOT)
         for case in args.cases.split(","):
-            result = subprocess.run([sys.executable, os.path.abspath(__file__), "--one_case", case, "--steps",
-                                     str(args.steps), "--batch", str(args.batch), "--data_dir", data_dir],
-                                    cwd=REPO_ROOT, capture_output=True, text=True)
-            lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-            if result.returncode or not lines:
-                emit({"bench": "train_step", "image": case, "error": result.stderr.strip().splitlines()[-1:]})
-            else:
-                print(lines[-1], flush=True)
+            run_in_child(__file__, ["--one_case", case, "--steps", str(args.steps), "--batch", str(args.batch),
+                                    "--data_dir", data_dir], {"bench": "train_step", "image": case})
     return 0
 
 

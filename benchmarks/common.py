@@ -3,6 +3,7 @@
 import json
 import os
 import resource
+import subprocess
 import sys
 import time
 
@@ -24,3 +25,16 @@ def emit(record: dict) -> None:
     record = dict(record)
     record.setdefault("unix_time", int(time.time()))
     print(json.dumps(record, sort_keys=True), flush=True)
+
+
+def run_in_child(script: str, args, error_record: dict) -> None:
+    """Run ``python script *args`` from the repository root (a clean process: its own peak RSS and
+    compile) and print its last JSON line; if it fails or prints none, emit ``error_record`` with
+    the last line of its stderr as ``error``."""
+    result = subprocess.run([sys.executable, os.path.abspath(script), *args], cwd=REPO_ROOT, capture_output=True,
+                            text=True)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode or not lines:
+        emit(dict(error_record, error=result.stderr.strip().splitlines()[-1:]))
+    else:
+        print(lines[-1], flush=True)
