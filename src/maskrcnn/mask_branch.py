@@ -223,13 +223,13 @@ class MaskLoss(nn.Cell):
         image = ops.broadcast_to(ops.arange(batch).astype(ms.int32).reshape(batch, 1), (batch, slots))
         every_slot = (rois.reshape(-1, 4), image.reshape(-1), matched_gt.reshape(-1), roi_labels.reshape(-1),
                       box_weights.reshape(-1))
+        positive = (box_weights > 0.0) & (roi_labels > 0)
         if self.rois_per_image is None:
-            rows = rows_to_run((box_weights > 0.0) & (roi_labels > 0))
+            rows = rows_to_run(positive)
             return rois, rows, tuple(ops.gather(value, rows, 0) for value in every_slot)
         if self.rois_per_image >= slots:
             return rois, None, every_slot
         total = batch * self.rois_per_image
-        positive = (box_weights > 0.0) & (roi_labels > 0)
         turn = ops.arange(slots).astype(ms.float32).reshape(1, slots)
         priority = ops.where(positive, float(slots) - turn, -1.0 - turn).reshape(-1)  # [B * P_max]
         priority, flat = ops.topk(priority, total)
