@@ -7,8 +7,8 @@ JSON line is printed per size::
 
     python benchmarks/bench_eval.py --sizes 384x640,768x1280 --num_images 8
 
-``--ckpt RUN/last.ckpt`` measures a trained model instead (fewer real detections: less
-paste-back and RLE work; the network's cost is the same).
+``--ckpt RUN/last.ckpt`` measures a trained model instead: fewer real detections, so less
+mask-head work (it runs on the real detections only) and less paste-back and RLE work.
 
 Fields: ``compile_s`` (first batch, graph compilation included), ``net_s_per_image`` (steady-state
 network time), ``postprocess_s_per_image`` (paste-back + RLE encoding), ``cocoeval_s`` (bbox +

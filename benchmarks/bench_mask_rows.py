@@ -9,8 +9,9 @@ padding too). Both build the default recipe's training step at batch 2, read ``-
 batches of DIR's train split into memory (so data work is not timed) and step once on each, from
 random init (early training: few positives) or from ``--ckpt`` (late training: most slots are
 real positives). One JSON line per mode: compile + first step, the median of the other steps,
-the mean number of real positives per image over the steps, the loss of every step (equal in both
-modes up to float32 rounding: the same initialisation and batches, the same loss).
+the mean number of real positives per image in those batches (counted afterwards, in PyNative, on
+the weights after the last step), the loss of every step (equal in both modes up to float32
+rounding: the same initialisation and batches, the same loss).
 """
 
 import argparse
@@ -41,7 +42,9 @@ def run_mode(mode: str, height: int, width: int, steps: int, data_dir: str, ckpt
     batches = [batch for batch, _ in zip(dataset.create_tuple_iterator(), range(steps + 1))]
     net = train_cell.network.net
     if ckpt:
-        ms.load_param_into_net(net, ms.load_checkpoint(ckpt))
+        from src.evaluation.inference import load_inference_checkpoint
+
+        load_inference_checkpoint(net, ckpt)  # every parameter from the file, or an error
     positives = []
 
     def count_positives(cell, inputs, output):  # MaskLoss: inputs[6] = the picked slots' weights

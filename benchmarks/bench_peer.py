@@ -346,7 +346,8 @@ class Bench:
         for iou_type in ("bbox", "segm"):
             for stat in ("AP", "AP50"):
                 record[f"{iou_type}_{stat}"] = round(float(metrics[iou_type][stat]), 4)
-        return dict(record, **trained_eval_fields(self.ours_eval(TRAINED_EVAL_CANVAS, os.path.join(run_dir, "last.ckpt"))))
+        trained_eval = self.ours_eval(TRAINED_EVAL_CANVAS, os.path.join(run_dir, "last.ckpt"))
+        return dict(record, **trained_eval_fields(trained_eval))
 
     def ours_eval(self, canvas: Tuple[int, int], ckpt: str = "") -> dict:
         result = subprocess.run([sys.executable, os.path.join("benchmarks", "bench_eval.py"), "--sizes",
@@ -402,7 +403,8 @@ class Bench:
         keep = ("num_images", "num_detections", "bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50", "eval_s",
                 "steps_per_epoch", *PEER_VERSION_KEYS)
         record.update({key: result[key] for key in keep if key in result})
-        return dict(record, **trained_eval_fields(self.peer_eval(TRAINED_EVAL_CANVAS, os.path.join(out_dir, "trained.pt"))))
+        trained_eval = self.peer_eval(TRAINED_EVAL_CANVAS, os.path.join(out_dir, "trained.pt"))
+        return dict(record, **trained_eval_fields(trained_eval))
 
     def peer_eval(self, canvas: Tuple[int, int], weights: str = "") -> dict:
         out_dir = self.folder(f"peer_eval_{canvas[0]}x{canvas[1]}{'_trained' if weights else ''}")
