@@ -83,3 +83,28 @@ def test_numpy_twins_match_hand_values():
                                [7.0, 2.0, math.log(2) / 0.2, 0.0], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(box_ops.np_decode_boxes(REF[1], DELTAS[1], RCNN_STDS)[0],
                                [-492, 0, 508, 16], rtol=1e-5)
+
+
+class _PairwiseNet(nn.Cell):
+    def construct(self, a, b):
+        return box_ops.box_iou(a, b), box_ops.box_ioa(a, b)
+
+
+@pytest.mark.parametrize("a_lead", [(1,), ()])
+def test_iou_ioa_broadcast_leading_dimensions_like_the_rpn_anchors(mode, a_lead):
+    # The RPN pairs [1, A, 4] (or [A, 4]) anchors with [B, N, 4] ground truth: [B, A, N].
+    rng = np.random.default_rng(3)
+    corners = rng.uniform(0, 50, (7, 2)).astype(np.float32)
+    anchors = np.concatenate([corners, corners + rng.uniform(0, 20, (7, 2)).astype(np.float32)], 1)
+    gt = np.asarray(B, np.float32)  # [2, 4, 4], with an empty box
+    iou, ioa = _PairwiseNet()(Tensor(anchors.reshape(a_lead + (7, 4))), Tensor(gt))
+    assert iou.shape == (2, 7, 4) and ioa.shape == (2, 7, 4)
+    for image in range(2):
+        np.testing.assert_allclose(iou.asnumpy()[image], box_ops.np_box_iou(anchors, gt[image]), rtol=1e-5, atol=1e-6)
+        expected_ioa = np.zeros((7, 4))  # from first principles
+        for i, box in enumerate(anchors):
+            for j, other in enumerate(gt[image]):
+                w = max(0.0, min(box[2], other[2]) - max(box[0], other[0]))
+                h = max(0.0, min(box[3], other[3]) - max(box[1], other[1]))
+                expected_ioa[i, j] = w * h / ((box[2] - box[0]) * (box[3] - box[1]))
+        np.testing.assert_allclose(ioa.asnumpy()[image], expected_ioa, rtol=1e-5, atol=1e-6)

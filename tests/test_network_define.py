@@ -10,7 +10,7 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from src.batch import LOSS_NAMES
 from src.network_define import (CheckpointCallback, LossCallBack, LossNet, NonFiniteLossError,
-                                TrainOneStepCell, WithLossCell)
+                                TrainOneStepCell, WithLossCell, global_grad_norm, scale_grads)
 
 
 class ToyLosses(nn.Cell):
@@ -223,3 +223,26 @@ def test_clipping_leaves_a_gradient_below_the_bound_unchanged():
     cell = TrainOneStepCell(WithLossCell(toy, LossNet()), opt, loss_scale=4.0, grad_clip_norm=100.0)
     cell(*_batch((1.0, 2.0, 1.0, 1.0)))  # gradients 5 * (1, 2): norm ~11.2 < 100
     np.testing.assert_allclose([toy.w.asnumpy()[0], toy.v.asnumpy()[0]], [1.0 - 0.5, 2.0 - 1.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE])
+def test_global_norm_and_scaling_cover_every_gradient_of_a_long_mixed_tuple(mode):
+    # 150 gradients (the model has ~200), float32 and float16, of different shapes: the norm is
+    # over all of them and each scaled gradient keeps its shape and dtype.
+    ms.set_context(mode=mode)
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((i % 5 + 1, 3)).astype(np.float16 if i % 3 == 0 else np.float32)
+              for i in range(150)]
+    grads = tuple(Tensor(a) for a in arrays)
+
+    def norm_and_scale(grads, factor):
+        return global_grad_norm(grads), scale_grads(grads, factor)
+
+    run = ms.jit(norm_and_scale) if mode == ms.GRAPH_MODE else norm_and_scale
+    norm, scaled = run(grads, Tensor(0.5, ms.float32))
+    expected = np.sqrt(sum(float((a.astype(np.float64) ** 2).sum()) for a in arrays))
+    assert float(norm.asnumpy()) == pytest.approx(expected, rel=1e-5)
+    assert len(scaled) == len(arrays)
+    for a, g in zip(arrays, scaled):
+        assert g.shape == a.shape and g.asnumpy().dtype == a.dtype
+        np.testing.assert_allclose(g.asnumpy(), a * a.dtype.type(0.5), rtol=1e-3)

@@ -42,14 +42,41 @@ def box_area(boxes):
     return ops.relu(x2 - x1) * ops.relu(y2 - y1)
 
 
-def _intersection(a, b):
-    """Pairwise intersection areas of ``a [..., N, 4]`` and ``b [..., M, 4]`` -> ``[..., N, M]``."""
-    a = ops.expand_dims(a, -2)  # [..., N, 1, 4]
-    b = ops.expand_dims(b, -3)  # [..., 1, M, 4]
-    left = ops.maximum(a[..., 0], b[..., 0])
-    top = ops.maximum(a[..., 1], b[..., 1])
-    right = ops.minimum(a[..., 2], b[..., 2])
-    bottom = ops.minimum(a[..., 3], b[..., 3])
+def _pair_shape(a_shape, b_shape):
+    """``[..., N, M]`` for ``a [..., N, 4]`` and ``b [..., M, 4]`` (leading dimensions broadcast)."""
+    lead_a, lead_b = a_shape[:-2], b_shape[:-2]
+    rank = max(len(lead_a), len(lead_b))
+    lead_a = (1,) * (rank - len(lead_a)) + lead_a
+    lead_b = (1,) * (rank - len(lead_b)) + lead_b
+    lead = ()
+    for i in range(rank):
+        lead = lead + (max(lead_a[i], lead_b[i]),)
+    return lead + (a_shape[-2], b_shape[-2])
+
+
+def broadcast_pair(a_values, b_values, shape):
+    """``a_values [..., N]`` and ``b_values [..., M]`` both broadcast to ``shape`` ``[..., N, M]``.
+
+    MindSpore's CPU kernels are ~20x slower on an element-wise op that broadcasts an operand
+    than on equal shapes (BENCHMARKS.md, "broadcasting"): the pairwise tensors (anchors x ground
+    truth, [B, A, N]) are made full-size once and every later op runs on equal shapes.
+    """
+    return (ops.broadcast_to(ops.expand_dims(a_values, -1), shape),
+            ops.broadcast_to(ops.expand_dims(b_values, -2), shape))
+
+
+def _intersection(a, b, shape):
+    """Pairwise intersection areas of ``a [..., N, 4]`` and ``b [..., M, 4]`` -> ``shape`` ``[..., N, M]``."""
+    ax1, ay1, ax2, ay2 = _split(a)
+    bx1, by1, bx2, by2 = _split(b)
+    ax1, bx1 = broadcast_pair(ax1, bx1, shape)
+    ay1, by1 = broadcast_pair(ay1, by1, shape)
+    ax2, bx2 = broadcast_pair(ax2, bx2, shape)
+    ay2, by2 = broadcast_pair(ay2, by2, shape)
+    left = ops.maximum(ax1, bx1)
+    top = ops.maximum(ay1, by1)
+    right = ops.minimum(ax2, bx2)
+    bottom = ops.minimum(ay2, by2)
     return ops.relu(right - left) * ops.relu(bottom - top)
 
 
@@ -63,8 +90,10 @@ def box_iou(a, b):
     Returns:
         ``[..., N, M]`` float IoU; 0 where both boxes are empty (no division by zero).
     """
-    inter = _intersection(a, b)
-    union = ops.expand_dims(box_area(a), -1) + ops.expand_dims(box_area(b), -2) - inter
+    shape = _pair_shape(a.shape, b.shape)
+    inter = _intersection(a, b, shape)
+    area_a, area_b = broadcast_pair(box_area(a), box_area(b), shape)
+    union = area_a + area_b - inter
     return inter / ops.maximum(union, MIN_BOX_SIDE * MIN_BOX_SIDE)
 
 
@@ -78,8 +107,9 @@ def box_ioa(a, b):
     Returns:
         ``[..., N, M]``: ``area(a ∩ b) / area(a)``, 0 for empty ``a``.
     """
-    inter = _intersection(a, b)
-    return inter / ops.maximum(ops.expand_dims(box_area(a), -1), MIN_BOX_SIDE * MIN_BOX_SIDE)
+    shape = _pair_shape(a.shape, b.shape)
+    area_a = ops.broadcast_to(ops.expand_dims(box_area(a), -1), shape)
+    return _intersection(a, b, shape) / ops.maximum(area_a, MIN_BOX_SIDE * MIN_BOX_SIDE)
 
 
 def _centre_size(boxes, plus_one=False):

@@ -18,7 +18,7 @@ import mindspore.ops as ops
 from mindspore import Tensor
 from mindspore.common.initializer import Normal, initializer
 
-from src.maskrcnn.box_ops import box_iou, encode_boxes
+from src.maskrcnn.box_ops import box_iou, broadcast_pair, encode_boxes
 from src.maskrcnn.layers import conv_with_bias
 from src.maskrcnn.losses import sigmoid_bce_loss, smooth_l1_loss
 from src.maskrcnn.sampling import (check_fraction, check_sampling_args, crowd_hits, gather_rows,
@@ -133,17 +133,18 @@ class RPNTargets(nn.Cell):
     def construct(self, gt_boxes, gt_labels, gt_valid, image_shape):
         gt_boxes = ops.stop_gradient(gt_boxes.astype(ms.float32))
         batch = gt_boxes.shape[0]
-        valid_gt = ops.expand_dims(gt_valid > 0, 1)  # [B, 1, N]
         inside = (self.anchor_cx < image_shape[:, 1:2]) & (self.anchor_cy < image_shape[:, 0:1])  # [B, A]
 
         iou = box_iou(self.anchors, gt_boxes)  # [B, A, N]
-        iou = ops.where(valid_gt & ops.expand_dims(inside, 2), iou, -1.0)
+        # [B, A, N] operands made full-size first (box_ops.broadcast_pair: broadcasting is slow on the CPU).
+        inside_pair, valid_pair = broadcast_pair(inside, gt_valid > 0, iou.shape)
+        iou = ops.where(valid_pair & inside_pair, iou, -1.0)
         max_iou = iou.max(axis=2)  # [B, A]
         argmax_gt = ops.argmax(iou, 2).astype(ms.int32)
 
         # Each valid GT's best anchor(s) become positive (ties: all of them).
-        gt_best = ops.expand_dims(iou.max(axis=1), 1)  # [B, 1, N]
-        is_best_pair = ((iou == gt_best) & (gt_best >= self.min_pos_iou) & (gt_best > 0.0) & valid_gt)
+        gt_best = ops.broadcast_to(ops.expand_dims(iou.max(axis=1), 1), iou.shape)  # [B, A, N]
+        is_best_pair = ((iou == gt_best) & (gt_best >= self.min_pos_iou) & (gt_best > 0.0) & valid_pair)
         is_best = is_best_pair.any(axis=2)
         best_gt = ops.argmax(ops.where(is_best_pair, iou, -1.0), 2).astype(ms.int32)
         matched_gt = ops.where(is_best, best_gt, argmax_gt)

@@ -72,6 +72,8 @@ def gather_rows(values, index):
 
 def crowd_hits(boxes, gt_boxes, gt_labels):
     """``[B, C]`` bool: candidate ``boxes [B, C, 4]`` lies mostly inside some crowd region of its image."""
-    is_crowd = ops.expand_dims(gt_labels == CROWD_LABEL, 1)  # [B, 1, N]
-    ioa = ops.where(is_crowd, box_ioa(boxes, gt_boxes), 0.0)  # [B, C, N]
+    ioa = box_ioa(boxes, gt_boxes)  # [B, C, N]
+    # full-size, not broadcast in the op (box_ops.broadcast_pair)
+    is_crowd = ops.broadcast_to(ops.expand_dims(gt_labels == CROWD_LABEL, 1), ioa.shape)
+    ioa = ops.where(is_crowd, ioa, 0.0)
     return ioa.max(axis=2) > CROWD_IOA_THR
