@@ -4,7 +4,10 @@
 
 Prints one JSON line per case: the design's 3x3 64->64 convolution on 2x64x48x80 (the case
 that runs ~100x slower on MindSpore 2.9/2.10 from PyPI on AVX-512 machines), a ResNet-sized
-3x3 256->256 convolution, its forward+backward, and a 2048^3 MatMul (the practical peak).
+3x3 256->256 convolution, its forward+backward, a 2048^3 MatMul (the practical peak), and an
+element-wise Maximum on the RPN's anchors x ground-truth shape at 384x640 ([2, 61380, 16]) with
+one operand broadcast ([2, 1, 16]) and with equal shapes (the operand made full-size first with
+``broadcast_to``, as ``box_ops.broadcast_pair`` does).
 """
 
 import time
@@ -71,6 +74,23 @@ def main():
     seconds = _time(lambda: matmul(a, a).asnumpy())
     emit({"bench": "cpu_ops", "case": "matmul_2048", "mindspore": version, "seconds": round(seconds, 4),
           "gflops": round(2.0 * 2048 ** 3 / seconds / 1e9, 1)})
+
+    pairs, row = (2, 61380, 16), (2, 1, 16)
+    full = Tensor(rng.standard_normal(pairs, dtype=np.float32))
+    small = Tensor(rng.standard_normal(row, dtype=np.float32))
+
+    @ms.jit
+    def broadcast_max(x, y):
+        return ops.maximum(x, y)
+
+    @ms.jit
+    def full_size_max(x, y):
+        return ops.maximum(x, ops.broadcast_to(y, x.shape))
+
+    for case, fn in (("maximum_broadcast_operand", broadcast_max), ("maximum_broadcast_to_first", full_size_max)):
+        seconds = _time(lambda: fn(full, small).asnumpy())
+        emit({"bench": "cpu_ops", "case": case, "shape": list(pairs), "operand": list(row), "mindspore": version,
+              "seconds": round(seconds, 5)})
 
 
 if __name__ == "__main__":
