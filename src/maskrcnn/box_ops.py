@@ -57,9 +57,10 @@ def _pair_shape(a_shape, b_shape):
 def broadcast_pair(a_values, b_values, shape):
     """``a_values [..., N]`` and ``b_values [..., M]`` both broadcast to ``shape`` ``[..., N, M]``.
 
-    MindSpore's CPU kernels are ~20x slower on an element-wise op that broadcasts an operand
-    than on equal shapes (BENCHMARKS.md, "broadcasting"): the pairwise tensors (anchors x ground
-    truth, [B, A, N]) are made full-size once and every later op runs on equal shapes.
+    MindSpore's CPU kernels are ~11x slower on an element-wise op that broadcasts an operand
+    than on equal shapes, the ``broadcast_to`` included (BENCHMARKS.md, "Broadcasting
+    element-wise ops"): the pairwise tensors (anchors x ground truth, [B, A, N]) are made
+    full-size once and every later op runs on equal shapes.
     """
     return (ops.broadcast_to(ops.expand_dims(a_values, -1), shape),
             ops.broadcast_to(ops.expand_dims(b_values, -2), shape))
