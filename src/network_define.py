@@ -57,7 +57,7 @@ class WithLossCell(nn.Cell):
 # Per-gradient graph functions, mapped over the gradient tuple with HyperMap. (A Python loop or
 # comprehension over ~200 gradients builds a list one append at a time, each append a copy of
 # the list: the training graph had 5x the nodes and compiled in 48 s instead of 29 s;
-# BENCHMARKS.md, "The gradient loops that cost half the compile".)
+# BENCHMARKS.md, "The gradient loops that cost 40% of the compile".)
 _square_sum = ops.MultitypeFuncGraph("square_sum")
 _scale_grad = ops.MultitypeFuncGraph("scale_grad")
 _map = ops.HyperMap()
