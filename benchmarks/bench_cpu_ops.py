@@ -7,7 +7,9 @@ that runs ~100x slower on MindSpore 2.9/2.10 from PyPI on AVX-512 machines), a R
 3x3 256->256 convolution, its forward+backward, a 2048^3 MatMul (the practical peak), and an
 element-wise Maximum on the RPN's anchors x ground-truth shape at 384x640 ([2, 61380, 16]) with
 one operand broadcast ([2, 1, 16]) and with equal shapes (the operand made full-size first with
-``broadcast_to``, as ``box_ops.broadcast_pair`` does).
+``broadcast_to``, as ``box_ops.broadcast_pair`` does), and the forward + backward of the stem's
+3x3/2 max-pool ([2, 64, 192, 320]) and of the FPN's 2x nearest upsampling ([2, 256, 48, 80]) with
+MindSpore's kernels and with the project's C kernels (``src/maskrcnn/cpu_ops.py``).
 """
 
 import time
@@ -91,6 +93,42 @@ def main():
         seconds = _time(lambda: fn(full, small).asnumpy())
         emit({"bench": "cpu_ops", "case": case, "shape": list(pairs), "operand": list(row), "mindspore": version,
               "seconds": round(seconds, 5)})
+
+    _pool_and_upsample_cases(version, rng)
+
+
+def _pool_and_upsample_cases(version, rng):
+    """The stem max-pool and the FPN's 2x nearest upsampling at 384x640, forward + backward:
+    MindSpore's kernels against the C kernels in pyfunc ops (``src/maskrcnn/cpu_ops.py``)."""
+    import mindspore as ms
+    from mindspore import Tensor, nn, ops
+
+    from src.maskrcnn.cpu_ops import CpuMaxPool2d, upsample_nearest_op
+
+    class Weighted(nn.Cell):
+        def __init__(self, op, weights):
+            super().__init__()
+            self.op, self.weights = op, weights
+
+        def construct(self, x):
+            return (self.op(x) * self.weights).sum()
+
+    class Nearest2x(nn.Cell):
+        def construct(self, x):
+            return ops.interpolate(x, size=(2 * x.shape[2], 2 * x.shape[3]), mode="nearest")
+
+    stem, top_down = (2, 64, 192, 320), (2, 256, 48, 80)
+    cases = (("stem_max_pool_native", nn.MaxPool2d(3, 2, pad_mode="same"), stem),
+             ("stem_max_pool_cpu_kernel", CpuMaxPool2d(3, 2, "same"), stem),
+             ("upsample_nearest_2x_native", Nearest2x(), top_down),
+             ("upsample_nearest_2x_cpu_kernel", upsample_nearest_op(2), top_down))
+    for case, op, shape in cases:
+        x = Tensor(rng.standard_normal(shape, dtype=np.float32))
+        weights = Tensor(rng.standard_normal(op(x).shape, dtype=np.float32))
+        grad = ms.jit(ops.grad(Weighted(op, weights)))
+        seconds = _time(lambda: grad(x)[0, 0, 0, :2].asnumpy())
+        emit({"bench": "cpu_ops", "case": case, "shape": list(shape), "fwd_bwd": True, "mindspore": version,
+              "seconds": round(seconds, 4)})
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@
   outputs are cast back to float32 before the losses, box decoding, proposal/detection NMS and
   mask paste, which always run in float32 (``Mask_Rcnn_Resnet50._features`` / ``_box_head`` /
   ``_mask_logits``). "auto" means float16 on Ascend and float32 elsewhere.
-- RoIAlign kernel (:func:`roi_align_kernel`): the sparse SciPy ``pyfunc`` op on the CPU (fast
-  training), the native ``ops.ROIAlign`` on Ascend/GPU and whenever the graph is exported
+- Op kernels (:func:`op_kernels`): on the CPU, RoIAlign, the stem's max-pool and the FPN's
+  nearest upsampling run C kernels in ``pyfunc`` ops (``src/maskrcnn/cpu_ops.py``; fast
+  training); on Ascend/GPU and whenever the graph is exported they are MindSpore's native ops
   (a ``pyfunc`` op cannot be stored in a MindIR). Decided from the config (never from the
   MindSpore context, which may not be set yet) and passed to ``MultiLevelRoIAlign(kernel=...)``
   by the builder.
@@ -23,11 +24,11 @@ from typing import Dict
 FLOAT16_CELLS = ("backbone", "fpn", "rpn_head", "box_head", "mask_head")
 
 
-def roi_align_kernel(config, for_export: bool = False) -> str:
-    """``"native"`` for export and for Ascend/GPU, ``"sparse"`` for the CPU backend."""
+def op_kernels(config, for_export: bool = False) -> str:
+    """``"native"`` for export and for Ascend/GPU, ``"cpu"`` for the CPU backend."""
     if for_export or config.device_target != "CPU":
         return "native"
-    return "sparse"
+    return "cpu"
 
 
 def planned_dtypes(config) -> Dict[str, str]:

@@ -152,7 +152,7 @@ _compile_cache_used = False
 
 
 def source_digest(paths: Sequence[str] = ()) -> str:
-    """SHA-256 over the ``.py`` files of src/ (recursively) and the extra files ``paths``.
+    """SHA-256 over the ``.py`` and ``.c`` files of src/ (recursively) and the extra files ``paths``.
 
     Args:
         paths: further files (e.g. the entry script); missing ones are skipped.
@@ -163,7 +163,7 @@ def source_digest(paths: Sequence[str] = ()) -> str:
     files = []
     for folder, subfolders, names in os.walk(SOURCE_DIR):
         subfolders[:] = sorted(d for d in subfolders if d != "__pycache__")
-        files.extend(os.path.join(folder, name) for name in sorted(names) if name.endswith(".py"))
+        files.extend(os.path.join(folder, name) for name in sorted(names) if name.endswith((".py", ".c")))
     files.extend(os.path.abspath(p) for p in paths if os.path.isfile(p))
     digest = hashlib.sha256()
     for path in files:
@@ -192,9 +192,13 @@ def compile_cache_folder(config, purpose: str, graph_inputs: Optional[dict] = No
         return None
     import mindspore as ms
 
+    from src.maskrcnn import cpu_kernels
+
     settings = {key: value for key, value in config.to_dict().items() if key not in COMPILE_CACHE_IGNORED_KEYS}
+    # Whether the C kernels could be built decides which ops the CPU graph holds.
     material = json.dumps({"config": settings, "graph_inputs": graph_inputs or {}, "mindspore": ms.__version__,
-                           "source": source_digest([entry_file] if entry_file else [])}, sort_keys=True)
+                           "source": source_digest([entry_file] if entry_file else []),
+                           "c_kernels": config.device_target == "CPU" and cpu_kernels.available()}, sort_keys=True)
     key = hashlib.sha256(material.encode("utf-8")).hexdigest()[:16]
     from src.config import resolve_path
 

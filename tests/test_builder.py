@@ -16,9 +16,9 @@ def _config(**changes):
     return load_config(overrides=dict(SMALL, **changes))
 
 
-@pytest.mark.parametrize("device, for_export, kernel", [("CPU", False, "sparse"), ("CPU", True, "native"),
+@pytest.mark.parametrize("device, for_export, kernel", [("CPU", False, "cpu"), ("CPU", True, "native"),
                                                         ("GPU", False, "native")])
-def test_roi_align_kernel_comes_from_the_config_not_the_context(device, for_export, kernel):
+def test_op_kernels_comes_from_the_config_not_the_context(device, for_export, kernel):
     previous = ms.get_context("device_target")
     ms.set_context(device_target="CPU")  # the context never decides: a GPU config still gets "native"
     try:
@@ -26,6 +26,9 @@ def test_roi_align_kernel_comes_from_the_config_not_the_context(device, for_expo
     finally:
         ms.set_context(device_target=previous)
     assert net.box_roi_align.kernel == net.mask_roi_align.kernel == kernel
+    # The stem max-pool and the FPN's upsampling follow the same choice.
+    assert type(net.backbone.maxpool).__name__ == ("CpuMaxPool2d" if kernel == "cpu" else "MaxPool2d")
+    assert net.fpn.cpu_upsample == (kernel == "cpu")
 
 
 def test_stage_arguments_come_from_the_config():

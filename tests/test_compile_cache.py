@@ -21,27 +21,32 @@ from src.synthetic import generate
 CACHE_LOADED_MESSAGE = "Use the compilation cache"
 
 
-def test_roi_align_functions_have_process_independent_keys():
+def test_pyfunc_ops_have_process_independent_keys():
     from mindspore.ops.operations._pyfunc_registry import get_pyfunc
 
-    from src.maskrcnn.roi_align import _pyfunc_key, _sparse_roi_align_op
+    from src.maskrcnn import roi_align
+    from src.maskrcnn.cpu_ops import CpuMaxPool2d, pyfunc_key
 
-    op = _sparse_roi_align_op(7, 2)
+    op = roi_align.cpu_roi_align_op(7, 2)
     key = op.attrs["fn_id"]
-    assert key == _pyfunc_key("forward", 7, 2)
+    assert key == pyfunc_key("roi_align.forward", (7, 2), roi_align.__file__)
     assert get_pyfunc(key) is op.func
     assert 0 < key < 2 ** 63
+    pool = CpuMaxPool2d(3, 2, "same").pool
+    assert get_pyfunc(pool.attrs["fn_id"]) is pool.func
     # Another process computes the same keys (id() would differ from process to process).
-    code = ("from src.maskrcnn.roi_align import _pyfunc_key; "
-            "print(_pyfunc_key('forward', 7, 2), _pyfunc_key('backward', 7, 2), _pyfunc_key('forward', 14, 2))")
+    code = ("from src.maskrcnn import roi_align; from src.maskrcnn.cpu_ops import CpuMaxPool2d; "
+            "print(roi_align.cpu_roi_align_op(7, 2).attrs['fn_id'], roi_align.cpu_roi_align_op(14, 2).attrs['fn_id'], "
+            "CpuMaxPool2d(3, 2, 'same').pool.attrs['fn_id'], CpuMaxPool2d(3, 2, 1).pool.attrs['fn_id'])")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True,
                          env=dict(os.environ, PYTHONPATH=REPO_ROOT)).stdout.split()
-    here = [_pyfunc_key("forward", 7, 2), _pyfunc_key("backward", 7, 2), _pyfunc_key("forward", 14, 2)]
+    here = [key, roi_align.cpu_roi_align_op(14, 2).attrs["fn_id"], pool.attrs["fn_id"],
+            CpuMaxPool2d(3, 2, 1).pool.attrs["fn_id"]]
     assert [int(v) for v in out] == here
-    assert len(set(here)) == 3
+    assert len(set(here)) == 4
 
 
-def test_cache_folder_follows_what_shapes_the_graph():
+def test_cache_folder_follows_what_shapes_the_graph(monkeypatch):
     config = load_config()
     base = compile_cache_folder(config, "train")
     assert base.startswith(os.path.join(REPO_ROOT, "FineTune", ".compile_cache", "train-"))
@@ -55,6 +60,12 @@ def test_cache_folder_follows_what_shapes_the_graph():
     same = config.replace(run_dir="elsewhere", coco_root="other", flip_ratio=0.0, num_parallel_workers=1)
     assert compile_cache_folder(same, "train") == base
     assert set(COMPILE_CACHE_IGNORED_KEYS) <= set(config.to_dict())
+    # A machine that cannot build the C kernels gets graphs without them: another folder.
+    from src.maskrcnn import cpu_kernels
+
+    monkeypatch.setattr(cpu_kernels, "available", lambda: False)
+    assert compile_cache_folder(config, "train") != base
+    monkeypatch.undo()
     # null or "" turns the cache off.
     assert compile_cache_folder(config.replace(compile_cache_dir=None), "train") is None
     assert compile_cache_folder(config.replace(compile_cache_dir=""), "train") is None

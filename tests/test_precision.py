@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from src.config import load_config
-from src.precision import FLOAT16_CELLS, built_dtypes, planned_dtypes, roi_align_kernel
+from src.precision import FLOAT16_CELLS, built_dtypes, planned_dtypes, op_kernels
 
 LIGHT = {"img_height": 64, "img_width": 64, "fpn_channels": 32, "box_head_channels": 64, "mask_head_channels": 32}
 
@@ -23,11 +23,11 @@ def test_planned_dtypes_follow_the_config(compute_dtype, device, expected):
     assert planned_dtypes(config) == {name: expected for name in FLOAT16_CELLS}
 
 
-def test_roi_align_kernel_is_chosen_explicitly():
+def test_op_kernels_is_chosen_explicitly():
     cpu = load_config(None, {"device_target": "CPU"})
-    assert roi_align_kernel(cpu) == "sparse"
-    assert roi_align_kernel(cpu, for_export=True) == "native"
-    assert roi_align_kernel(load_config(None, {"device_target": "Ascend"})) == "native"
+    assert op_kernels(cpu) == "cpu"
+    assert op_kernels(cpu, for_export=True) == "native"
+    assert op_kernels(load_config(None, {"device_target": "Ascend"})) == "native"
 
 
 @pytest.fixture(scope="module")

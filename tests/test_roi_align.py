@@ -73,7 +73,7 @@ def test_roi_levels_exact(mode):
 
 def test_multilevel_matches_numpy_reference(mode):
     features = _features()
-    pool = MultiLevelRoIAlign(OUT, SAMPLING, STRIDES, kernel="sparse")
+    pool = MultiLevelRoIAlign(OUT, SAMPLING, STRIDES, kernel="cpu")
     out = pool(tuple(Tensor(f) for f in features), Tensor(ROIS)).asnumpy()
     assert out.shape == (6, 2, OUT, OUT)
     for b in range(2):
@@ -85,7 +85,7 @@ def test_multilevel_matches_numpy_reference(mode):
 
 def test_roi_outside_the_map_is_clipped_to_it(mode):
     features = tuple(Tensor(f) for f in _features(batch=1))
-    pool = MultiLevelRoIAlign(OUT, SAMPLING, STRIDES, kernel="sparse")
+    pool = MultiLevelRoIAlign(OUT, SAMPLING, STRIDES, kernel="cpu")
     # 90 x 90 (P2) box hanging over the top-left corner: pooled as its part inside the map.
     outside = pool(features, Tensor(np.array([[[-30, -40, 60, 50]]], np.float32))).asnumpy()
     expected = reference_roi_align(_features(batch=1)[0][0], [0, 0, 60, 50], 4, OUT, SAMPLING)
@@ -95,7 +95,7 @@ def test_roi_outside_the_map_is_clipped_to_it(mode):
 class _WeightedSum(nn.Cell):
     def __init__(self):
         super().__init__()
-        self.pool = MultiLevelRoIAlign(OUT, SAMPLING, STRIDES, kernel="sparse")
+        self.pool = MultiLevelRoIAlign(OUT, SAMPLING, STRIDES, kernel="cpu")
 
     def construct(self, p2, p3, p4, p5, rois, weights):
         return (self.pool((p2, p3, p4, p5), rois) * weights).sum()
@@ -134,12 +134,12 @@ def test_gradient_reaches_only_the_roi_level(graph_mode):
 
 def test_bad_strides_message():
     with pytest.raises(ValueError, match=r"strides must double level by level"):
-        MultiLevelRoIAlign(7, 2, (4, 8, 12), kernel="sparse")
+        MultiLevelRoIAlign(7, 2, (4, 8, 12), kernel="cpu")
 
 
-def test_cpu_sparse_kernel_matches_the_native_op_forward_and_gradient():
-    """The CPU path (sparse interpolation matrix) computes exactly what ops.ROIAlign computes."""
-    from src.maskrcnn.roi_align import _sparse_roi_align_op
+def test_cpu_kernel_matches_the_native_op_forward_and_gradient():
+    """The CPU op (sparse interpolation matrix) computes exactly what ops.ROIAlign computes."""
+    from src.maskrcnn.roi_align import cpu_roi_align_op
 
     ms.set_context(mode=ms.GRAPH_MODE)
     rng = np.random.default_rng(3)
@@ -167,8 +167,8 @@ def test_cpu_sparse_kernel_matches_the_native_op_forward_and_gradient():
         def construct(self, feature, boxes):
             return self.grad(self.loss)(feature, boxes)
 
-    native, sparse = ops.ROIAlign(5, 5, 1.0, 2, 1), _sparse_roi_align_op(5, 2)
-    np.testing.assert_allclose(Loss(sparse)(features, Tensor(rois)).asnumpy(),
+    native, cpu = ops.ROIAlign(5, 5, 1.0, 2, 1), cpu_roi_align_op(5, 2)
+    np.testing.assert_allclose(Loss(cpu)(features, Tensor(rois)).asnumpy(),
                                Loss(native)(features, Tensor(rois)).asnumpy(), rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(Grad(Loss(sparse))(features, Tensor(rois)).asnumpy(),
+    np.testing.assert_allclose(Grad(Loss(cpu))(features, Tensor(rois)).asnumpy(),
                                Grad(Loss(native))(features, Tensor(rois)).asnumpy(), rtol=1e-5, atol=1e-5)

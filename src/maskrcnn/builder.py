@@ -4,7 +4,7 @@ Every stage Cell is built here from explicit arguments (so each can also be buil
 without a Config), in a fixed order (the random initialisation of the layers depends on it),
 then :class:`~src.maskrcnn.mask_rcnn.Mask_Rcnn_Resnet50` wires them. The numerics preset
 (``config.numerics``, ``src/maskrcnn/numerics.py``) is resolved here and each stage gets its
-part; the device-dependent choices (compute dtype, RoIAlign kernel) come from
+part; the device-dependent choices (compute dtype, op kernels) come from
 ``src/precision.py``.
 """
 
@@ -23,7 +23,7 @@ from src.maskrcnn.resnet50 import FEATURE_STRIDES, STAGE_OUT_CHANNELS, ResNet50
 from src.maskrcnn.roi_align import MultiLevelRoIAlign
 from src.maskrcnn.roi_heads import BoxHead, BoxPostProcessor, RCNNTargets
 from src.maskrcnn.rpn import RPN_BOX_STDS, RPNHead, RPNTargets
-from src.precision import FLOAT16_CELLS, roi_align_kernel
+from src.precision import FLOAT16_CELLS, op_kernels
 
 
 def build_model(config, pretrained_backbone: bool = False, for_export: bool = False) -> Mask_Rcnn_Resnet50:
@@ -34,7 +34,7 @@ def build_model(config, pretrained_backbone: bool = False, for_export: bool = Fa
         pretrained_backbone: True when a pretrained ResNet50 will be loaded: frozen BatchNorm
             (moving statistics, not trained) and the stem + ``config.frozen_backbone_stages``
             stages frozen. False (random init): trainable BatchNorm with batch statistics.
-        for_export: only graph-exportable kernels (see ``src.precision.roi_align_kernel``).
+        for_export: only graph-exportable kernels (see ``src.precision.op_kernels``).
 
     Returns:
         ``Mask_Rcnn_Resnet50``; with ``config.compute_float16`` the cells of
@@ -47,13 +47,14 @@ def build_model(config, pretrained_backbone: bool = False, for_export: bool = Fa
     input_size = (config.img_height, config.img_width)
     # The model zoo clips decoded boxes to the padded input, the others to the image.
     clip_to_input = input_size if numerics.clip_to == "input" else None
-    kernel = roi_align_kernel(config, for_export)
+    kernel = op_kernels(config, for_export)
 
     if pretrained_backbone:
-        backbone = ResNet50(config.frozen_backbone_stages, norm="frozen", stem_pool=numerics.stem_pool)
+        backbone = ResNet50(config.frozen_backbone_stages, norm="frozen", stem_pool=numerics.stem_pool,
+                            kernel=kernel)
     else:
-        backbone = ResNet50(0, norm="batch", stem_pool=numerics.stem_pool)
-    fpn = FPN(STAGE_OUT_CHANNELS, out_channels=channels, upsample=numerics.fpn_upsample)
+        backbone = ResNet50(0, norm="batch", stem_pool=numerics.stem_pool, kernel=kernel)
+    fpn = FPN(STAGE_OUT_CHANNELS, out_channels=channels, upsample=numerics.fpn_upsample, kernel=kernel)
     rpn_head = RPNHead(channels, config.num_anchors_per_location)
     box_head = BoxHead(channels, config.roi_box_size, config.box_head_channels, num_classes)
     mask_head = MaskHead(channels, config.mask_head_channels, num_classes)

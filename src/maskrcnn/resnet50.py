@@ -13,6 +13,8 @@ from typing import Tuple
 import mindspore.nn as nn
 from mindspore.common.initializer import HeNormal, initializer
 
+from src.maskrcnn import cpu_kernels
+from src.maskrcnn.cpu_ops import CpuMaxPool2d
 from src.maskrcnn.numerics import STEM_POOL_MODES, check_choice
 
 # Output channels of the four bottleneck stages and their block counts (ResNet50).
@@ -59,18 +61,23 @@ def _norm(channels: int, norm: str, zero_gamma: bool = False) -> nn.BatchNorm2d:
                           gamma_init="zeros" if zero_gamma else "ones")
 
 
-def stem_max_pool(stem_pool: str = "same") -> nn.MaxPool2d:
+def stem_max_pool(stem_pool: str = "same", kernel: str = "native") -> nn.Cell:
     """The stem's 3x3 stride-2 max-pool.
 
     Args:
         stem_pool: ``"same"``: TF-style padding (on an even size 0 before, 1 after; window i covers
             rows 2i..2i+2); ``"symmetric"``: padding 1 on every side (window i covers rows
             2i-1..2i+1), as torchvision's ``MaxPool2d(3, 2, padding=1)``.
+        kernel: ``"cpu"``: the C kernel (``cpu_ops.CpuMaxPool2d``; MindSpore's CPU MaxPoolGrad
+            takes ~150 ms per step at 384x640) when it can be built, else as ``"native"``:
+            ``nn.MaxPool2d``. Same values either way.
 
     Returns:
-        ``nn.MaxPool2d`` mapping ``[B, C, H, W]`` to ``[B, C, ceil(H/2), ceil(W/2)]`` (even H, W).
+        A Cell mapping ``[B, C, H, W]`` to ``[B, C, ceil(H/2), ceil(W/2)]`` (even H, W).
     """
     check_choice("ResNet50", "stem_pool", stem_pool, STEM_POOL_MODES)
+    if kernel == "cpu" and cpu_kernels.available():
+        return CpuMaxPool2d(3, 2, 1 if stem_pool == "symmetric" else "same")
     if stem_pool == "symmetric":
         return nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="pad", padding=1)
     return nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="same")
@@ -123,6 +130,7 @@ class ResNet50(nn.Cell):
         stem_pool: padding of the stem's 3x3/2 max-pool: ``"same"`` (TF style, 0 before and 1
             after on even sizes) or ``"symmetric"`` (1 on every side, torchvision); see
             ``src/maskrcnn/numerics.py``.
+        kernel: the stem max-pool's kernel, ``"native"`` or ``"cpu"`` (:func:`stem_max_pool`).
 
     Inputs:
         image [B, 3, H, W] float, H and W multiples of 32.
@@ -132,7 +140,7 @@ class ResNet50(nn.Cell):
         [B, 2048, H/32, W/32].
     """
 
-    def __init__(self, frozen_stages: int = 0, norm: str = "batch", stem_pool: str = "same"):
+    def __init__(self, frozen_stages: int = 0, norm: str = "batch", stem_pool: str = "same", kernel: str = "native"):
         super().__init__()
         check_choice("ResNet50", "stem_pool", stem_pool, STEM_POOL_MODES)
         if norm not in NORM_MODES:
@@ -144,7 +152,7 @@ class ResNet50(nn.Cell):
         self.bn1 = _norm(STEM_CHANNELS, norm)
         self.relu = nn.ReLU()
         self.stem_pool = stem_pool
-        self.maxpool = stem_max_pool(stem_pool)
+        self.maxpool = stem_max_pool(stem_pool, kernel)
         in_channels = STEM_CHANNELS
         stages = []
         for out_channels, blocks, stride in zip(STAGE_OUT_CHANNELS, STAGE_BLOCKS, STAGE_STRIDES):

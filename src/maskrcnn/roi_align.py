@@ -32,19 +32,19 @@ CPU speed: MindSpore's CPU ROIAlign kernel (and above all its gradient) is slow:
 forward + backward of 1024 RoIs of 7x7x256. On the CPU backend this module therefore runs the
 same arithmetic as a sparse interpolation matrix (``sparse_roi_align_matrix``): each output cell
 is a weighted sum of at most 16 feature cells, so the forward is ``W @ F`` and the gradient
-``W.T @ dOut`` (SciPy, in a ``pyfunc`` Custom op), ~8x faster. Ascend and GPU use the native op.
+``W.T @ dOut`` (SciPy, in a ``pyfunc`` Custom op: :func:`cpu_roi_align_op`), ~8x faster. A plain
+C loop over the NCHW maps (as ``src/maskrcnn/cpu_kernels.c`` does for other ops) was measured no
+faster: SciPy's product runs vectorised over the 256 channels. Ascend and GPU use the native op.
 """
 
-import hashlib
 import math
 
 import mindspore as ms
 import numpy as np
 import scipy.sparse
 from mindspore import nn, ops
-# The registry MindSpore's CPU pyfunc kernel looks functions up in (see _stable_pyfunc).
-from mindspore.ops.operations._pyfunc_registry import add_pyfunc
 
+from src.maskrcnn.cpu_ops import pyfunc_key, stable_pyfunc
 from src.maskrcnn.numerics import ROI_ALIGN_MODES, ROI_LEVEL_RULES, check_choice
 
 # Canonical box size and level of the FPN paper's level-assignment rule.
@@ -52,8 +52,8 @@ CANONICAL_BOX_SIZE = 224.0
 CANONICAL_LEVEL = 4
 MIN_LEVEL = 2
 MAX_LEVEL = 5
-# "sparse": SciPy pyfunc op (CPU training speed); "native": ops.ROIAlign (exportable).
-ROI_ALIGN_KERNELS = ("sparse", "native")
+# "cpu": the SciPy pyfunc op (CPU training speed); "native": ops.ROIAlign (exportable).
+ROI_ALIGN_KERNELS = ("cpu", "native")
 # Keeps log2 finite for empty (padding) RoIs; they land on the finest level.
 _EPS = 1e-6
 # The model zoo's rule is written with its finest scale (level 2 below 2 * 56 = 112 pixels).
@@ -150,47 +150,15 @@ def sparse_roi_align_matrix(rois, feature_shape, out_size, sampling_ratio):
                                    shape=(num_rois * out_size * out_size, batch * height * width))
 
 
-def _pyfunc_key(role, out_size, sampling_ratio):
-    """A key for a ``pyfunc`` op's function that is the same in every process running this code.
-
-    MindSpore registers a ``pyfunc`` under ``id(func)`` and stores that number in the graph
-    (primitive attribute ``fn_id``); a graph restored from the compile cache in a new process
-    then names a function that does not exist there. This key is derived from what the
-    function computes: its role, its parameters and the source of this module (a change of
-    the arithmetic gives a new key).
-
-    Args:
-        role: ``"forward"`` or ``"backward"``.
-        out_size, sampling_ratio: the op's parameters.
-
-    Returns:
-        A positive int below 2**62 (MindSpore stores the attribute as int64).
-    """
-    with open(__file__, "rb") as handle:
-        source_digest = hashlib.sha256(handle.read()).hexdigest()
-    text = f"{__name__}.sparse_roi_align.{role}:{out_size}:{sampling_ratio}:{source_digest}"
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") >> 2
-
-
-def _stable_pyfunc(func, key, **custom_kwargs):
-    """``ops.Custom(func, func_type="pyfunc", ...)`` registered under ``key`` instead of ``id(func)``.
-
-    Registering the function in the op's constructor (every process builds the network before
-    its graph runs) is what makes a cached graph runnable: the graph's ``fn_id`` attribute is
-    ``key``, and this process's registry maps ``key`` to ``func``.
-    """
-    op = ops.Custom(func, func_type="pyfunc", **custom_kwargs)
-    add_pyfunc(key, func)
-    op.add_prim_attr("fn_id", key)
-    return op
-
-
-def _sparse_roi_align_op(out_size, sampling_ratio):
+def cpu_roi_align_op(out_size, sampling_ratio):
     """A ``pyfunc`` Custom op computing ``ops.ROIAlign(out, out, 1.0, sampling_ratio, 1)``.
 
-    Both Python functions (forward and gradient) are registered under content-derived keys
-    (:func:`_pyfunc_key`), so a training graph restored from MindSpore's compile cache runs.
+    The forward is ``W @ F`` and the gradient ``W.T @ dOut`` with ``W`` the sparse interpolation
+    matrix (:func:`sparse_roi_align_matrix`, SciPy). Both functions are registered under
+    content-derived keys (``cpu_ops.pyfunc_key``), so a training graph restored from MindSpore's
+    compile cache runs.
     """
+    params = (int(out_size), int(sampling_ratio))
 
     def forward(features, rois):
         batch, channels, height, width = features.shape
@@ -206,15 +174,15 @@ def _sparse_roi_align_op(out_size, sampling_ratio):
         grad = grad.reshape(batch, height, width, channels).transpose(0, 3, 1, 2)
         return np.ascontiguousarray(grad, dtype=features.dtype)
 
-    backward_op = _stable_pyfunc(backward, _pyfunc_key("backward", out_size, sampling_ratio),
-                                 out_shape=lambda f, r, g: f, out_dtype=lambda f, r, g: f)
+    backward_op = stable_pyfunc(backward, pyfunc_key("roi_align.backward", params, __file__),
+                                out_shape=lambda f, r, g: f, out_dtype=lambda f, r, g: f)
 
     def bprop(features, rois, out, grad_out):
         return backward_op(features, rois, grad_out), ops.zeros_like(rois)
 
-    return _stable_pyfunc(forward, _pyfunc_key("forward", out_size, sampling_ratio),
-                          out_shape=lambda f, r: (r[0], f[1], out_size, out_size),
-                          out_dtype=lambda f, r: f, bprop=bprop)
+    return stable_pyfunc(forward, pyfunc_key("roi_align.forward", params, __file__),
+                         out_shape=lambda f, r: (r[0], f[1], out_size, out_size),
+                         out_dtype=lambda f, r: f, bprop=bprop)
 
 
 def _replicate_border(feature):
@@ -279,7 +247,7 @@ class MultiLevelRoIAlign(nn.Cell):
             RoIs at least one cell); see the module notes.
         level_rule: ``"sqrt_area"``, ``"sqrt_area_plus_one"`` or ``"torchvision"``
             (:func:`roi_levels`).
-        kernel: ``"sparse"`` (the SciPy ``pyfunc`` op, fast on the CPU, cannot go into an
+        kernel: ``"cpu"`` (the SciPy ``pyfunc`` op, fast on the CPU, cannot go into an
             exported MindIR) or ``"native"`` (``ops.ROIAlign``, any device, exportable); the
             network's choice is ``src.precision.roi_align_kernel``.
 
@@ -315,8 +283,8 @@ class MultiLevelRoIAlign(nn.Cell):
         if kernel not in ROI_ALIGN_KERNELS:
             raise ValueError(f"MultiLevelRoIAlign: kernel must be one of {ROI_ALIGN_KERNELS}, got {kernel!r}")
         self.kernel = kernel
-        if kernel == "sparse":
-            self.pool = _sparse_roi_align_op(self.out_size, int(sampling_ratio))
+        if kernel == "cpu":
+            self.pool = cpu_roi_align_op(self.out_size, int(sampling_ratio))
         else:
             self.pool = ops.ROIAlign(self.out_size, self.out_size, 1.0, int(sampling_ratio), 1)
 
