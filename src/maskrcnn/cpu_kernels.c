@@ -18,6 +18,16 @@ static inline float max_or_nan(float a, float b)
     return (b > a || b != b) ? b : a;
 }
 
+/* The cells [*start, *end) of window `index` along an axis of `extent` cells: it starts at
+ * index * stride - pad and spans `size` cells, clipped to the map. */
+static inline void window_cells(int64_t index, int stride, int pad, int size, int64_t extent, int64_t *start,
+                                int64_t *end)
+{
+    int64_t first = index * stride - pad, last = first + size;
+    *start = first < 0 ? 0 : first;
+    *end = last > extent ? extent : last;
+}
+
 /* Max-pool of each [height, width] plane with a size x size window and the given stride: the
  * window of output (i, j) starts at (i * stride - pad_top, j * stride - pad_left) and only its
  * cells inside the map count (padding never wins). Row by row: the column-wise maximum over the
@@ -41,9 +51,8 @@ int64_t max_pool_forward(const float *x, int64_t planes, int64_t height, int64_t
             const float *map = x + p * height * width;
             float *pooled = y + p * out_height * out_width;
             for (int64_t i = 0; i < out_height; ++i) {
-                int64_t top = i * stride - pad_top, bottom = top + size;
-                top = top < 0 ? 0 : top;
-                bottom = bottom > height ? height : bottom;
+                int64_t top, bottom;
+                window_cells(i, stride, pad_top, size, height, &top, &bottom);
                 memcpy(columns, map + top * width, sizeof(float) * (size_t)width);
                 for (int64_t row = top + 1; row < bottom; ++row) {
                     const float *src = map + row * width;
@@ -52,9 +61,8 @@ int64_t max_pool_forward(const float *x, int64_t planes, int64_t height, int64_t
                     }
                 }
                 for (int64_t j = 0; j < out_width; ++j) {
-                    int64_t left = j * stride - pad_left, right = left + size;
-                    left = left < 0 ? 0 : left;
-                    right = right > width ? width : right;
+                    int64_t left, right;
+                    window_cells(j, stride, pad_left, size, width, &left, &right);
                     float best = columns[left];
                     for (int64_t col = left + 1; col < right; ++col) {
                         best = max_or_nan(best, columns[col]);
@@ -82,13 +90,11 @@ int64_t max_pool_backward(const float *x, const float *y, const float *grad_y, i
         float *dst = grad_x + p * height * width;
         memset(dst, 0, sizeof(float) * (size_t)(height * width));
         for (int64_t i = 0; i < out_height; ++i) {
-            int64_t top = i * stride - pad_top, bottom = top + size;
-            top = top < 0 ? 0 : top;
-            bottom = bottom > height ? height : bottom;
+            int64_t top, bottom;
+            window_cells(i, stride, pad_top, size, height, &top, &bottom);
             for (int64_t j = 0; j < out_width; ++j) {
-                int64_t left = j * stride - pad_left, right = left + size;
-                left = left < 0 ? 0 : left;
-                right = right > width ? width : right;
+                int64_t left, right;
+                window_cells(j, stride, pad_left, size, width, &left, &right);
                 float best = pooled[i * out_width + j];
                 int nan = best != best;
                 int64_t winner = -1;

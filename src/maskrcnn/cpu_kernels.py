@@ -56,8 +56,9 @@ def _cache_dir() -> str:
 
 def _compiler() -> Optional[str]:
     for name in (os.environ.get("CC"), "gcc", "cc"):
-        if name and shutil.which(name):
-            return shutil.which(name)
+        path = shutil.which(name) if name else None
+        if path:
+            return path
     return None
 
 

@@ -6,7 +6,7 @@ needs (``benchmarks/profile_step.py`` at 384x640, batch 2; the kernels' own time
 
 - the stem's 3x3 stride-2 max-pool: ``MaxPoolGrad`` ~150 ms per step (:class:`CpuMaxPool2d`);
 - the FPN's nearest 2x upsampling: ``ResizeNearestNeighborV2`` and its gradient ~115 ms per
-  step (:class:`CpuUpsampleNearest`);
+  step (:func:`upsample_nearest_op`);
 - (RoIAlign has its own SciPy ``pyfunc`` op in ``src/maskrcnn/roi_align.py``, registered with
   :func:`pyfunc_key` / :func:`stable_pyfunc` too.)
 
