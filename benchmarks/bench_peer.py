@@ -1,7 +1,7 @@
 """Side by side: this project and torchvision's ``maskrcnn_resnet50_fpn``, same data, same settings.
 
     python benchmarks/bench_peer.py [--peer_python PATH] [--cases train_256x256,train_384x640,ap,eval_384x640]
-        [--steps 10] [--warmup 2] [--budget_steps 192] [--skip_ap] [--out results.jsonl]
+        [--steps 10] [--warmup 2] [--budget_steps 192] [--skip_ap] [--profile_steps 2] [--out results.jsonl]
 
 The peer runs in its own Python (``--peer_python`` or the environment variable ``PEER_PYTHON``),
 never a project requirement; create one with::
@@ -33,6 +33,13 @@ Cases (one JSON line per framework and case, ``"bench": "peer"``):
   mask heads run on real detections, fewer than a random model's).
 - ``eval_HxW``: evaluation images/s of a random-init model over the val images (bench_eval.py's
   definition: steady network + paste-back/RLE time plus COCOeval, the first batch excluded).
+- ``profile_HxW`` (not in the default list): where a training step's time goes, kernel by kernel,
+  summed into the categories of :func:`our_kernel_category` / :func:`peer_kernel_category`
+  (``ms_<category>`` per step, and ``kernel_ms_per_step``). Ours: ``profile_step.py``
+  (MindSpore's profiler, ``--profile_steps`` steps after two, the default recipe's step on one
+  batch of the set); the peer: its training loop (warm-up schedule and clipping, a new batch every
+  step), ``torch.profiler`` self CPU time over its last ``--profile_steps`` of ``--warmup`` +
+  ``--profile_steps`` steps. Both profilers add overhead; compare categories, not wall time.
 
 Differences that remain (each side's own convention): torchvision has no crowd ignore regions
 (crowd annotations are left out of its targets), fills unused positive RoI slots with negatives
@@ -92,7 +99,7 @@ def parse_case(name: str) -> Tuple[str, Optional[Tuple[int, int]]]:
     """``"train_384x640"`` -> ("train", (384, 640)); ``"ap"`` -> ("ap", None).
 
     Raises:
-        ValueError: naming the case, when it is not train_HxW, eval_HxW or ap.
+        ValueError: naming the case, when it is not train_HxW, eval_HxW, profile_HxW or ap.
     """
     if name == "ap":
         return "ap", None
@@ -101,9 +108,69 @@ def parse_case(name: str) -> Tuple[str, Optional[Tuple[int, int]]]:
         height, width = (int(v) for v in size.lower().split("x"))
     except ValueError:
         height = width = 0
-    if kind not in ("train", "eval") or height <= 0 or width <= 0:
-        raise ValueError(f"case '{name}' is not train_HxW, eval_HxW or ap")
+    if kind not in ("train", "eval", "profile") or height <= 0 or width <= 0:
+        raise ValueError(f"case '{name}' is not train_HxW, eval_HxW, profile_HxW or ap")
     return kind, (height, width)
+
+
+KERNEL_CATEGORIES = ("convolution", "batch_norm", "relu", "roi_align", "matmul", "pooling_upsampling", "nms",
+                     "optimizer", "other")
+
+
+def our_kernel_category(op_type: str, full_name: str) -> str:
+    """The category of one of our kernels (MindSpore op type and scope name).
+
+    Convolutions include their bias add and its gradient (torch's convolution kernels do both);
+    the ``pyfunc`` Custom ops are told apart by their Cell scope (RoIAlign, stem max-pool, FPN).
+    """
+    name = full_name.lower()
+    if op_type.startswith("Conv2D") or op_type in ("BiasAdd", "BiasAddGrad"):
+        return "convolution"
+    if op_type.startswith("BatchNorm"):
+        return "batch_norm"
+    if op_type in ("ReLU", "ReluGrad"):
+        return "relu"
+    if op_type == "Custom":
+        return "roi_align" if "roi_align" in name else "pooling_upsampling"
+    if op_type.startswith(("MaxPool", "ResizeNearestNeighbor")):
+        return "pooling_upsampling"
+    if op_type in ("MatMul", "BatchMatMul"):
+        return "matmul"
+    if op_type.startswith("NMS"):
+        return "nms"
+    if op_type.startswith("Apply") or "optimizer" in name:
+        return "optimizer"
+    return "other"
+
+
+def peer_kernel_category(name: str) -> str:
+    """The category of a ``torch.profiler`` op name (an aten / torchvision op or autograd node)."""
+    lower = name.lower()
+    rules = (("convolution", ("convolution",)), ("batch_norm", ("batch_norm", "batchnorm")),
+             ("relu", ("relu", "clamp_min", "threshold_backward")), ("roi_align", ("roi_align",)),
+             ("pooling_upsampling", ("max_pool", "maxpool", "upsample")), ("nms", ("nms",)),
+             ("optimizer", ("optimizer.",)))
+    for category, words in rules:
+        if any(word in lower for word in words):
+            return category
+    if lower in ("aten::mm", "aten::addmm", "aten::bmm") or "mmbackward" in lower:
+        return "matmul"
+    return "other"
+
+
+def category_totals(kernels) -> Dict[str, float]:
+    """``{"ms_<category>": ms per step}`` over ``(category, ms)`` pairs, every category present."""
+    totals = dict.fromkeys(KERNEL_CATEGORIES, 0.0)
+    for category, ms in kernels:
+        totals[category] += ms
+    return {f"ms_{category}": round(ms, 1) for category, ms in totals.items()}
+
+
+def profile_record(kernels, steps: int) -> dict:
+    """The profile case's record from ``(category, ms per step)`` pairs."""
+    kernels = list(kernels)
+    return {"profiled_steps": steps, "kernel_ms_per_step": round(sum(ms for _, ms in kernels), 1),
+            **category_totals(kernels)}
 
 
 def trained_eval_fields(record: dict) -> dict:
@@ -203,22 +270,26 @@ def failure_record(what: str, result: subprocess.CompletedProcess) -> dict:
 
 def eval_speed_record(what: str, result: subprocess.CompletedProcess, version_keys: Sequence[str]) -> dict:
     """The eval-speed fields of the last JSON line a finished eval benchmark printed (or its failure)."""
-    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    if result.returncode or not lines:
+    record = last_json_in(result.stdout)
+    if result.returncode or record is None:
         return failure_record(what, result)
-    record = json.loads(lines[-1])
     keep = ("num_images", "num_detections", "compile_s", "net_s_per_image", "postprocess_s_per_image",
             "cocoeval_s", "images_per_s", *version_keys)
     return {key: record[key] for key in keep if key in record}
 
 
+def last_json_in(text: str) -> Optional[dict]:
+    """The last line of ``text`` that is a JSON object (None without one)."""
+    lines = [line for line in text.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if lines else None
+
+
 def _last_json_line(path: str) -> Optional[dict]:
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
-            lines = [line for line in handle.read().splitlines() if line.startswith("{")]
+            return last_json_in(handle.read())
     except OSError:
         return None
-    return json.loads(lines[-1]) if lines else None
 
 
 def run_and_watch(cmd: Sequence[str], csv_path: str, log_prefix: str, env: dict, stop_after_steps: int = 0) -> dict:
@@ -357,6 +428,21 @@ class Bench:
                                 cwd=REPO_ROOT, env=self.ours_env, capture_output=True, text=True)
         return eval_speed_record("bench_eval.py", result, ("mindspore",))
 
+    def ours_profile(self, canvas: Tuple[int, int]) -> dict:
+        out_dir = self.folder(f"ours_profile_{canvas[0]}x{canvas[1]}")
+        kernels_json = os.path.join(out_dir, "kernels.json")
+        result = subprocess.run([sys.executable, os.path.join("benchmarks", "profile_step.py"), "--image",
+                                 f"{canvas[0]}x{canvas[1]}", "--steps", str(self.args.profile_steps), "--batch",
+                                 str(self.config(canvas).batch_size), "--data_dir", self.data_dir,
+                                 "--kernels_json", kernels_json],
+                                cwd=REPO_ROOT, env=self.ours_env, capture_output=True, text=True)
+        if result.returncode or not os.path.exists(kernels_json):
+            return failure_record("profile_step.py", result)
+        with open(kernels_json, encoding="utf-8") as handle:
+            rows = json.load(handle)
+        return profile_record(((our_kernel_category(kind, name), ms) for kind, name, ms in rows),
+                              self.args.profile_steps)
+
     def _train_record(self, run: dict, needed: int) -> dict:
         """first_step_s, steady_step_s (median after --warmup over the first ``needed`` steps), ..."""
         rows = run["rows"][:needed]
@@ -385,6 +471,24 @@ class Bench:
         record = self._train_record(run, needed)
         result = _last_json_line(run["stdout"]) or {}
         record.update({key: result[key] for key in PEER_VERSION_KEYS if key in result})
+        return record
+
+    def peer_profile(self, canvas: Tuple[int, int]) -> dict:
+        steps = self.args.warmup + self.args.profile_steps
+        out_dir = self.folder(f"peer_profile_{canvas[0]}x{canvas[1]}")
+        epochs = max(1, math.ceil(steps / self.steps_per_epoch()))
+        settings = peer_settings(self.config(canvas), canvas, self.args.threads)
+        cmd = self._peer_cmd("train", settings, out_dir, "--steps", str(steps), "--schedule_steps",
+                             str(epochs * self.steps_per_epoch()), "--profile_steps", str(self.args.profile_steps))
+        result = subprocess.run(cmd, cwd=REPO_ROOT, env=self.peer_env, capture_output=True, text=True)
+        kernels_json = os.path.join(out_dir, "kernels.json")
+        if result.returncode or not os.path.exists(kernels_json):
+            return failure_record("peer", result)
+        with open(kernels_json, encoding="utf-8") as handle:
+            rows = json.load(handle)
+        record = profile_record(((peer_kernel_category(name), ms) for name, ms in rows), self.args.profile_steps)
+        versions = last_json_in(result.stdout) or {}
+        record.update({key: versions[key] for key in PEER_VERSION_KEYS if key in versions})
         return record
 
     def peer_ap(self) -> dict:
@@ -425,6 +529,8 @@ def run_case(bench: Bench, framework: str, case: str) -> dict:
         record = {"budget_steps": bench.args.budget_steps, **(bench.ours_ap() if ours else bench.peer_ap())}
     elif kind == "train":
         record = bench.ours_train(canvas) if ours else bench.peer_train(canvas)
+    elif kind == "profile":
+        record = bench.ours_profile(canvas) if ours else bench.peer_profile(canvas)
     else:
         record = bench.ours_eval(canvas) if ours else bench.peer_eval(canvas)
     versions = {"mindspore": installed_version("mindspore")} if ours else {}
@@ -436,13 +542,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--peer_python", default=os.environ.get(PEER_ENV_VAR, ""),
                         help=f"Python with {PEER_MODULES} (default: ${PEER_ENV_VAR}); absent = peer skipped")
     parser.add_argument("--frameworks", default=f"{OURS},{PEER}", help=f"comma-separated: {OURS}, {PEER}")
-    parser.add_argument("--cases", default=DEFAULT_CASES, help="comma-separated train_HxW, eval_HxW, ap")
+    parser.add_argument("--cases", default=DEFAULT_CASES, help="comma-separated train_HxW, eval_HxW, profile_HxW, ap")
     parser.add_argument("--steps", type=int, default=10, help="train cases: steps timed after the warm-up")
     parser.add_argument("--warmup", type=int, default=2, help="train cases: first steps not timed (compile)")
     parser.add_argument("--budget_steps", type=int, default=192,
                         help="ap case: training steps at 256x256 (a multiple of our steps per epoch)")
     parser.add_argument("--skip_ap", action="store_true", help="leave out the ap case")
     parser.add_argument("--eval_images", type=int, default=30, help="eval cases: val images")
+    parser.add_argument("--profile_steps", type=int, default=2, help="profile cases: profiled steps")
     parser.add_argument("--train_images", type=int, default=100, help="synthetic set: train images")
     parser.add_argument("--val_images", type=int, default=30, help="synthetic set: val images")
     parser.add_argument("--data_dir", default="", help="existing COCO-format set (default: synthetic, generated)")
@@ -463,8 +570,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parse_case(case)
     except ValueError as e:
         parser.error(f"--cases: {e}")
-    if min(args.steps, args.budget_steps, args.eval_images) < 1 or args.warmup < 1:
-        parser.error("--steps, --warmup, --budget_steps and --eval_images must be at least 1")
+    if min(args.steps, args.budget_steps, args.eval_images, args.profile_steps) < 1 or args.warmup < 1:
+        parser.error("--steps, --warmup, --budget_steps, --eval_images and --profile_steps must be at least 1")
     if any(parse_case(c)[0] == "eval" for c in cases) and args.eval_images < 4:
         parser.error("--eval_images must cover at least two batches of 2 (the first one is not timed)")
 

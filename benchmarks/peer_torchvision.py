@@ -6,12 +6,14 @@ with a settings JSON written from the project's config (``--settings``), so that
 (canvas, normalisation, sample counts, optimiser, schedule, flip) comes from one place:
 
     PEER_PYTHON benchmarks/peer_torchvision.py train --settings S.json --out DIR --steps N
-        [--schedule_steps N] [--evaluate]
+        [--schedule_steps N] [--evaluate] [--profile_steps K]
     PEER_PYTHON benchmarks/peer_torchvision.py eval_speed --settings S.json --out DIR [--num_images 30]
 
 ``train`` writes ``DIR/losses.csv`` (one row per finished step, flushed: ``epoch, step, total,``
 torchvision's five losses, ``lr, step_seconds``) and, with ``--evaluate``, evaluates on the val
-split afterwards. Both modes print one JSON line as their last stdout line.
+split afterwards; with ``--profile_steps K`` the last K steps run under ``torch.profiler`` and
+``DIR/kernels.json`` receives ``[[op name, self CPU ms per step], ...]``. Both modes print one
+JSON line as their last stdout line.
 
 The model is ``maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)``: random init,
 trainable BatchNorm with batch statistics, all five backbone stages trained (what the project
@@ -348,8 +350,11 @@ def _split(settings: dict, name: str, training: bool) -> CocoSplit:
                      settings["classes"][1:], training, settings["max_instance_count"], settings["flip_ratio"])
 
 
-def train(settings: dict, out_dir: str, steps: int, schedule_steps: int):
+def train(settings: dict, out_dir: str, steps: int, schedule_steps: int, profile_steps: int = 0):
     """Train ``steps`` steps (rates of a ``schedule_steps`` run); rows go to ``out_dir/losses.csv``.
+
+    The last ``profile_steps`` steps run under ``torch.profiler`` (CPU, self time per op name),
+    written to ``out_dir/kernels.json`` as ``[[name, ms per step], ...]``.
 
     Returns:
         (model, record): record has steps_per_epoch, steps_done, error (None or one line).
@@ -369,6 +374,7 @@ def train(settings: dict, out_dir: str, steps: int, schedule_steps: int):
     loader = _loader(split, settings, shuffle=True)
     os.makedirs(out_dir, exist_ok=True)
     step, epoch, error = 0, 0, None
+    profiler = None
     with open(os.path.join(out_dir, "losses.csv"), "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["epoch", "step", "total", *LOSS_COLUMNS, "lr", "step_seconds"])
@@ -376,6 +382,9 @@ def train(settings: dict, out_dir: str, steps: int, schedule_steps: int):
         while step < steps and error is None:
             epoch += 1
             for images, targets in loader:
+                if profile_steps and step == steps - profile_steps:
+                    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+                    profiler.start()
                 rate = rates[min(step, len(rates) - 1)]
                 for group in optimizer.param_groups:
                     group["lr"] = rate
@@ -398,6 +407,13 @@ def train(settings: dict, out_dir: str, steps: int, schedule_steps: int):
                     break
                 if step >= steps:
                     break
+    if profiler is not None:
+        profiler.stop()
+        profiled = step - (steps - profile_steps)
+        kernels = [[event.key, event.self_cpu_time_total / 1000.0 / max(profiled, 1)]
+                   for event in profiler.key_averages() if event.self_cpu_time_total > 0]
+        with open(os.path.join(out_dir, "kernels.json"), "w", encoding="utf-8") as handle:
+            json.dump(kernels, handle)
     return model, {"steps_per_epoch": steps_per_epoch, "steps_done": step, "error": error}
 
 
@@ -479,6 +495,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--schedule_steps", type=int, default=0,
                         help="train: length of the LR schedule (default --steps)")
     parser.add_argument("--evaluate", action="store_true", help="train: evaluate on the val split afterwards")
+    parser.add_argument("--profile_steps", type=int, default=0,
+                        help="train: profile the last K steps into OUT/kernels.json")
     parser.add_argument("--num_images", type=int, default=0, help="eval_speed: val images (0 = all)")
     parser.add_argument("--save_weights", default="", help="train: save the trained state dict here")
     parser.add_argument("--weights", default="", help="eval_speed: load this state dict (default: random init)")
@@ -497,7 +515,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     record = dict(_versions())
     if args.mode == "train":
         start = time.perf_counter()
-        model, outcome = train(settings, args.out, args.steps, args.schedule_steps or args.steps)
+        model, outcome = train(settings, args.out, args.steps, args.schedule_steps or args.steps,
+                               min(max(args.profile_steps, 0), args.steps))
         record.update(outcome, train_s=round(time.perf_counter() - start, 1))
         if outcome["error"] is None and args.evaluate:
             start = time.perf_counter()

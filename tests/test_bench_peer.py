@@ -58,13 +58,14 @@ def test_peer_python_without_torch_is_skipped(tmp_path):
 def test_bad_case_is_a_one_line_error():
     result = _run_bench(["--cases", "train_256", "--peer_python", "/nonexistent"])
     assert result.returncode == 2
-    assert "case 'train_256' is not train_HxW, eval_HxW or ap" in result.stderr
+    assert "case 'train_256' is not train_HxW, eval_HxW, profile_HxW or ap" in result.stderr
 
 
 def test_parse_case():
     assert bench_peer.parse_case("train_384x640") == ("train", (384, 640))
     assert bench_peer.parse_case("eval_768x1280") == ("eval", (768, 1280))
     assert bench_peer.parse_case("ap") == ("ap", None)
+    assert bench_peer.parse_case("profile_384x640") == ("profile", (384, 640))
     for bad in ("train", "eval_0x64", "speed_256x256", "train_axb"):
         with pytest.raises(ValueError, match=bad):
             bench_peer.parse_case(bad)
@@ -190,3 +191,69 @@ def test_trained_eval_fields_name_the_canvas_and_keep_speed_or_error():
                       "trained_eval_384x640_num_detections": 508}
     assert bench_peer.trained_eval_fields({"error": "bench_eval.py exit 1"}) == {
         "trained_eval_384x640_error": "bench_eval.py exit 1"}
+
+
+# Kernel names as the two profilers report them (a MindSpore 2.7.2 CPU profile of our training step
+# and torch.profiler's key_averages() of torchvision's, both at 384x640).
+OUR_KERNELS = [
+    ("Conv2DBackpropFilter", "Gradients/Default/network-WithLossCell/net-Mask_Rcnn_Resnet50/mask_head-MaskHead/"
+                             "conv4-Conv2d/Grad_Conv2D/Conv2DBackpropFilter-op3", "convolution"),
+    ("Conv2D", "Default/network-WithLossCell/net-Mask_Rcnn_Resnet50/backbone-ResNet50/conv1-Conv2d/Conv2D-op0",
+     "convolution"),
+    ("BiasAddGrad", "Gradients/Default/network-WithLossCell/net-Mask_Rcnn_Resnet50/mask_head-MaskHead/"
+                    "mask_logits-Conv2d/Grad_BiasAdd/BiasAddGrad-op1", "convolution"),
+    ("BatchNormGrad", "Gradients/Default/network-WithLossCell/net-Mask_Rcnn_Resnet50/backbone-ResNet50/"
+                      "bn1-BatchNorm2d/Grad_BatchNorm/BatchNormGrad-op2", "batch_norm"),
+    ("ReluGrad", "Gradients/Default/network-WithLossCell/net-Mask_Rcnn_Resnet50/mask_head-MaskHead/relu-ReLU/"
+                 "Grad_ReLU/ReluGrad-op5", "relu"),
+    ("Custom", "Gradients/Default/network-WithLossCell/net-Mask_Rcnn_Resnet50/box_roi_align-MultiLevelRoIAlign/"
+               "Grad_Custom/Custom-op1", "roi_align"),
+    ("Custom", "Default/network-WithLossCell/net-Mask_Rcnn_Resnet50/mask_roi_align-MultiLevelRoIAlign/Custom-op4",
+     "roi_align"),
+    ("Custom", "Default/network-WithLossCell/net-Mask_Rcnn_Resnet50/backbone-ResNet50/maxpool-CpuMaxPool2d/"
+               "Custom-op0", "pooling_upsampling"),
+    ("Custom", "Gradients/Default/network-WithLossCell/net-Mask_Rcnn_Resnet50/fpn-FPN/Grad_Custom/Custom-op2",
+     "pooling_upsampling"),
+    ("MaxPool", "Default/network-WithLossCell/net-Mask_Rcnn_Resnet50/fpn-FPN/MaxPool-op0", "pooling_upsampling"),
+    ("MatMul", "Default/network-WithLossCell/net-Mask_Rcnn_Resnet50/box_head-BoxHead/fc1-Dense/MatMul-op0",
+     "matmul"),
+    ("NMSWithMask", "Default/network-WithLossCell/net-Mask_Rcnn_Resnet50/proposals_train-ProposalGenerator/"
+                    "NMSWithMask-op0", "nms"),
+    ("ApplyMomentum", "Default/optimizer-Momentum/ApplyMomentum-op98", "optimizer"),
+    ("StridedSlice", "Default/network-WithLossCell/net-Mask_Rcnn_Resnet50/rpn_targets-RPNTargets/"
+                     "StridedSlice-op10", "other"),
+]
+PEER_KERNELS = [
+    ("aten::convolution_backward", "convolution"), ("aten::mkldnn_convolution", "convolution"),
+    ("autograd::engine::evaluate_function: ConvolutionBackward0", "convolution"),
+    ("aten::native_batch_norm", "batch_norm"), ("aten::native_batch_norm_backward", "batch_norm"),
+    ("aten::relu_", "relu"), ("aten::clamp_min_", "relu"), ("aten::threshold_backward", "relu"),
+    ("torchvision::_roi_align_backward", "roi_align"), ("GeneratedBackwardFor_torchvision_roi_align_default",
+                                                         "roi_align"),
+    ("aten::max_pool2d_with_indices_backward", "pooling_upsampling"),
+    ("aten::upsample_nearest2d", "pooling_upsampling"),
+    ("aten::mm", "matmul"), ("aten::addmm", "matmul"), ("autograd::engine::evaluate_function: AddmmBackward0",
+                                                         "matmul"),
+    ("torchvision::nms", "nms"), ("Optimizer.step#SGD.step", "optimizer"),
+    ("aten::add_", "other"), ("aten::copy_", "other"), ("aten::empty", "other"),
+]
+
+
+@pytest.mark.parametrize("op_type,full_name,category", OUR_KERNELS)
+def test_our_kernel_categories(op_type, full_name, category):
+    assert bench_peer.our_kernel_category(op_type, full_name) == category
+
+
+@pytest.mark.parametrize("name,category", PEER_KERNELS)
+def test_peer_kernel_categories(name, category):
+    assert bench_peer.peer_kernel_category(name) == category
+
+
+def test_profile_record_sums_each_category_and_the_total():
+    record = bench_peer.profile_record([("convolution", 1000.04), ("relu", 20.0), ("convolution", 500.0),
+                                        ("other", 3.5)], steps=2)
+    assert record["profiled_steps"] == 2
+    assert record["kernel_ms_per_step"] == 1523.5
+    assert record["ms_convolution"] == 1500.0 and record["ms_relu"] == 20.0 and record["ms_other"] == 3.5
+    assert {key for key in record if key.startswith("ms_")} == {f"ms_{c}" for c in bench_peer.KERNEL_CATEGORIES}
+    assert record["ms_roi_align"] == 0.0

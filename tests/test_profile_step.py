@@ -1,4 +1,5 @@
-"""benchmarks/profile_step.py: the profiler CSV is summed per stage, direction and kernel type."""
+"""benchmarks/profile_step.py: the profiler CSV is read per kernel and summed per stage, direction and
+kernel type."""
 
 import os
 import sys
@@ -30,6 +31,8 @@ def test_kernel_times_per_step_by_stage_direction_and_type(tmp_path):
     assert by_stage == {("mask_head", "fwd"): 100, ("backbone", "fwd"): 20, ("mask_head", "bwd"): 150,
                         ("optimizer", "fwd"): 5, ("step_wrapper", "fwd"): 3}
     assert by_type == {"Conv2D": 120, "Conv2DBackpropInput": 150, "ApplyMomentum": 5, "ReduceSum": 3}
+    # Every kernel on its own, as bench_peer.py's profile case reads them (--kernels_json).
+    assert profile_step.kernel_rows(str(tmp_path), steps=2) == [(kind, name, ms / 2) for kind, name, ms in ROWS]
 
 
 def test_a_missing_profile_is_named(tmp_path):
