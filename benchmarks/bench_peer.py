@@ -25,7 +25,9 @@ Cases (one JSON line per framework and case, ``"bench": "peer"``):
 - ``train_HxW``: ``steady_step_s`` = median ``step_seconds`` of ``--steps`` steps after the first
   ``--warmup`` (training on the data set, a new batch every step); ``first_step_s`` = from the
   process start to the first finished step (imports, data set, model, graph compile included),
-  measured the same way on both sides: the time until the step's row appears in the loss CSV.
+  measured the same way on both sides: the time until the step's row appears in the loss CSV;
+  ``last_step_s`` the same for the last step (the training's wall time on both sides; ``wall_s``
+  runs to the process's end and so also counts saving, and in the ap case the peer's evaluation).
 - ``ap``: train ``--budget_steps`` steps at 256x256 (the quick start's 192, a whole number of
   our epochs), then bbox / segm AP and AP50 on the val split with pycocotools (the same
   categories, images, maxDets and mask threshold on both sides).
@@ -303,21 +305,25 @@ def run_and_watch(cmd: Sequence[str], csv_path: str, log_prefix: str, env: dict,
         stop_after_steps: > 0: stop the command (SIGTERM to its group) once that many rows exist.
 
     Returns:
-        dict(first_step_s: seconds from the start to the first row (None if none), rows: the
-        complete rows, returncode (None when stopped by us), wall_s, stdout, stderr paths).
+        dict(first_step_s / last_step_s: seconds from the start to the first / the last row (None
+        if none), rows: the complete rows, returncode (None when stopped by us), wall_s (to the
+        process's end: it also counts what the command does after its last step), stdout, stderr
+        paths).
     """
     out_path, err_path = log_prefix + ".out", log_prefix + ".err"
     start = time.perf_counter()
     with open(out_path, "w", encoding="utf-8") as out, open(err_path, "w", encoding="utf-8") as err:
         process = subprocess.Popen(list(cmd), cwd=REPO_ROOT, env=env, stdout=out, stderr=err, start_new_session=True)
-        first = None
+        first = last = None
+        seen = 0
         stopped = False
         try:
             while process.poll() is None:
                 time.sleep(POLL_S)
                 rows = read_loss_rows(csv_path)
-                if rows and first is None:
-                    first = time.perf_counter() - start
+                if len(rows) > seen:
+                    seen, last = len(rows), time.perf_counter() - start
+                    first = last if first is None else first
                 if stop_after_steps and len(rows) >= stop_after_steps:
                     os.killpg(process.pid, signal.SIGTERM)
                     stopped = True
@@ -332,9 +338,11 @@ def run_and_watch(cmd: Sequence[str], csv_path: str, log_prefix: str, env: dict,
                 process.wait()
     wall = time.perf_counter() - start
     rows = read_loss_rows(csv_path)
-    if rows and first is None:  # finished between two polls
-        first = wall
-    return {"first_step_s": round(first, 1) if first is not None else None, "rows": rows,
+    if len(rows) > seen:  # rows written between the last poll and the end
+        last = wall
+        first = wall if first is None else first
+    return {"first_step_s": round(first, 1) if first is not None else None,
+            "last_step_s": round(last, 1) if last is not None else None, "rows": rows,
             "returncode": None if stopped else process.returncode, "wall_s": round(wall, 1),
             "stdout": out_path, "stderr": err_path}
 
@@ -449,8 +457,9 @@ class Bench:
         if len(rows) < needed:
             return {"error": f"{len(rows)} of {needed} steps finished ({exit_text(run['returncode'])}): "
                              + " | ".join(_tail(run["stderr"]))}
-        return {"first_step_s": run["first_step_s"], "steady_step_s": steady_step_s(rows, self.args.warmup),
-                "steps": needed, "warmup_steps": self.args.warmup, "final_loss": round(float(rows[-1]["total"]), 4),
+        return {"first_step_s": run["first_step_s"], "last_step_s": run["last_step_s"],
+                "steady_step_s": steady_step_s(rows, self.args.warmup), "steps": needed,
+                "warmup_steps": self.args.warmup, "final_loss": round(float(rows[-1]["total"]), 4),
                 "wall_s": run["wall_s"]}
 
     # -- the peer -------------------------------------------------------------------------------

@@ -257,3 +257,41 @@ def test_profile_record_sums_each_category_and_the_total():
     assert record["ms_convolution"] == 1500.0 and record["ms_relu"] == 20.0 and record["ms_other"] == 3.5
     assert {key for key in record if key.startswith("ms_")} == {f"ms_{c}" for c in bench_peer.KERNEL_CATEGORIES}
     assert record["ms_roi_align"] == 0.0
+
+
+FAKE_TRAINER = """
+import sys, time
+path, rows, pause_after = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+with open(path, "w") as handle:
+    handle.write("step,total\\n")
+    handle.flush()
+    for step in range(1, rows + 1):
+        time.sleep(0.3)
+        handle.write(f"{step},1.0\\n")
+        handle.flush()
+time.sleep(pause_after)  # what a trainer does after its last step: saving, evaluating
+"""
+
+
+def test_run_and_watch_times_the_first_and_last_step_apart_from_the_process_end(tmp_path):
+    script = tmp_path / "trainer.py"
+    script.write_text(FAKE_TRAINER)
+    csv_path = str(tmp_path / "losses.csv")
+    run = bench_peer.run_and_watch([sys.executable, str(script), csv_path, "3", "1.5"], csv_path,
+                                   str(tmp_path / "log"), dict(os.environ))
+    assert [row["step"] for row in run["rows"]] == ["1", "2", "3"]
+    assert run["returncode"] == 0
+    # Rows every 0.3 s, then 1.5 s of work after the last one: wall_s counts it, last_step_s does not.
+    assert 0 < run["first_step_s"] <= run["last_step_s"] - 0.5
+    assert run["wall_s"] - run["last_step_s"] >= 1.2
+
+
+def test_run_and_watch_stops_the_command_after_the_steps_it_needs(tmp_path):
+    script = tmp_path / "trainer.py"
+    script.write_text(FAKE_TRAINER)
+    csv_path = str(tmp_path / "losses.csv")
+    run = bench_peer.run_and_watch([sys.executable, str(script), csv_path, "20", "0"], csv_path,
+                                   str(tmp_path / "log"), dict(os.environ), stop_after_steps=2)
+    assert run["returncode"] is None  # stopped by us
+    assert 2 <= len(run["rows"]) < 20
+    assert run["wall_s"] < 5
