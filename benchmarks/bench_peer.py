@@ -280,6 +280,22 @@ def eval_speed_record(what: str, result: subprocess.CompletedProcess, version_ke
     return {key: record[key] for key in keep if key in record}
 
 
+def profile_case_record(what: str, result: subprocess.CompletedProcess, kernels_json: str, steps: int,
+                        category_of) -> dict:
+    """The profile case's record from the ``kernels.json`` a finished profiler run wrote (rows of
+    ``[*names, ms per step]``, ``category_of(*names)`` their category), or its failure."""
+    if result.returncode or not os.path.exists(kernels_json):
+        return failure_record(what, result)
+    with open(kernels_json, encoding="utf-8") as handle:
+        rows = json.load(handle)
+    return profile_record(((category_of(*row[:-1]), row[-1]) for row in rows), steps)
+
+
+def peer_versions(result: Optional[dict]) -> dict:
+    """What the peer reported about itself (``PEER_VERSION_KEYS``) in its last JSON line."""
+    return {key: result[key] for key in PEER_VERSION_KEYS if key in (result or {})}
+
+
 def last_json_in(text: str) -> Optional[dict]:
     """The last line of ``text`` that is a JSON object (None without one)."""
     lines = [line for line in text.splitlines() if line.startswith("{")]
@@ -380,6 +396,10 @@ class Bench:
         os.makedirs(path)
         return path
 
+    def epochs_for(self, steps: int) -> int:
+        """Whole epochs of our data set that hold ``steps`` steps (at least 1)."""
+        return max(1, math.ceil(steps / self.steps_per_epoch()))
+
     def steps_per_epoch(self) -> int:
         """Our training steps per epoch on the data set (images with an instance // batch)."""
         from src.dataset import COCOSubDataset
@@ -396,9 +416,9 @@ class Bench:
     def ours_train(self, canvas: Tuple[int, int]) -> dict:
         needed = self.args.warmup + self.args.steps
         run_dir = self.folder(f"ours_train_{canvas[0]}x{canvas[1]}")
-        epochs = max(1, math.ceil(needed / self.steps_per_epoch()))
-        run = run_and_watch(self._train_cmd(run_dir, canvas, epochs), os.path.join(run_dir, "losses.csv"),
-                            os.path.join(run_dir, "train"), self.ours_env, stop_after_steps=needed)
+        run = run_and_watch(self._train_cmd(run_dir, canvas, self.epochs_for(needed)),
+                            os.path.join(run_dir, "losses.csv"), os.path.join(run_dir, "train"), self.ours_env,
+                            stop_after_steps=needed)
         return self._train_record(run, needed)
 
     def ours_ap(self) -> dict:
@@ -444,12 +464,8 @@ class Bench:
                                  str(self.config(canvas).batch_size), "--data_dir", self.data_dir,
                                  "--kernels_json", kernels_json],
                                 cwd=REPO_ROOT, env=self.ours_env, capture_output=True, text=True)
-        if result.returncode or not os.path.exists(kernels_json):
-            return failure_record("profile_step.py", result)
-        with open(kernels_json, encoding="utf-8") as handle:
-            rows = json.load(handle)
-        return profile_record(((our_kernel_category(kind, name), ms) for kind, name, ms in rows),
-                              self.args.profile_steps)
+        return profile_case_record("profile_step.py", result, kernels_json, self.args.profile_steps,
+                                   our_kernel_category)
 
     def _train_record(self, run: dict, needed: int) -> dict:
         """first_step_s, steady_step_s (median after --warmup over the first ``needed`` steps), ..."""
@@ -469,36 +485,28 @@ class Bench:
             json.dump(settings, handle, indent=1)
         return [self.args.peer_python, PEER_SCRIPT, mode, "--settings", settings_path, "--out", out_dir, *extra]
 
+    def _peer_train_cmd(self, canvas: Tuple[int, int], steps: int, out_dir: str, *extra: str) -> List[str]:
+        """The peer trains ``steps`` steps on the LR schedule of the whole epochs that hold them (ours)."""
+        settings = peer_settings(self.config(canvas), canvas, self.args.threads)
+        schedule_steps = self.epochs_for(steps) * self.steps_per_epoch()
+        return self._peer_cmd("train", settings, out_dir, "--steps", str(steps), "--schedule_steps",
+                              str(schedule_steps), *extra)
+
     def peer_train(self, canvas: Tuple[int, int]) -> dict:
         needed = self.args.warmup + self.args.steps
         out_dir = self.folder(f"peer_train_{canvas[0]}x{canvas[1]}")
-        epochs = max(1, math.ceil(needed / self.steps_per_epoch()))
-        settings = peer_settings(self.config(canvas), canvas, self.args.threads)
-        cmd = self._peer_cmd("train", settings, out_dir, "--steps", str(needed),
-                             "--schedule_steps", str(epochs * self.steps_per_epoch()))
-        run = run_and_watch(cmd, os.path.join(out_dir, "losses.csv"), os.path.join(out_dir, "peer"), self.peer_env)
-        record = self._train_record(run, needed)
-        result = _last_json_line(run["stdout"]) or {}
-        record.update({key: result[key] for key in PEER_VERSION_KEYS if key in result})
-        return record
+        run = run_and_watch(self._peer_train_cmd(canvas, needed, out_dir), os.path.join(out_dir, "losses.csv"),
+                            os.path.join(out_dir, "peer"), self.peer_env)
+        return dict(self._train_record(run, needed), **peer_versions(_last_json_line(run["stdout"])))
 
     def peer_profile(self, canvas: Tuple[int, int]) -> dict:
-        steps = self.args.warmup + self.args.profile_steps
         out_dir = self.folder(f"peer_profile_{canvas[0]}x{canvas[1]}")
-        epochs = max(1, math.ceil(steps / self.steps_per_epoch()))
-        settings = peer_settings(self.config(canvas), canvas, self.args.threads)
-        cmd = self._peer_cmd("train", settings, out_dir, "--steps", str(steps), "--schedule_steps",
-                             str(epochs * self.steps_per_epoch()), "--profile_steps", str(self.args.profile_steps))
+        cmd = self._peer_train_cmd(canvas, self.args.warmup + self.args.profile_steps, out_dir,
+                                   "--profile_steps", str(self.args.profile_steps))
         result = subprocess.run(cmd, cwd=REPO_ROOT, env=self.peer_env, capture_output=True, text=True)
-        kernels_json = os.path.join(out_dir, "kernels.json")
-        if result.returncode or not os.path.exists(kernels_json):
-            return failure_record("peer", result)
-        with open(kernels_json, encoding="utf-8") as handle:
-            rows = json.load(handle)
-        record = profile_record(((peer_kernel_category(name), ms) for name, ms in rows), self.args.profile_steps)
-        versions = last_json_in(result.stdout) or {}
-        record.update({key: versions[key] for key in PEER_VERSION_KEYS if key in versions})
-        return record
+        record = profile_case_record("peer", result, os.path.join(out_dir, "kernels.json"), self.args.profile_steps,
+                                     peer_kernel_category)
+        return dict(record, **peer_versions(last_json_in(result.stdout)))
 
     def peer_ap(self) -> dict:
         budget = self.args.budget_steps

@@ -295,3 +295,20 @@ def test_run_and_watch_stops_the_command_after_the_steps_it_needs(tmp_path):
     assert run["returncode"] is None  # stopped by us
     assert 2 <= len(run["rows"]) < 20
     assert run["wall_s"] < 5
+
+
+def test_profile_case_record_reads_either_sides_kernels_or_names_the_failure(tmp_path):
+    kernels_json = tmp_path / "kernels.json"
+    kernels_json.write_text(json.dumps([["aten::mkldnn_convolution", 900.0], ["aten::relu_", 12.5]]))
+    done = subprocess.CompletedProcess(["peer"], 0, stdout="", stderr="")
+    record = bench_peer.profile_case_record("peer", done, str(kernels_json), 2, bench_peer.peer_kernel_category)
+    assert (record["ms_convolution"], record["ms_relu"], record["kernel_ms_per_step"]) == (900.0, 12.5, 912.5)
+    ours_json = tmp_path / "ours.json"
+    ours_json.write_text(json.dumps([["ReLU", "Default/x/ReLU-op0", 30.0], ["MatMul", "Default/y/MatMul-op1", 5.0]]))
+    record = bench_peer.profile_case_record("profile_step.py", done, str(ours_json), 2, bench_peer.our_kernel_category)
+    assert (record["ms_relu"], record["ms_matmul"]) == (30.0, 5.0)
+    failed = subprocess.CompletedProcess(["peer"], 1, stdout="", stderr="Traceback\nRuntimeError: no torch\n")
+    assert bench_peer.profile_case_record("peer", failed, str(kernels_json), 2, bench_peer.peer_kernel_category) == {
+        "error": "peer exit 1: Traceback | RuntimeError: no torch"}
+    missing = str(tmp_path / "absent.json")
+    assert "error" in bench_peer.profile_case_record("peer", done, missing, 2, bench_peer.peer_kernel_category)
