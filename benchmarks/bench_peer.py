@@ -302,7 +302,8 @@ def last_json_in(text: str) -> Optional[dict]:
     return json.loads(lines[-1]) if lines else None
 
 
-def _last_json_line(path: str) -> Optional[dict]:
+def _last_json_in_file(path: str) -> Optional[dict]:
+    """:func:`last_json_in` of a log file (None when it cannot be read)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
             return last_json_in(handle.read())
@@ -497,7 +498,7 @@ class Bench:
         out_dir = self.folder(f"peer_train_{canvas[0]}x{canvas[1]}")
         run = run_and_watch(self._peer_train_cmd(canvas, needed, out_dir), os.path.join(out_dir, "losses.csv"),
                             os.path.join(out_dir, "peer"), self.peer_env)
-        return dict(self._train_record(run, needed), **peer_versions(_last_json_line(run["stdout"])))
+        return dict(self._train_record(run, needed), **peer_versions(_last_json_in_file(run["stdout"])))
 
     def peer_profile(self, canvas: Tuple[int, int]) -> dict:
         out_dir = self.folder(f"peer_profile_{canvas[0]}x{canvas[1]}")
@@ -518,7 +519,7 @@ class Bench:
         record = self._train_record(run, budget)
         if "error" in record:
             return record
-        result = _last_json_line(run["stdout"])
+        result = _last_json_in_file(run["stdout"])
         if run["returncode"] or result is None:
             return {"error": f"peer {exit_text(run['returncode'])}: " + " | ".join(_tail(run["stderr"]))}
         keep = ("num_images", "num_detections", "bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50", "eval_s",

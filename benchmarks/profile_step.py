@@ -41,11 +41,10 @@ def kernel_rows(profile_dir: str, steps: int):
                 for row in csv.DictReader(handle)]
 
 
-def kernel_times(profile_dir: str, steps: int, rows=None):
-    """{(stage, "fwd"|"bwd"): ms per step}, {kernel type: ms per step} from the profiler's CSV
-    (or from its ``kernel_rows`` when already read)."""
+def kernel_times(rows):
+    """{(stage, "fwd"|"bwd"): ms per step}, {kernel type: ms per step} of :func:`kernel_rows`."""
     by_stage, by_type = collections.Counter(), collections.Counter()
-    for kind, name, ms_per_step in rows if rows is not None else kernel_rows(profile_dir, steps):
+    for kind, name, ms_per_step in rows:
         match = STAGE.search(name)
         stage = match.group(1) if match else ("optimizer" if "optimizer" in name else "step_wrapper")
         by_stage[(stage, "bwd" if name.startswith("Gradients") else "fwd")] += ms_per_step
@@ -65,7 +64,7 @@ def profile(height: int, width: int, batch_size: int, steps: int, data_dir: str,
             train_cell(*batch)[0].asnumpy()
             prof.step()
     rows = kernel_rows(out_dir, steps)
-    by_stage, by_type = kernel_times(out_dir, steps, rows)
+    by_stage, by_type = kernel_times(rows)
     if kernels_json:
         with open(kernels_json, "w", encoding="utf-8") as handle:
             json.dump(rows, handle)

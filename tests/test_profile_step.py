@@ -27,7 +27,7 @@ def test_kernel_times_per_step_by_stage_direction_and_type(tmp_path):
     folder.mkdir(parents=True)
     lines = [HEADER] + [f"Host,{kind},x,{name},2,{ms},0,0\n" for kind, name, ms in ROWS]
     (folder / "cpu_op_detail_info_0.csv").write_text("".join(lines))
-    by_stage, by_type = profile_step.kernel_times(str(tmp_path), steps=2)
+    by_stage, by_type = profile_step.kernel_times(profile_step.kernel_rows(str(tmp_path), steps=2))
     assert by_stage == {("mask_head", "fwd"): 100, ("backbone", "fwd"): 20, ("mask_head", "bwd"): 150,
                         ("optimizer", "fwd"): 5, ("step_wrapper", "fwd"): 3}
     assert by_type == {"Conv2D": 120, "Conv2DBackpropInput": 150, "ApplyMomentum": 5, "ReduceSum": 3}
@@ -37,4 +37,4 @@ def test_kernel_times_per_step_by_stage_direction_and_type(tmp_path):
 
 def test_a_missing_profile_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
-        profile_step.kernel_times(str(tmp_path), steps=1)
+        profile_step.kernel_rows(str(tmp_path), steps=1)
