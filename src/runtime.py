@@ -195,10 +195,13 @@ def compile_cache_folder(config, purpose: str, graph_inputs: Optional[dict] = No
     from src.maskrcnn import cpu_kernels
 
     settings = {key: value for key, value in config.to_dict().items() if key not in COMPILE_CACHE_IGNORED_KEYS}
-    # Whether the C kernels could be built decides which ops the CPU graph holds.
+    # Whether the C kernels could be built decides which ops the CPU graph holds; the graph names
+    # the oneDNN convolution library by its path.
+    on_cpu = config.device_target == "CPU"
     material = json.dumps({"config": settings, "graph_inputs": graph_inputs or {}, "mindspore": ms.__version__,
                            "source": source_digest([entry_file] if entry_file else []),
-                           "c_kernels": config.device_target == "CPU" and cpu_kernels.available()}, sort_keys=True)
+                           "c_kernels": on_cpu and cpu_kernels.available(),
+                           "conv3x3_library": cpu_kernels.conv3x3_library() if on_cpu else None}, sort_keys=True)
     key = hashlib.sha256(material.encode("utf-8")).hexdigest()[:16]
     from src.config import resolve_path
 

@@ -1,15 +1,16 @@
-"""The C kernels of the CPU backend (src/maskrcnn/cpu_kernels.c) against MindSpore's own ops."""
+"""The C kernels of the CPU backend (src/maskrcnn/cpu_kernels.c, conv3x3_onednn.c) against MindSpore's own ops."""
 
 import logging
 
 import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import Tensor, nn, ops
+from mindspore import ParameterTuple, Tensor, nn, ops
 
 from src.maskrcnn import cpu_kernels
-from src.maskrcnn.cpu_ops import CpuMaxPool2d, upsample_nearest_op
-from src.maskrcnn.resnet50 import stem_max_pool
+from src.maskrcnn.cpu_ops import Conv3x3, CpuMaxPool2d, upsample_nearest_op
+from src.maskrcnn.layers import conv2d
+from src.maskrcnn.resnet50 import ResNet50, stem_max_pool
 
 
 class _Weighted(nn.Cell):
@@ -113,3 +114,89 @@ def test_a_failing_compiler_is_reported_and_nothing_half_built_is_left(monkeypat
 def test_stem_pool_kernel_follows_the_choice():
     assert isinstance(stem_max_pool("same", "cpu"), CpuMaxPool2d)
     assert isinstance(stem_max_pool("symmetric", "native"), nn.MaxPool2d)
+
+
+class _AllGrads(nn.Cell):
+    """Gradients of a net in its input and in its parameters."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.params = ParameterTuple(net.trainable_params())
+        self.grad = ops.GradOperation(get_all=True, get_by_list=True)
+
+    def construct(self, x):
+        return self.grad(self.net, self.params)(x)
+
+
+def _conv_outputs(conv, x, seed):
+    """(output, input gradient, parameter gradients) of ``conv`` for a fixed output gradient."""
+    out = conv(x).asnumpy()
+    weights = Tensor(np.random.default_rng(seed).standard_normal(out.shape).astype(np.float32))
+    (grad_x,), grad_params = _AllGrads(_Weighted(conv, weights))(x)
+    return out, grad_x.asnumpy(), [g.asnumpy() for g in grad_params]
+
+
+def test_the_test_machine_builds_the_onednn_convolution():
+    assert cpu_kernels.onednn_prefix() is not None, "requirements.txt installs the onednn wheels"
+    assert cpu_kernels.conv3x3_library() is not None
+
+
+@pytest.mark.parametrize("shape, out_channels, has_bias", [((2, 8, 12, 20), 16, False), ((3, 5, 7, 9), 4, True),
+                                                            ((1, 64, 24, 40), 64, True)])
+def test_onednn_conv3x3_matches_nn_conv2d(shape, out_channels, has_bias):
+    """Same parameters, same output and gradients (input, weight, bias) as MindSpore's kernel,
+    odd sizes and channel counts that are not a multiple of oneDNN's 8-channel blocks included."""
+    rng = np.random.default_rng(3)
+    weight = Tensor((rng.standard_normal((out_channels, shape[1], 3, 3)) * 0.1).astype(np.float32))
+    x_values = rng.standard_normal(shape).astype(np.float32)
+    x = Tensor(x_values.copy())
+    ours = conv2d(shape[1], out_channels, 3, weight, has_bias=has_bias, kernel="cpu")
+    theirs = conv2d(shape[1], out_channels, 3, weight, has_bias=has_bias, kernel="native")
+    assert isinstance(ours, Conv3x3) and not isinstance(theirs, Conv3x3)
+    if has_bias:
+        bias = rng.standard_normal(out_channels).astype(np.float32)
+        ours.bias.set_data(Tensor(bias))
+        theirs.bias.set_data(Tensor(bias))
+    got, want = _conv_outputs(ours, x, 4), _conv_outputs(theirs, x, 4)
+    # The aot ops write only their outputs (MindSpore puts them after all the inputs).
+    np.testing.assert_array_equal(x.asnumpy(), x_values)
+    np.testing.assert_array_equal(ours.weight.asnumpy(), weight.asnumpy())
+    scale = np.abs(want[0]).max()
+    np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(got[1], want[1], rtol=0, atol=1e-5 * np.abs(want[1]).max())
+    assert len(got[2]) == len(want[2]) == (2 if has_bias else 1)
+    for mine, reference in zip(got[2], want[2]):
+        np.testing.assert_allclose(mine, reference, rtol=0, atol=1e-5 * np.abs(reference).max())
+
+
+def test_conv2d_uses_onednn_only_for_stride_1_3x3_on_the_cpu_kernels(monkeypatch):
+    weight = "normal"
+    assert isinstance(conv2d(4, 4, 3, weight, kernel="cpu"), Conv3x3)
+    assert not isinstance(conv2d(4, 4, 3, weight, stride=2, kernel="cpu"), Conv3x3)
+    assert not isinstance(conv2d(4, 4, 1, weight, kernel="cpu"), Conv3x3)
+    assert not isinstance(conv2d(4, 4, 3, weight, kernel="native"), Conv3x3)
+    monkeypatch.setattr(cpu_kernels, "conv3x3_library", lambda: None)
+    fallback = conv2d(4, 4, 3, weight, kernel="cpu")
+    assert type(fallback) is nn.Conv2d and fallback.padding == 1 and fallback.pad_mode == "pad"
+
+
+def test_without_onednn_the_library_is_none_after_a_warning(monkeypatch, caplog):
+    monkeypatch.setattr(cpu_kernels, "onednn_prefix", lambda: None)
+    with caplog.at_level(logging.WARNING, logger=cpu_kernels.__name__):
+        assert cpu_kernels.conv3x3_library.__wrapped__() is None
+    assert "onednn-cpu-gomp" in caplog.text
+
+
+def test_a_backbone_on_onednn_has_the_same_parameters_as_on_mindspores_kernels():
+    """Checkpoints cannot tell the two apart: same names, shapes and initial values for a seed."""
+    def parameters(kernel):
+        ms.set_seed(5)
+        net = ResNet50(0, "batch", "same", kernel)
+        assert any(isinstance(cell, Conv3x3) for _, cell in net.cells_and_names()) == (kernel == "cpu")
+        return {p.name: p.asnumpy() for p in net.get_parameters()}
+
+    ours, theirs = parameters("cpu"), parameters("native")
+    assert ours.keys() == theirs.keys()
+    for name, value in theirs.items():
+        np.testing.assert_array_equal(ours[name], value, err_msg=name)

@@ -48,15 +48,19 @@ def build_model(config, pretrained_backbone: bool = False, for_export: bool = Fa
     # The model zoo clips decoded boxes to the padded input, the others to the image.
     clip_to_input = input_size if numerics.clip_to == "input" else None
     kernel = op_kernels(config, for_export)
+    # The oneDNN 3x3 convolution (layers.conv2d) computes in float32 only.
+    conv_kernel = "native" if config.compute_float16 else kernel
 
     if pretrained_backbone:
         backbone = ResNet50(config.frozen_backbone_stages, norm="frozen", stem_pool=numerics.stem_pool,
-                            kernel=kernel)
+                            kernel=conv_kernel)
     else:
-        backbone = ResNet50(0, norm="batch", stem_pool=numerics.stem_pool, kernel=kernel)
-    fpn = FPN(STAGE_OUT_CHANNELS, out_channels=channels, upsample=numerics.fpn_upsample, kernel=kernel)
-    rpn_head = RPNHead(channels, config.num_anchors_per_location)
+        backbone = ResNet50(0, norm="batch", stem_pool=numerics.stem_pool, kernel=conv_kernel)
+    fpn = FPN(STAGE_OUT_CHANNELS, out_channels=channels, upsample=numerics.fpn_upsample, kernel=conv_kernel)
+    rpn_head = RPNHead(channels, config.num_anchors_per_location, conv_kernel)
     box_head = BoxHead(channels, config.roi_box_size, config.box_head_channels, num_classes)
+    # The mask head keeps MindSpore's convolutions: in training its RoI count is a dynamic shape,
+    # which an aot op whose output shape is a Python function cannot follow at run time.
     mask_head = MaskHead(channels, config.mask_head_channels, num_classes)
 
     anchors = generate_anchors(config.feature_shapes, FPN_STRIDES, config.anchor_scales,

@@ -7,6 +7,9 @@ compiles it once per source version into a shared library (``$XDG_CACHE_HOME`` o
 loads it with ctypes and wraps each kernel for NumPy arrays. The network calls these wrappers
 from ``pyfunc`` Custom ops (``src/maskrcnn/cpu_ops.py``).
 
+``conv3x3_onednn.c`` is built the same way, against oneDNN 3 (:func:`conv3x3_library`); MindSpore
+calls its entry points directly (``aot`` Custom ops, ``cpu_ops.Conv3x3``), not through Python.
+
 Without a working C compiler (``$CC``, else ``gcc``, else ``cc``) :func:`library` returns None
 after one warning, and the network builds MindSpore's own ops instead: slower, same results.
 """
@@ -19,14 +22,19 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 
 LOGGER = logging.getLogger(__name__)
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.c")
+# 3x3 convolutions on oneDNN 3 (MindSpore 2.7.2 bundles oneDNN 2.2, whose NCHW convolution is
+# im2col + GEMM); built against the onednn wheels of requirements.txt.
+CONV3X3_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conv3x3_onednn.c")
+ONEDNN_MAJOR = 3
 # Tried in order: with OpenMP threads, then single-threaded (a compiler without OpenMP).
 FLAG_SETS = (("-O3", "-fopenmp", "-fPIC", "-shared"), ("-O3", "-fPIC", "-shared"))
 
@@ -62,12 +70,12 @@ def _compiler() -> Optional[str]:
     return None
 
 
-def _build(compiler: str, flags, target: str) -> Optional[str]:
-    """Compile SOURCE into ``target`` (atomically: a temporary file renamed). None or the error."""
+def _build(compiler: str, source: str, flags, libs, target: str) -> Optional[str]:
+    """Compile ``source`` into ``target`` (atomically: a temporary file renamed). None or the error."""
     handle, partial = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(target))
     os.close(handle)
     try:
-        result = subprocess.run([compiler, *flags, "-o", partial, SOURCE, "-lm"], capture_output=True, text=True,
+        result = subprocess.run([compiler, *flags, "-o", partial, source, *libs], capture_output=True, text=True,
                                 check=False)
         if result.returncode != 0:
             return result.stderr.strip() or f"exit status {result.returncode}"
@@ -78,34 +86,73 @@ def _build(compiler: str, flags, target: str) -> Optional[str]:
             os.remove(partial)
 
 
-@functools.lru_cache(maxsize=None)
-def library() -> Optional[ctypes.CDLL]:
-    """The loaded kernel library, built if needed; None (after one warning) when it cannot be."""
+def _built(stem: str, source: str, flag_sets, libs=()) -> Tuple[Optional[ctypes.CDLL], Optional[str], list]:
+    """(loaded library, its path, errors): ``source`` built with the first of ``flag_sets`` that
+    compiles and loads, kept in the cache folder under a name keyed by the source and the flags."""
     compiler = _compiler()
     if compiler is None:
-        LOGGER.warning("no C compiler ($CC, gcc, cc) found: the CPU backend uses MindSpore's slower kernels")
-        return None
-    with open(SOURCE, "rb") as handle:
-        source = handle.read()
+        return None, None, ["no C compiler ($CC, gcc, cc) found"]
+    with open(source, "rb") as handle:
+        text = handle.read()
     errors = []
-    for flags in FLAG_SETS:
-        key = hashlib.sha256(source + repr((flags, platform.machine(), compiler)).encode("utf-8")).hexdigest()[:16]
-        target = os.path.join(_cache_dir(), f"cpu_kernels-{key}.so")
-        error = None if os.path.exists(target) else _build(compiler, flags, target)
+    for flags in flag_sets:
+        key = hashlib.sha256(text + repr((flags, libs, platform.machine(), compiler)).encode("utf-8")).hexdigest()[:16]
+        target = os.path.join(_cache_dir(), f"{stem}-{key}.so")
+        error = None if os.path.exists(target) else _build(compiler, source, flags, libs, target)
         if error is None:
             try:
-                lib = ctypes.CDLL(target)
+                return ctypes.CDLL(target), target, errors
             except OSError as exc:
                 errors.append(f"{target}: {exc}")
                 continue
-            for name, argtypes in _SIGNATURES.items():
-                getattr(lib, name).argtypes = argtypes
-                getattr(lib, name).restype = ctypes.c_int64
-            return lib
         errors.append(f"{compiler} {' '.join(flags)}: {error}")
-    LOGGER.warning("could not build %s, the CPU backend uses MindSpore's slower kernels:\n%s",
-                   SOURCE, "\n".join(errors))
-    return None
+    return None, None, errors
+
+
+@functools.lru_cache(maxsize=None)
+def library() -> Optional[ctypes.CDLL]:
+    """The loaded kernel library, built if needed; None (after one warning) when it cannot be."""
+    if _compiler() is None:
+        LOGGER.warning("no C compiler ($CC, gcc, cc) found: the CPU backend uses MindSpore's slower kernels")
+        return None
+    lib, _, errors = _built("cpu_kernels", SOURCE, FLAG_SETS, ("-lm",))
+    if lib is None:
+        LOGGER.warning("could not build %s, the CPU backend uses MindSpore's slower kernels:\n%s",
+                       SOURCE, "\n".join(errors))
+        return None
+    for name, argtypes in _SIGNATURES.items():
+        getattr(lib, name).argtypes = argtypes
+        getattr(lib, name).restype = ctypes.c_int64
+    return lib
+
+
+def onednn_prefix() -> Optional[str]:
+    """The install prefix of oneDNN 3's library and headers (the ``onednn-cpu-gomp`` and
+    ``onednn-devel-cpu-gomp`` wheels of requirements.txt put them under this Python's prefix), or None."""
+    prefix = sys.prefix
+    found = (os.path.exists(os.path.join(prefix, "include", "oneapi", "dnnl", "dnnl.h"))
+             and os.path.exists(os.path.join(prefix, "lib", f"libdnnl.so.{ONEDNN_MAJOR}")))
+    return prefix if found else None
+
+
+@functools.lru_cache(maxsize=None)
+def conv3x3_library() -> Optional[str]:
+    """Path of the built ``conv3x3_onednn.c`` library (the entry points of ``cpu_ops.Conv3x3``);
+    None, after one warning, without oneDNN 3 or a C compiler."""
+    prefix = onednn_prefix()
+    if prefix is None:
+        LOGGER.warning("oneDNN %d (pip package onednn-cpu-gomp + onednn-devel-cpu-gomp) not found under %s: "
+                       "3x3 convolutions use MindSpore's slower CPU kernel", ONEDNN_MAJOR, sys.prefix)
+        return None
+    include, lib_dir = os.path.join(prefix, "include"), os.path.join(prefix, "lib")
+    flags = ("-O2", "-fPIC", "-shared", f"-I{include}", f"-L{lib_dir}", f"-Wl,-rpath,{lib_dir}")
+    lib, path, errors = _built("conv3x3_onednn", CONV3X3_SOURCE, (flags,), (f"-l:libdnnl.so.{ONEDNN_MAJOR}",
+                                                                           "-lpthread"))
+    if lib is None:
+        LOGGER.warning("could not build %s, 3x3 convolutions use MindSpore's slower CPU kernel:\n%s",
+                       CONV3X3_SOURCE, "\n".join(errors))
+        return None
+    return path
 
 
 def available() -> bool:

@@ -7,12 +7,14 @@ needs (``benchmarks/profile_step.py`` at 384x640, batch 2; the kernels' own time
 - the stem's 3x3 stride-2 max-pool: ``MaxPoolGrad`` ~150 ms per step (:class:`CpuMaxPool2d`);
 - the FPN's nearest 2x upsampling: ``ResizeNearestNeighborV2`` and its gradient ~115 ms per
   step (:func:`upsample_nearest_op`);
+- stride-1 3x3 convolutions: MindSpore's bundled oneDNN 2.2 runs them as im2col + GEMM on NCHW;
+  :class:`Conv3x3` runs them on oneDNN 3 in its own layouts (``aot`` ops, no Python per call);
 - (RoIAlign has its own SciPy ``pyfunc`` op in ``src/maskrcnn/roi_align.py``, registered with
   :func:`pyfunc_key` / :func:`stable_pyfunc` too.)
 
 Which kernels a network gets is decided once, from the config, by ``src.precision.op_kernels``
-("cpu" or "native"); a ``pyfunc`` op cannot be exported to MindIR nor run on Ascend, so export
-and other devices get the native MindSpore ops.
+("cpu" or "native"); a ``pyfunc`` or CPU ``aot`` op cannot be exported to MindIR nor run on
+Ascend, so export and other devices get the native MindSpore ops.
 
 Compile cache: MindSpore registers a ``pyfunc`` under ``id(func)`` and stores that number in the
 graph, which a graph restored from the cache in a new process cannot resolve. Every op here is
@@ -138,3 +140,48 @@ def upsample_nearest_op(factor: int):
 
     return unary_pyfunc_op("upsample_nearest", factor, forward, backward,
                            lambda shape: (shape[0], shape[1], shape[2] * factor, shape[3] * factor))
+
+
+def conv3x3_op(library: str):
+    """A differentiable ``aot`` op: ``(x [N, C, H, W], w [O, C, 3, 3])`` -> ``[N, O, H, W]``, a
+    stride-1 3x3 convolution with padding 1 and no bias, from the entry points of ``library``
+    (``cpu_kernels.conv3x3_library()``; ``src/maskrcnn/conv3x3_onednn.c``)."""
+
+    def entry(name):
+        return f"{library}:conv3x3_{name}"
+
+    # The backward ops take the tensor whose shape their output has as a last, unread input.
+    backward_data = ops.Custom(entry("backward_data"), out_shape=lambda dy, w, x: x,
+                               out_dtype=lambda dy, w, x: dy, func_type="aot")
+    backward_weights = ops.Custom(entry("backward_weights"), out_shape=lambda x, dy, w: w,
+                                  out_dtype=lambda x, dy, w: x, func_type="aot")
+
+    def bprop(x, w, out, grad_out):
+        return backward_data(grad_out, w, x), backward_weights(x, grad_out, w)
+
+    return ops.Custom(entry("forward"), out_shape=lambda x, w: (x[0], w[0], x[2], x[3]),
+                      out_dtype=lambda x, w: x, func_type="aot", bprop=bprop)
+
+
+class Conv3x3(nn.Conv2d):
+    """``nn.Conv2d(in_channels, out_channels, 3, stride=1, pad_mode="pad", padding=1)`` whose
+    convolution runs on oneDNN 3 (:func:`conv3x3_op`); the same parameters (``weight``, ``bias``),
+    initialisers and values as the ``nn.Conv2d`` it replaces, so checkpoints do not tell them apart.
+    float32 only.
+
+    Args:
+        library: path of the built entry points (``cpu_kernels.conv3x3_library()``).
+        in_channels, out_channels, has_bias, weight_init, bias_init: as ``nn.Conv2d``'s.
+    """
+
+    def __init__(self, library: str, in_channels: int, out_channels: int, has_bias: bool, weight_init,
+                 bias_init="zeros"):
+        super().__init__(in_channels, out_channels, 3, stride=1, pad_mode="pad", padding=1, has_bias=has_bias,
+                         weight_init=weight_init, bias_init=bias_init)
+        self.conv3x3 = conv3x3_op(library)
+
+    def construct(self, x):
+        out = self.conv3x3(x, self.weight)
+        if self.has_bias:
+            out = self.bias_add(out, self.bias)
+        return out

@@ -18,10 +18,10 @@ from src.maskrcnn.numerics import FPN_UPSAMPLE_MODES, check_choice
 _KAIMING_A = 1.0
 
 
-def _conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Conv2d:
+def _conv(in_channels: int, out_channels: int, kernel_size: int, kernel: str) -> nn.Conv2d:
     weight = initializer(HeUniform(negative_slope=_KAIMING_A),
                          [out_channels, in_channels, kernel_size, kernel_size])
-    return conv_with_bias(in_channels, out_channels, kernel_size, weight)
+    return conv_with_bias(in_channels, out_channels, kernel_size, weight, kernel)
 
 
 class FPN(nn.Cell):
@@ -36,7 +36,8 @@ class FPN(nn.Cell):
         kernel: ``"cpu"``: an exact 2x nearest upsampling runs the C kernel
             (``cpu_ops.upsample_nearest_op``; MindSpore's CPU ResizeNearestNeighborV2 and its
             gradient take ~115 ms per step at 384x640) when it can be built; ``"native"``:
-            ``ops.interpolate``. Same values either way.
+            ``ops.interpolate``. Same values either way. ``"cpu"`` also puts the 3x3 output
+            convolutions on oneDNN 3 (``layers.conv2d``).
 
     Inputs:
         features: (C2, C3, C4, C5), strides 4, 8, 16, 32, [B, in_channels[i], H_i, W_i].
@@ -56,8 +57,8 @@ class FPN(nn.Cell):
         if self.upsample == "bilinear_legacy":
             self.bilinear = ops.ResizeBilinearV2(align_corners=False, half_pixel_centers=False)
         self.num_levels = len(in_channels)
-        self.lateral_convs = nn.CellList([_conv(c, out_channels, 1) for c in in_channels])
-        self.output_convs = nn.CellList([_conv(out_channels, out_channels, 3) for _ in in_channels])
+        self.lateral_convs = nn.CellList([_conv(c, out_channels, 1, kernel) for c in in_channels])
+        self.output_convs = nn.CellList([_conv(out_channels, out_channels, 3, kernel) for _ in in_channels])
         # kernel 1, stride 2: plain subsampling, ceil(H/2) outputs for an odd size.
         self.p6_pool = nn.MaxPool2d(kernel_size=1, stride=2, pad_mode="same")
 

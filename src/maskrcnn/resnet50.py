@@ -15,6 +15,7 @@ from mindspore.common.initializer import HeNormal, initializer
 
 from src.maskrcnn import cpu_kernels
 from src.maskrcnn.cpu_ops import CpuMaxPool2d
+from src.maskrcnn.layers import conv2d
 from src.maskrcnn.numerics import STEM_POOL_MODES, check_choice
 
 # Output channels of the four bottleneck stages and their block counts (ResNet50).
@@ -30,19 +31,16 @@ FEATURE_STRIDES: Tuple[int, ...] = (4, 8, 16, 32)
 BN_MOMENTUM = 0.9  # MindSpore convention: moving = momentum * moving + (1 - momentum) * batch
 
 
-def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Conv2d:
+def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, kernel: str = "native") -> nn.Conv2d:
     """Bias-free conv with "same"-style explicit padding and He (fan_in) normal init.
 
     fan_in keeps the activation variance (and the weight norm) at the scale BatchNorm expects;
     the gradient of a conv followed by BatchNorm scales with 1 / |w|, and fan_out init made the
     7x7 stem's gradient ~5x larger (training from scratch diverged at lr 0.01).
     """
-    padding = kernel_size // 2
     weight = initializer(HeNormal(mode="fan_in", nonlinearity="relu"),
                          [out_channels, in_channels, kernel_size, kernel_size])
-    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
-                     pad_mode="pad" if padding else "valid", padding=padding,
-                     has_bias=False, weight_init=weight)
+    return conv2d(in_channels, out_channels, kernel_size, weight, stride=stride, kernel=kernel)
 
 
 def _norm(channels: int, norm: str, zero_gamma: bool = False) -> nn.BatchNorm2d:
@@ -91,14 +89,15 @@ class Bottleneck(nn.Cell):
         out_channels: output channels (4x the bottleneck width).
         stride: spatial stride of the block (on the 3x3 conv and the projection).
         norm: "batch" or "frozen".
+        kernel: the 3x3 conv's kernel, ``"native"`` or ``"cpu"`` (``layers.conv2d``).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, norm: str):
+    def __init__(self, in_channels: int, out_channels: int, stride: int, norm: str, kernel: str = "native"):
         super().__init__()
         width = out_channels // BOTTLENECK_EXPANSION
         self.conv1 = _conv(in_channels, width, 1)
         self.bn1 = _norm(width, norm)
-        self.conv2 = _conv(width, width, 3, stride)
+        self.conv2 = _conv(width, width, 3, stride, kernel)
         self.bn2 = _norm(width, norm)
         self.conv3 = _conv(width, out_channels, 1)
         self.bn3 = _norm(out_channels, norm, zero_gamma=True)
@@ -130,7 +129,8 @@ class ResNet50(nn.Cell):
         stem_pool: padding of the stem's 3x3/2 max-pool: ``"same"`` (TF style, 0 before and 1
             after on even sizes) or ``"symmetric"`` (1 on every side, torchvision); see
             ``src/maskrcnn/numerics.py``.
-        kernel: the stem max-pool's kernel, ``"native"`` or ``"cpu"`` (:func:`stem_max_pool`).
+        kernel: ``"native"`` or ``"cpu"``: the stem max-pool's kernel (:func:`stem_max_pool`) and the
+            3x3 convolutions' (``layers.conv2d``).
 
     Inputs:
         image [B, 3, H, W] float, H and W multiples of 32.
@@ -158,7 +158,7 @@ class ResNet50(nn.Cell):
         for out_channels, blocks, stride in zip(STAGE_OUT_CHANNELS, STAGE_BLOCKS, STAGE_STRIDES):
             cells = []
             for i in range(blocks):
-                cells.append(Bottleneck(in_channels, out_channels, stride if i == 0 else 1, norm))
+                cells.append(Bottleneck(in_channels, out_channels, stride if i == 0 else 1, norm, kernel))
                 in_channels = out_channels
             stages.append(nn.SequentialCell(cells))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
