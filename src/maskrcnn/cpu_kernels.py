@@ -112,9 +112,6 @@ def _built(stem: str, source: str, flag_sets, libs=()) -> Tuple[Optional[ctypes.
 @functools.lru_cache(maxsize=None)
 def library() -> Optional[ctypes.CDLL]:
     """The loaded kernel library, built if needed; None (after one warning) when it cannot be."""
-    if _compiler() is None:
-        LOGGER.warning("no C compiler ($CC, gcc, cc) found: the CPU backend uses MindSpore's slower kernels")
-        return None
     lib, _, errors = _built("cpu_kernels", SOURCE, FLAG_SETS, ("-lm",))
     if lib is None:
         LOGGER.warning("could not build %s, the CPU backend uses MindSpore's slower kernels:\n%s",
