@@ -59,8 +59,10 @@ def build_model(config, pretrained_backbone: bool = False, for_export: bool = Fa
     fpn = FPN(STAGE_OUT_CHANNELS, out_channels=channels, upsample=numerics.fpn_upsample, kernel=conv_kernel)
     rpn_head = RPNHead(channels, config.num_anchors_per_location, conv_kernel)
     box_head = BoxHead(channels, config.roi_box_size, config.box_head_channels, num_classes)
-    # The mask head keeps MindSpore's convolutions: in training its RoI count is a dynamic shape,
-    # which an aot op whose output shape is a Python function cannot follow at run time.
+    # The mask head keeps MindSpore's convolutions. In training its RoI count is a dynamic shape,
+    # which an aot op follows only with a C++ shape function and a CustomRegOp registration (a
+    # Python out_shape fails at run time); built that way on oneDNN 3 it was no faster in the
+    # step on trained weights (BENCHMARKS.md, "The mask head's convolutions on oneDNN 3").
     mask_head = MaskHead(channels, config.mask_head_channels, num_classes)
 
     anchors = generate_anchors(config.feature_shapes, FPN_STRIDES, config.anchor_scales,
