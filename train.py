@@ -71,6 +71,7 @@ def train(config, pre_trained: str = "", resume: str = "", log_every: Optional[i
     from src.network_define import CheckpointCallback, LossCallBack, LossNet, TrainOneStepCell, WithLossCell
 
     from src.distributed import init_data_parallel, is_writer, log_parameter_digest, scaled_base_lr
+    from src.runtime import compile_cache
 
     rank, group_size = init_data_parallel()
     # Data parallel: rank 0 alone writes the run directory (see src/distributed.py).
@@ -150,7 +151,10 @@ def train(config, pre_trained: str = "", resume: str = "", log_every: Optional[i
 
     model = Model(train_cell)
     started = time.time()
-    with redirect_logging(show_bar):
+    # The graph holds the LR schedule as a [steps] parameter: its length (data size, batch, epochs,
+    # ranks) shapes the graph, its values do not. A pre-trained backbone freezes stages: another graph.
+    graph_inputs = {"pretrained_backbone": bool(pre_trained), "lr_steps": len(lr)}
+    with compile_cache(config, "train", graph_inputs, __file__), redirect_logging(show_bar):
         model.train(config.epoch_size, dataset, callbacks=callbacks, dataset_sink_mode=config.dataset_sink_mode,
                     initial_epoch=start_epoch)
     logger.info("training took %.1f s", time.time() - started)
@@ -170,7 +174,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from src.checkpoint.io import CheckpointError
     from src.dataset import DatasetError
-    from src.runtime import SetupError, compile_cache, ensure_writable_folder
+    from src.runtime import SetupError, ensure_writable_folder
 
     setup_logging()  # stderr only until the run folder is known to be writable
     try:
@@ -180,9 +184,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # Other ranks log to the console only (msrun keeps it in msrun_logs/worker_<rank>.log).
         if is_writer(rank):
             setup_logging(os.path.join(resolve_path(config.run_dir), "train.log"))
-        # A pre-trained backbone freezes stages: another graph.
-        with compile_cache(config, "train", {"pretrained_backbone": bool(args.pre_trained)}, __file__):
-            return train(config, pre_trained=args.pre_trained, resume=args.resume, log_every=args.log_every)
+        return train(config, pre_trained=args.pre_trained, resume=args.resume, log_every=args.log_every)
     except (ConfigError, CheckpointError, DatasetError, SetupError) as e:
         logger.error("%s", e)
         return EXIT_BAD_INPUT

@@ -135,13 +135,18 @@ def set_mindspore_context(device_target: str, seed: Optional[int] = None, graph_
 # the config (minus the keys below), what else the caller says shapes it, the source of src/ and
 # of the entry script, and the MindSpore version.
 
-# Config keys that only touch file locations or the data pipeline (never a graph's shapes or
-# constants); changing them reuses the cached graph. Every other key is part of the hash.
+# Config keys that only touch file locations, the data pipeline or values the graph reads from
+# its parameters (never a graph's shapes or constants); changing them reuses the cached graph.
+# Every other key is part of the hash.
 COMPILE_CACHE_IGNORED_KEYS = (
     "compile_cache_dir", "run_dir", "coco_root", "train_data_type", "val_data_type", "instance_set",
     "num_parallel_workers", "save_checkpoint_epochs", "keep_checkpoint_max", "strict_annotations",
     "flip_ratio", "scale_jitter_range", "scale_jitter_list", "photometric_distortion", "crop_prob",
     "crop_min_side",
+    # Values the graph reads from parameters: the LR schedule (train.py keys the graph by its
+    # length instead) and the momentum.
+    "base_lr", "lr_schedule", "lr_step_ratios", "lr_step_gamma", "warmup_steps", "warmup_ratio", "lr_scaling",
+    "epoch_size", "momentum",
 )
 # Graph folders kept under compile_cache_dir (the most recently used); older ones are deleted.
 COMPILE_CACHE_KEEP = 8

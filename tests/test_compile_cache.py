@@ -5,7 +5,8 @@ neither the graph's constants nor its input shapes (measured on 2.7.2: a cached 
 the old ``k``). These tests pin the three things that make it safe and useful here: the CPU
 RoIAlign's Python functions are registered under keys that are the same in every process, the
 cache folder changes with everything that shapes the graph (and not with data-only keys), and a
-second ``train.py`` process with a warm cache loads the graph and logs the first run's losses.
+second ``train.py`` process with a warm cache loads the graph and computes what an uncached run
+with its own settings computes.
 """
 
 import csv
@@ -52,12 +53,16 @@ def test_cache_folder_follows_what_shapes_the_graph(monkeypatch):
     assert base.startswith(os.path.join(REPO_ROOT, "FineTune", ".compile_cache", "train-"))
     # Graph constants, shapes, dtypes and graph inputs the caller names give another folder.
     for changed in ({"img_height": 320}, {"rcnn_num_samples": 64}, {"compute_dtype": "float16"},
-                    {"dataset_sink_mode": True}, {"seed": 2}, {"epoch_size": 5}):
+                    {"dataset_sink_mode": True}, {"seed": 2}, {"weight_decay": 0.0}, {"grad_clip_norm": 5.0}):
         assert compile_cache_folder(config.replace(**changed), "train") != base, changed
     assert compile_cache_folder(config, "train", {"pretrained_backbone": True}) != base
+    assert compile_cache_folder(config, "train", {"lr_steps": 192}) != compile_cache_folder(config, "train",
+                                                                                            {"lr_steps": 240})
     assert compile_cache_folder(config, "eval") != base
-    # File locations and data-pipeline keys reuse the graph.
-    same = config.replace(run_dir="elsewhere", coco_root="other", flip_ratio=0.0, num_parallel_workers=1)
+    # File locations, data-pipeline keys and values the graph reads from parameters (the LR
+    # schedule, whose length train.py passes as a graph input, and the momentum) reuse the graph.
+    same = config.replace(run_dir="elsewhere", coco_root="other", flip_ratio=0.0, num_parallel_workers=1,
+                          base_lr=0.02, warmup_steps=10, lr_schedule="step", epoch_size=7, momentum=0.8)
     assert compile_cache_folder(same, "train") == base
     assert set(COMPILE_CACHE_IGNORED_KEYS) <= set(config.to_dict())
     # A machine that cannot build the C kernels gets graphs without them: another folder.
@@ -92,13 +97,14 @@ def test_cache_is_off_by_config_and_for_a_second_run_in_a_process(tmp_path, monk
     assert not (tmp_path / "cache").exists()
 
 
-def _train_once(data_dir, run_dir, cache_dir):
-    """train.py in a fresh process, 2 steps of a small config; returns (losses rows, log text)."""
+def _train_once(data_dir, run_dir, cache_dir, base_lr=0.01):
+    """train.py in a fresh process, 2 steps of a small config at ``base_lr`` from the first step
+    (no warm-up); ``cache_dir`` None turns the cache off. Returns (losses rows, log text)."""
     command = [sys.executable, os.path.join(REPO_ROOT, "train.py"), "--coco_root", str(data_dir),
-               "--run_dir", str(run_dir), "--compile_cache_dir", str(cache_dir), "--img_height", "128",
+               "--run_dir", str(run_dir), "--compile_cache_dir", str(cache_dir or "null"), "--img_height", "128",
                "--img_width", "128", "--batch_size", "2", "--epoch_size", "1", "--num_parallel_workers", "1",
                "--rpn_pre_nms_top_k_train", "200", "--rpn_post_nms_top_k_train", "64", "--rcnn_num_samples", "32",
-               "--log_every", "1"]
+               "--log_every", "1", "--base_lr", str(base_lr), "--warmup_steps", "0"]
     # GLOG_v=2 shows MindSpore's warning that it ran a graph from the cache.
     env = dict(os.environ, PYTHONPATH=REPO_ROOT, GLOG_v="2")
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1800)
@@ -107,20 +113,58 @@ def _train_once(data_dir, run_dir, cache_dir):
         return list(csv.DictReader(handle)), result.stdout + result.stderr
 
 
-def test_a_second_process_loads_the_graph_and_repeats_the_first_steps(tmp_path):
+def test_a_second_process_loads_the_graph_and_follows_its_own_learning_rate(tmp_path):
+    """A warm start with another base_lr runs the cached graph with the new LR: its losses are
+    those of an uncached run at that LR, not the cold run's after the first update."""
     data_dir = tmp_path / "data"
     generate(str(data_dir), 4, 1, seed=0)
     cache_dir = tmp_path / "cache"
-    cold_rows, cold_log = _train_once(data_dir, tmp_path / "cold", cache_dir)
+    cold_rows, cold_log = _train_once(data_dir, tmp_path / "cold", cache_dir, base_lr=0.01)
     graphs = sorted(cache_dir.glob("train-*/rank_0/graph_cache/compile_cache_*.mindir"))
     assert len(graphs) == 1, graphs  # the training graph, in the folder of this config
     assert CACHE_LOADED_MESSAGE not in cold_log
     saved_at = graphs[0].stat().st_mtime_ns
 
-    warm_rows, warm_log = _train_once(data_dir, tmp_path / "warm", cache_dir)
+    warm_rows, warm_log = _train_once(data_dir, tmp_path / "warm", cache_dir, base_lr=0.03)
     assert CACHE_LOADED_MESSAGE in warm_log
     assert graphs[0].stat().st_mtime_ns == saved_at  # loaded, not compiled and saved again
-    assert len(warm_rows) == len(cold_rows) == 2
+    uncached_rows, uncached_log = _train_once(data_dir, tmp_path / "uncached", None, base_lr=0.03)
+    assert CACHE_LOADED_MESSAGE not in uncached_log
+    assert len(warm_rows) == len(cold_rows) == len(uncached_rows) == 2
     loss_keys = [k for k in cold_rows[0] if k not in ("lr", "loss_scale", "step_seconds")]
-    for cold, warm in zip(cold_rows, warm_rows):
-        assert {k: warm[k] for k in loss_keys} == {k: cold[k] for k in loss_keys}
+
+    def losses(row):
+        return {k: row[k] for k in loss_keys}
+
+    assert [losses(r) for r in warm_rows] == [losses(r) for r in uncached_rows]
+    # The first step's losses come before any update; the second follows the LR.
+    assert losses(warm_rows[0]) == losses(cold_rows[0])
+    assert warm_rows[1]["total"] != cold_rows[1]["total"]
+
+
+def test_train_keys_the_graph_by_the_length_of_its_lr_schedule(tmp_path, monkeypatch):
+    """Another data size gives another LR schedule length, which the graph's shapes hold: another
+    cache folder (the same folder ran the old graph and failed in its Gather once past its length)."""
+    import train as train_script
+    from mindspore.train import Model
+
+    import src.runtime as runtime
+
+    seen = []
+
+    def record(config, purpose, graph_inputs=None, entry_file=""):
+        seen.append((graph_inputs, compile_cache_folder(config, purpose, graph_inputs, entry_file)))
+        return runtime.contextlib.nullcontext(None)
+
+    monkeypatch.setattr(runtime, "compile_cache", record)
+    monkeypatch.setattr(Model, "train", lambda self, *args, **kwargs: None)
+    for images in (4, 6):
+        data_dir = tmp_path / f"data{images}"
+        generate(str(data_dir), images, 1, seed=0)
+        config = load_config(overrides={"coco_root": str(data_dir), "run_dir": str(tmp_path / f"run{images}"),
+                                        "epoch_size": 1, "img_height": 128, "img_width": 128,
+                                        "num_parallel_workers": 1, "compile_cache_dir": str(tmp_path / "cache")})
+        assert train_script.train(config) == 0
+    assert [inputs for inputs, _ in seen] == [{"pretrained_backbone": False, "lr_steps": 2},
+                                             {"pretrained_backbone": False, "lr_steps": 3}]
+    assert seen[0][1] != seen[1][1]
