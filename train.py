@@ -152,8 +152,9 @@ def train(config, pre_trained: str = "", resume: str = "", log_every: Optional[i
     model = Model(train_cell)
     started = time.time()
     # The graph holds the LR schedule as a [steps] parameter: its length (data size, batch, epochs,
-    # ranks) shapes the graph, its values do not. A pre-trained backbone freezes stages: another graph.
-    graph_inputs = {"pretrained_backbone": bool(pre_trained), "lr_steps": len(lr)}
+    # ranks) shapes the graph, its values do not; a sunk epoch runs steps_per_epoch steps in one
+    # call. A pre-trained backbone freezes stages: another graph.
+    graph_inputs = {"pretrained_backbone": bool(pre_trained), "lr_steps": len(lr), "steps_per_epoch": steps_per_epoch}
     with compile_cache(config, "train", graph_inputs, __file__), redirect_logging(show_bar):
         model.train(config.epoch_size, dataset, callbacks=callbacks, dataset_sink_mode=config.dataset_sink_mode,
                     initial_epoch=start_epoch)

@@ -165,6 +165,6 @@ def test_train_keys_the_graph_by_the_length_of_its_lr_schedule(tmp_path, monkeyp
                                         "epoch_size": 1, "img_height": 128, "img_width": 128,
                                         "num_parallel_workers": 1, "compile_cache_dir": str(tmp_path / "cache")})
         assert train_script.train(config) == 0
-    assert [inputs for inputs, _ in seen] == [{"pretrained_backbone": False, "lr_steps": 2},
-                                             {"pretrained_backbone": False, "lr_steps": 3}]
+    assert [inputs for inputs, _ in seen] == [{"pretrained_backbone": False, "lr_steps": 2, "steps_per_epoch": 2},
+                                             {"pretrained_backbone": False, "lr_steps": 3, "steps_per_epoch": 3}]
     assert seen[0][1] != seen[1][1]
