@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -23,6 +24,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from src.visualize import class_map, overlay, palette
+from test_compile_cache import CACHE_LOADED_MESSAGE
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_VAL_IMAGES = 3
@@ -207,6 +209,31 @@ def test_eval_and_predict_agree_on_the_same_images(tiny, eval_out, predict_out):
             assert p["score"] == pytest.approx(e["score"], abs=1e-3)
             agreement = (_decode(p["segmentation"]) == _decode(e["segmentation"])).mean()
             assert agreement > 0.999
+
+
+def test_predict_cli_second_run_loads_the_compiled_graph(tiny, tmp_path):
+    """predict.py keeps its compiled graph: a second process loads it (MindSpore says so) and
+    writes the same detections as the first, which compiled it."""
+    image = tiny["ann"]["images"][0]["file_name"]
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    shutil.copy(tiny["data"] / "val2017" / image, inputs / image)
+    runs = []
+    for name in ("compiles", "loads"):
+        out = tmp_path / name
+        command = [sys.executable, os.path.join(REPO_ROOT, "predict.py"), "--ckpt", tiny["ckpt"], "--config_path",
+                   tiny["config_path"], "--input", str(inputs), "--out", str(out), "--score_thr", "0.0",
+                   "--compile_cache_dir", str(tmp_path / "cache")]
+        # GLOG_v=2 shows MindSpore's line when it runs a graph from the cache.
+        result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
+                                env=dict(os.environ, PYTHONPATH=REPO_ROOT, GLOG_v="2"))
+        assert result.returncode == 0, result.stderr[-3000:]
+        (detections,) = out.glob("*.json")
+        runs.append((result.stdout + result.stderr, json.loads(detections.read_text())))
+    assert len(list((tmp_path / "cache").glob("predict-*/rank_0/graph_cache/compile_cache_*.mindir"))) == 1
+    assert CACHE_LOADED_MESSAGE not in runs[0][0]
+    assert CACHE_LOADED_MESSAGE in runs[1][0]
+    assert runs[0][1] and runs[1][1] == runs[0][1]
 
 
 def test_predict_cli_pictures_match_the_json(tiny, predict_out):
