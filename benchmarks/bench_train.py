@@ -62,9 +62,11 @@ def count_forward_flops(net, batch) -> float:
 
 
 def build_train_step(height: int, width: int, batch_size: int, data_dir: str, count_flops: bool = False,
-                     overrides=None):
+                     overrides=None, ckpt: str = ""):
     """(train_cell, one real batch, training FLOP per step or None) of the default recipe at HxW
-    (with config ``overrides``, a dict)."""
+    (with config ``overrides``, a dict), from random initialisation or the weights of ``ckpt``
+    (a train.py checkpoint of that config: trained weights fill the mask head's RoI slots as late
+    training does)."""
     import mindspore as ms
     from mindspore import nn
 
@@ -81,6 +83,10 @@ def build_train_step(height: int, width: int, batch_size: int, data_dir: str, co
     dataset = create_new_dataset(data_dir, batch_size, is_training=True, num_parallel_workers=1, config=config)
     batch = next(dataset.create_tuple_iterator())
     net = build_model(config)
+    if ckpt:
+        from src.evaluation.inference import load_inference_checkpoint
+
+        load_inference_checkpoint(net, ckpt)
     net.set_train(True)
     flops = 3.0 * count_forward_flops(net, batch) if count_flops else None
     optimizer = nn.Momentum(net.trainable_params(), learning_rate=0.001, momentum=0.9)

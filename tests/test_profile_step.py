@@ -38,3 +38,43 @@ def test_kernel_times_per_step_by_stage_direction_and_type(tmp_path):
 def test_a_missing_profile_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         profile_step.kernel_rows(str(tmp_path), steps=1)
+
+
+def test_inference_kernels_are_credited_to_the_network_attribute(tmp_path):
+    """Without the training wrapper the stage is the attribute right under Default/; the network's
+    own ops and functional expansions are not stages."""
+    rows = [
+        ("Conv2D", "Default/backbone-ResNet50/layer1-SequentialCell/0-Bottleneck/conv1-Conv2d/Conv2D-op0", 30),
+        ("Gather", "Default/proposals_test-ProposalGenerator/Gather-op17", 8),
+        ("Conv2D", "Default/mask_head-MaskHead/mask_logits-Conv2d/Conv2D-op0", 4),
+        ("Reshape", "Default/Reshape-op7", 2),
+        ("Mul", "Expand/_Muls/Mul-op55", 1),
+    ]
+    folder = tmp_path / "run"
+    folder.mkdir()
+    lines = [HEADER] + [f"Host,{kind},x,{name},1,{ms},0,0\n" for kind, name, ms in rows]
+    (folder / "cpu_op_detail_info_0.csv").write_text("".join(lines))
+    by_stage, _ = profile_step.kernel_times(profile_step.kernel_rows(str(tmp_path), steps=1))
+    assert by_stage == {("backbone", "fwd"): 30, ("proposals_test", "fwd"): 8, ("mask_head", "fwd"): 4,
+                        ("step_wrapper", "fwd"): 3}
+
+
+def test_eval_mode_profiles_inference_batches(tmp_path):
+    """--mode eval on a small synthetic set: every stage of inference shows up, no gradient."""
+    import json
+    import subprocess
+
+    kernels = tmp_path / "kernels.json"
+    result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "benchmarks", "profile_step.py"), "--mode",
+                             "eval", "--image", "128x128", "--steps", "2", "--kernels_json", str(kernels)],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
+                            env=dict(os.environ, PYTHONPATH=REPO_ROOT))
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    stages = {(r["stage"], r["direction"]) for r in records if r["bench"] == "profile_stage"}
+    for stage in ("backbone", "fpn", "rpn_head", "proposals_test", "box_roi_align", "box_head", "mask_head"):
+        assert (stage, "fwd") in stages, stages
+    assert not any(direction == "bwd" for _, direction in stages)
+    (total,) = [r for r in records if r["bench"] == "profile_total"]
+    assert total["mode"] == "eval" and total["weights"] == "random" and total["kernel_ms_per_step"] > 0
+    assert abs(sum(ms for _, _, ms in json.loads(kernels.read_text())) - total["kernel_ms_per_step"]) < 1.0
