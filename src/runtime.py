@@ -148,6 +148,9 @@ COMPILE_CACHE_IGNORED_KEYS = (
     "base_lr", "lr_schedule", "lr_step_ratios", "lr_step_gamma", "warmup_steps", "warmup_ratio", "lr_scaling",
     "epoch_size", "momentum",
 )
+# MindSpore's log line (GLOG_v <= 2) when it runs a graph from the cache instead of compiling it
+# (tests and benchmarks look for it).
+CACHE_LOADED_MESSAGE = "Use the compilation cache"
 # Graph folders kept under compile_cache_dir (the most recently used); older ones are deleted.
 COMPILE_CACHE_KEEP = 8
 SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))

@@ -15,11 +15,9 @@ import subprocess
 import sys
 
 from src.config import REPO_ROOT, load_config
-from src.runtime import COMPILE_CACHE_IGNORED_KEYS, compile_cache, compile_cache_folder, source_digest
+from src.runtime import (CACHE_LOADED_MESSAGE, COMPILE_CACHE_IGNORED_KEYS, compile_cache, compile_cache_folder,
+                         source_digest)
 from src.synthetic import generate
-
-# MindSpore's own line (GLOG_v <= 2) when it runs a graph from the cache instead of compiling it.
-CACHE_LOADED_MESSAGE = "Use the compilation cache"
 
 
 def test_pyfunc_ops_have_process_independent_keys():

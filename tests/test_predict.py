@@ -23,8 +23,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from src.runtime import CACHE_LOADED_MESSAGE
 from src.visualize import class_map, overlay, palette
-from test_compile_cache import CACHE_LOADED_MESSAGE
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_VAL_IMAGES = 3
