@@ -48,26 +48,32 @@ def parse_sizes(text: str) -> List[Tuple[int, int]]:
     return sizes
 
 
+def inference_setup(config, ckpt: Optional[str] = None):
+    """What eval.py runs for ``config``: ``(net, evaluator, batches)``, the network in inference
+    mode with the weights of ``ckpt`` (random initialisation without), an evaluator over the val
+    split of ``config.coco_root`` and that split's batches of ``config.batch_size`` as dicts of
+    NumPy arrays (image, image_shape, image_id)."""
+    from src.evaluation.inference import build_eval_split, load_inference_checkpoint
+    from src.maskrcnn.builder import build_model
+
+    net = build_model(config)
+    if ckpt:
+        load_inference_checkpoint(net, ckpt)
+    net.set_train(False)
+    dataset, evaluator, _ = build_eval_split(config)
+    evaluator.reset()
+    return net, evaluator, list(dataset.create_dict_iterator(num_epochs=1, output_numpy=True))
+
+
 def bench_size(config_path: Optional[str], coco_root: str, height: int, width: int, num_images: int,
                batch_size: int, device_target: str, ckpt: Optional[str] = None) -> dict:
     """Time one input size; returns the JSON record."""
     import mindspore as ms
 
-    from src.evaluation.inference import build_eval_split
-    from src.maskrcnn.builder import build_model
-
     config = load_config(config_path, {"coco_root": coco_root, "img_height": height, "img_width": width,
                                        "batch_size": batch_size, "device_target": device_target,
                                        "num_parallel_workers": 1})
-    net = build_model(config)
-    if ckpt:
-        from src.evaluation.inference import load_inference_checkpoint
-
-        load_inference_checkpoint(net, ckpt)
-    net.set_train(False)
-    dataset, evaluator, sub = build_eval_split(config)
-    evaluator.reset()
-    batches = list(dataset.create_dict_iterator(num_epochs=1, output_numpy=True))
+    net, evaluator, batches = inference_setup(config, ckpt)
     batches = batches[: max(1, -(-num_images // batch_size))]
     compile_s = net_s = post_s = 0.0
     steady_images = 0

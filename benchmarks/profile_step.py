@@ -73,21 +73,15 @@ def eval_runs(height: int, width: int, batch_size: int, steps: int, data_dir: st
     the split is cycled when it holds fewer batches)."""
     import mindspore as ms
 
+    from bench_eval import inference_setup
     from src.config import load_config
-    from src.dataset import create_new_dataset
-    from src.evaluation.inference import load_inference_checkpoint
-    from src.maskrcnn.builder import build_model
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
-    config = load_config(overrides={"img_height": height, "img_width": width, "coco_root": data_dir})
-    net = build_model(config)
-    if ckpt:
-        load_inference_checkpoint(net, ckpt)
-    net.set_train(False)
-    dataset = create_new_dataset(data_dir, batch_size, is_training=False, num_parallel_workers=1, config=config)
-    batches = [(ms.Tensor(item["image"]), ms.Tensor(item["image_shape"]))
-               for item in dataset.create_dict_iterator(num_epochs=1, output_numpy=True)]
+    config = load_config(overrides={"img_height": height, "img_width": width, "coco_root": data_dir,
+                                    "batch_size": batch_size, "num_parallel_workers": 1})
+    net, _, items = inference_setup(config, ckpt)
+    batches = [(ms.Tensor(item["image"]), ms.Tensor(item["image_shape"])) for item in items]
     if not batches:
         raise ValueError(f"{data_dir}: no validation batch of {batch_size} images")
 
