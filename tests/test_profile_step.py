@@ -78,3 +78,24 @@ def test_eval_mode_profiles_inference_batches(tmp_path):
     (total,) = [r for r in records if r["bench"] == "profile_total"]
     assert total["mode"] == "eval" and total["weights"] == "random" and total["kernel_ms_per_step"] > 0
     assert abs(sum(ms for _, _, ms in json.loads(kernels.read_text())) - total["kernel_ms_per_step"]) < 1.0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "0"], "--steps must be at least 1, got 0"),
+    (["--ckpt", "/nonexistent/last.ckpt"], "--ckpt: no such file: /nonexistent/last.ckpt"),
+])
+def test_bad_arguments_are_named_before_any_work(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        profile_step.main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bench_startup_warm_cases_need_cold_first(capsys):
+    import bench_startup
+
+    for warm in ("warm", "warm_new_lr"):
+        with pytest.raises(SystemExit) as exit_info:
+            bench_startup.main(["--cases", f"{warm},cold"])
+        assert exit_info.value.code == 2
+        assert f"'{warm}' loads what 'cold' saved: list cold before {warm}" in capsys.readouterr().err
