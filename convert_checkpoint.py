@@ -29,7 +29,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from src.runtime import EXIT_BAD_INPUT, EXIT_OK
+from src.engine.runtime import EXIT_BAD_INPUT, EXIT_OK
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CKPT_FILE = os.path.join(REPO_ROOT, "FineTune", "resnet50.ckpt")
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from src.runtime import setup_logging
+    from src.engine.runtime import setup_logging
 
     setup_logging()
     # MindSpore is imported only once the arguments are known to be valid.

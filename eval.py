@@ -18,8 +18,10 @@ import sys
 import tempfile
 from typing import Optional, Sequence
 
-from src.config import DEVICE_TARGETS, add_config_arguments, config_from_cli, resolve_path
-from src.runtime import EXIT_BAD_INPUT, EXIT_OK
+from src.cli import (add_inference_weights_arguments, bad_input_errors, inference_network, missing_weights_message,
+                     with_device_override)
+from src.config import add_config_arguments, config_from_cli, resolve_path
+from src.engine.runtime import EXIT_BAD_INPUT, EXIT_OK
 
 logger = logging.getLogger("eval")
 
@@ -30,16 +32,12 @@ DEFAULT_OUT_SUBDIR = "eval"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
-    weights = parser.add_mutually_exclusive_group(required=True)
-    weights.add_argument("--ckpt", help="checkpoint of this model written by train.py")
-    weights.add_argument("--mindir", help="graph written by export.py (batch 1, the config's input size)")
+    add_inference_weights_arguments(parser)
     parser.add_argument("--data_path", default=None,
                         help="COCO-format root with <val split>/ and annotations/ (default: coco_root)")
     parser.add_argument("--ann_file", default=None,
                         help="annotation JSON of the val split (default: <root>/annotations/instances_<split>.json)")
     parser.add_argument("--out", default=None, help="output folder (default: <run_dir>/eval)")
-    parser.add_argument("--device_target", default=None, choices=DEVICE_TARGETS,
-                        help="overrides the config's device_target")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     parser.add_argument("--report", default=None, metavar="DIR",
                         help="also write DIR/report.html (AP table, PR curves, error breakdown, best-F1 score "
@@ -69,19 +67,14 @@ def run_eval(config, ckpt: str, data_root: Optional[str], ann_file: Optional[str
              progress: bool = True, report_dir: Optional[str] = None, mindir: Optional[str] = None) -> dict:
     """Build the model, load ``ckpt`` (or run the exported ``mindir``, batch 1), evaluate the val
     split, write the results (and the report page in ``report_dir``); returns the metrics."""
-    from src.evaluation.inference import build_eval_split, evaluate_model, load_inference_checkpoint
-    from src.maskrcnn.builder import build_model
+    from src.evaluation.inference import build_eval_split, evaluate_model
 
+    net, report = inference_network(config, ckpt, mindir)
     eval_batch = None
     if mindir:
-        from export import load_exported
-
-        net = load_exported(mindir)
         eval_batch = 1  # the exported graph's static batch (export.py --export_batch default)
         ckpt = mindir
     else:
-        net = build_model(config)
-        report = load_inference_checkpoint(net, ckpt)
         logger.info("loaded %s: %d parameters", ckpt, len(report.loaded))
     root = resolve_path(data_root if data_root is not None else config.coco_root)
     with tempfile.TemporaryDirectory(prefix="eval_root_") as workdir:
@@ -117,23 +110,15 @@ def run_eval(config, ckpt: str, data_root: Optional[str], ann_file: Optional[str
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args, config = config_from_cli(parser, argv)
-    if args.device_target:
-        config = config.replace(device_target=args.device_target)
-    from src.runtime import set_mindspore_context, setup_logging
+    config = with_device_override(config, args)
+    from src.engine.runtime import compile_cache, ensure_writable_folder, set_mindspore_context, setup_logging
 
     setup_logging()
     out_dir = args.out or os.path.join(resolve_path(config.run_dir), DEFAULT_OUT_SUBDIR)
-    from src.checkpoint.io import CheckpointError
-    from src.dataset import DatasetError
-    from src.evaluation.report_data import ReportError
-    from src.evaluation.results import EvaluationError
-    from export import ExportError
-
-    weights = args.mindir or args.ckpt
-    if not os.path.isfile(weights):
-        logger.error("%s file not found: %s", "MindIR" if args.mindir else "checkpoint", weights)
+    missing = missing_weights_message(args)
+    if missing:
+        logger.error("%s", missing)
         return EXIT_BAD_INPUT
-    from src.runtime import SetupError, compile_cache, ensure_writable_folder
 
     try:
         ensure_writable_folder(out_dir, "out")
@@ -143,8 +128,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with compile_cache(cached_config, "eval", entry_file=__file__):
             run_eval(config, args.ckpt, args.data_path, args.ann_file, out_dir, progress=not args.no_progress,
                      report_dir=args.report, mindir=args.mindir)
-    except (CheckpointError, DatasetError, EvaluationError, ReportError, ExportError, FileNotFoundError,
-            SetupError) as e:
+    except bad_input_errors(FileNotFoundError) as e:
         logger.error("%s", e)
         return EXIT_BAD_INPUT
     return EXIT_OK

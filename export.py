@@ -20,17 +20,12 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from src.cli import bad_input_errors
 from src.config import add_config_arguments, config_from_cli
-from src.runtime import EXIT_BAD_INPUT, EXIT_OK
+from src.engine.mindir import FILE_FORMATS, export_network
+from src.engine.runtime import EXIT_BAD_INPUT, EXIT_OK
 
 logger = logging.getLogger("export")
-
-FILE_FORMATS = ("MINDIR", "ONNX", "AIR")
-SUFFIXES = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
-
-
-class ExportError(ValueError):
-    """The graph cannot be written in the requested format, or an exported file is unusable."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,82 +38,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def export_network(net, config, out: str, file_format: str = "MINDIR", batch: int = 1) -> str:
-    """Write ``net`` (inference mode) with static inputs of ``config``'s size; returns the file path.
-
-    Raises:
-        ExportError: the format cannot hold one of the graph's operators (the message names it).
-    """
-    import mindspore as ms
-    import numpy as np
-
-    suffix = SUFFIXES[file_format]
-    stem = out[: -len(suffix)] if out.lower().endswith(suffix) else out
-    os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
-    image = ms.Tensor(np.zeros((batch, 3, config.img_height, config.img_width), np.float32))
-    image_shape = ms.Tensor(np.tile(np.array([[config.img_height, config.img_width, 1.0, 1.0]], np.float32),
-                                    (batch, 1)))
-    net.set_train(False)
-    try:
-        ms.export(net, image, image_shape, file_name=stem, file_format=file_format)
-    except (RuntimeError, TypeError, ValueError) as e:
-        raise ExportError(f"{file_format} export failed: {blocking_operator(str(e))}") from e
-    path = stem + suffix
-    if not os.path.isfile(path):
-        raise ExportError(f"{file_format} export wrote no file at {path}")
-    return path
-
-
-def blocking_operator(message: str) -> str:
-    """The one line of an exporter's error that names the unsupported operator (else the first line)."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    for line in lines:
-        lowered = line.lower()
-        if ("not support" in lowered or "unsupported" in lowered) and ("op" in lowered or "primitive" in lowered):
-            return line
-    return lines[0] if lines else "unknown error"
-
-
-def load_exported(path: str):
-    """``nn.GraphCell`` of an exported MindIR: ``cell(image, image_shape)`` -> the network's outputs.
-
-    Raises:
-        ExportError: missing or unreadable file (names it).
-    """
-    import mindspore as ms
-    from mindspore import nn
-
-    if not os.path.isfile(path):
-        raise ExportError(f"MindIR file not found: {path}")
-    try:
-        graph = ms.load(path)
-    except (RuntimeError, ValueError) as e:
-        raise ExportError(f"{path}: not a loadable MindIR file ({str(e).splitlines()[0]})") from e
-    return nn.GraphCell(graph)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args, config = config_from_cli(parser, argv)
     if args.export_batch <= 0:
         parser.error(f"--export_batch must be positive, got {args.export_batch}")
-    from src.runtime import set_mindspore_context, setup_logging
+    from src.engine.runtime import set_mindspore_context, setup_logging
 
     setup_logging()
-    from src.checkpoint.io import CheckpointError
-
     if not os.path.isfile(args.ckpt):
         logger.error("checkpoint file not found: %s", args.ckpt)
         return EXIT_BAD_INPUT
     set_mindspore_context(config.device_target, seed=config.seed)
-    from src.evaluation.inference import load_inference_checkpoint
+    from src.checkpoint.load import load_inference_checkpoint
     from src.maskrcnn.builder import build_model
 
     try:
         net = build_model(config, for_export=True)
         load_inference_checkpoint(net, args.ckpt)
         path = export_network(net, config, args.out, args.file_format, args.export_batch)
-    except (CheckpointError, ExportError) as e:
+    except bad_input_errors() as e:
         logger.error("%s", e)
         return EXIT_BAD_INPUT
     logger.info("exported %s (%s, input %dx%d, batch %d)", path, args.file_format, config.img_height,

@@ -9,7 +9,7 @@ element-wise Maximum on the RPN's anchors x ground-truth shape at 384x640 ([2, 6
 one operand broadcast ([2, 1, 16]) and with equal shapes (the operand made full-size first with
 ``broadcast_to``, as ``box_ops.broadcast_pair`` does), and the forward + backward of the stem's
 3x3/2 max-pool ([2, 64, 192, 320]) and of the FPN's 2x nearest upsampling ([2, 256, 48, 80]) with
-MindSpore's kernels and with the project's C kernels (``src/maskrcnn/cpu_ops.py``).
+MindSpore's kernels and with the project's C kernels (``src/maskrcnn/ops/cpu_ops.py``).
 """
 
 import time
@@ -99,11 +99,11 @@ def main():
 
 def _pool_and_upsample_cases(version, rng):
     """The stem max-pool and the FPN's 2x nearest upsampling at 384x640, forward + backward:
-    MindSpore's kernels against the C kernels in pyfunc ops (``src/maskrcnn/cpu_ops.py``)."""
+    MindSpore's kernels against the C kernels in pyfunc ops (``src/maskrcnn/ops/cpu_ops.py``)."""
     import mindspore as ms
     from mindspore import Tensor, nn, ops
 
-    from src.maskrcnn.cpu_ops import CpuMaxPool2d, upsample_nearest_op
+    from src.maskrcnn.ops.cpu_ops import CpuMaxPool2d, upsample_nearest_op
 
     class Weighted(nn.Cell):
         def __init__(self, op, weights):

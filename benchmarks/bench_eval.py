@@ -53,7 +53,8 @@ def inference_setup(config, ckpt: Optional[str] = None):
     mode with the weights of ``ckpt`` (random initialisation without), an evaluator over the val
     split of ``config.coco_root`` and that split's batches of ``config.batch_size`` as dicts of
     NumPy arrays (image, image_shape, image_id)."""
-    from src.evaluation.inference import build_eval_split, load_inference_checkpoint
+    from src.checkpoint.load import load_inference_checkpoint
+    from src.evaluation.inference import build_eval_split
     from src.maskrcnn.builder import build_model
 
     net = build_model(config)
@@ -126,7 +127,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--num_images must cover at least two batches (the first one compiles)")
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("GLOG_v", "3")
-    from src.runtime import set_mindspore_context
+    from src.engine.runtime import set_mindspore_context
 
     set_mindspore_context(args.device_target, seed=1)
     with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp:

@@ -25,7 +25,7 @@ def main() -> int:
     args = parser.parse_args()
     import mindspore as ms
 
-    import export
+    from src.engine import mindir
     from src.config import load_config
     from src.maskrcnn.builder import build_model
 
@@ -44,9 +44,9 @@ def main() -> int:
         export_net = build_model(config, for_export=True)
         ms.load_param_into_net(export_net, ms.load_checkpoint(ckpt))
         started = time.time()
-        path = export.export_network(export_net, config, os.path.join(root, "model"), "MINDIR")
+        path = mindir.export_network(export_net, config, os.path.join(root, "model"), "MINDIR")
         export_s = time.time() - started
-        graph = export.load_exported(path)
+        graph = mindir.load_exported(path)
         for name, model in (("checkpoint", net), ("mindir", graph)):
             started = time.time()
             model(images[0], shape)

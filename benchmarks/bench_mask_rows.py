@@ -42,7 +42,7 @@ def run_mode(mode: str, height: int, width: int, steps: int, data_dir: str, ckpt
     batches = [batch for batch, _ in zip(dataset.create_tuple_iterator(), range(steps + 1))]
     net = train_cell.network.net
     if ckpt:
-        from src.evaluation.inference import load_inference_checkpoint
+        from src.checkpoint.load import load_inference_checkpoint
 
         load_inference_checkpoint(net, ckpt)  # every parameter from the file, or an error
     positives = []

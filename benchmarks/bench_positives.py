@@ -60,9 +60,9 @@ def main(argv=None):
     import train as train_module
     from src.config import load_config
     from src.dataset import create_new_dataset
-    from src.lr_schedule import build_lr_schedule
+    from src.engine.lr_schedule import build_lr_schedule
     from src.maskrcnn.builder import build_model
-    from src.network_define import LossNet, TrainOneStepCell, WithLossCell
+    from src.engine.train_step import LossNet, TrainOneStepCell, WithLossCell
 
     data = args.data
     if data is None:
@@ -76,7 +76,7 @@ def main(argv=None):
     dataset = create_new_dataset(data, config.batch_size, is_training=True, num_parallel_workers=1, config=config)
     net = build_model(config)
     if args.ckpt:
-        from src.evaluation.inference import load_inference_checkpoint
+        from src.checkpoint.load import load_inference_checkpoint
 
         load_inference_checkpoint(net, args.ckpt)
     lr = build_lr_schedule(config, dataset.get_dataset_size())

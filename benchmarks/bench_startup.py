@@ -30,7 +30,7 @@ import time
 
 from common import REPO_ROOT, emit
 
-from src.runtime import CACHE_LOADED_MESSAGE
+from src.engine.runtime import CACHE_LOADED_MESSAGE
 
 CASES = ("nocache", "cold", "warm", "warm_new_lr")
 POLL_SECONDS = 0.05

@@ -73,7 +73,7 @@ def build_train_step(height: int, width: int, batch_size: int, data_dir: str, co
     from src.config import load_config
     from src.dataset import create_new_dataset
     from src.maskrcnn.builder import build_model
-    from src.network_define import LossNet, TrainOneStepCell, WithLossCell
+    from src.engine.train_step import LossNet, TrainOneStepCell, WithLossCell
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
@@ -84,7 +84,7 @@ def build_train_step(height: int, width: int, batch_size: int, data_dir: str, co
     batch = next(dataset.create_tuple_iterator())
     net = build_model(config)
     if ckpt:
-        from src.evaluation.inference import load_inference_checkpoint
+        from src.checkpoint.load import load_inference_checkpoint
 
         load_inference_checkpoint(net, ckpt)
     net.set_train(True)

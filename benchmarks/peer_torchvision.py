@@ -73,7 +73,7 @@ def keep_ratio_size(height: int, width: int, canvas_height: int, canvas_width: i
 
 def learning_rates(total_steps: int, base_lr: float, warmup_steps: int, warmup_ratio: float,
                    schedule: str, step_ratios: Sequence[float] = (), step_gamma: float = 0.1) -> List[float]:
-    """Per-step learning rates of a run of ``total_steps`` (the project's src/lr_schedule.py rule).
+    """Per-step learning rates of a run of ``total_steps`` (the project's src/engine/lr_schedule.py rule).
 
     Linear warm-up from ``base_lr * warmup_ratio`` over ``min(warmup_steps, total_steps // 3)``
     steps, then a half cosine to 0 at ``total_steps`` (``schedule="cosine"``) or steps of

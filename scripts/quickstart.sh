@@ -31,7 +31,7 @@ ls "$DATA/val2017"/*.jpg | head -n 4 | xargs -I{} cp {} "$RUN/samples/"
   --score_thr auto --report_json "$RUN/eval/report/report.json"
 
 echo "[5/5] loss curve"
-"$PY" -m src.loss_curve "$RUN/losses.csv" "$RUN/loss_curve.png"
+"$PY" -m src.viz.loss_curve "$RUN/losses.csv" "$RUN/loss_curve.png"
 
 END=$(date +%s)
 "$PY" - "$RUN" "$((END - START))" <<'PYEOF'

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Data-parallel fine-tuning with msrun: one train.py process (rank) per device, each on its own
-# shard of the training set, gradients averaged over the ranks (see src/distributed.py for the
+# shard of the training set, gradients averaged over the ranks (see src/engine/distributed.py for the
 # learning-rate rule). Rank 0 alone writes the run directory; every rank's console goes to
 # RUN_DIR/msrun_logs/worker_<rank>.log. When a rank fails, msrun stops the others and this script
 # prints the last lines of the failing rank's log.
@@ -21,11 +21,11 @@ source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
 # msrun starts each rank as `python train.py ...`: the venv's python must come first on PATH.
 export PATH="$VENV/bin:$PATH"
-RUN_DIR="$(python -m src.distributed run-dir --config_path "$CONFIG" "$@")"
+RUN_DIR="$(python -m src.engine.distributed run-dir --config_path "$CONFIG" "$@")"
 LOG_DIR="$RUN_DIR/msrun_logs"
 rm -rf "$LOG_DIR"
 mkdir -p "$LOG_DIR"
-PORT="${MS_MASTER_PORT:-$(python -m src.distributed free-port)}"
+PORT="${MS_MASTER_PORT:-$(python -m src.engine.distributed free-port)}"
 set +e
 msrun --worker_num="$DEVICE_NUM" --local_worker_num="$DEVICE_NUM" --master_port="$PORT" \
   --cluster_time_out="${MSRUN_CLUSTER_TIMEOUT:-300}" --log_dir="$LOG_DIR" --join=True \

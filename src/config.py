@@ -19,24 +19,20 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from src.maskrcnn.geometry import FPN_STRIDES, INPUT_SIZE_MULTIPLE, MASK_HEAD_UPSAMPLE
 from src.maskrcnn.numerics import PRESET_NAMES as NUMERICS_PRESETS
+from src.maskrcnn.target import DEVICE_TARGETS
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG_PATH = os.path.join(REPO_ROOT, "FineTune", "default.yaml")
 
-# Strides of the FPN levels P2..P6 relative to the network input.
-FPN_STRIDES: Tuple[int, ...] = (4, 8, 16, 32, 64)
-# The mask head's deconvolution enlarges its RoIAlign input by this factor: predicted masks are
-# ``Config.mask_out_size = MASK_HEAD_UPSAMPLE * roi_mask_size`` pixels square (28 for 14).
-MASK_HEAD_UPSAMPLE = 2
-# The network input must be divisible by the stride of the coarsest backbone stage (C5).
-INPUT_SIZE_MULTIPLE = 32
-DEVICE_TARGETS = ("CPU", "Ascend", "GPU")
 # Layout of a COCO 2017 download, the default of the data keys: images in <root>/<split>/,
 # annotations in <root>/<COCO_INSTANCE_SET with the split name>.
 COCO_SPLITS = ("train2017", "val2017")
 COCO_INSTANCE_SET = "annotations/instances_{}.json"
 LR_SCHEDULES = ("step", "cosine")
+# Data parallel over N ranks: "linear" trains at N * base_lr, "none" at base_lr (src/engine/distributed.py).
+LR_SCALING_RULES = ("linear", "none")
 
 
 class ConfigError(ValueError):
@@ -173,11 +169,11 @@ class Config:
     #   empty masks, boxes far from their mask, unknown image/category ids) are errors instead
     #   of being dropped/repaired and counted in one warning per split
 
-    # ---- devices, parallelism, precision (src/distributed.py, src/precision.py) -------------
+    # ---- devices, parallelism, precision (src/engine/distributed.py, src/maskrcnn/target.py) -------------
     lr_scaling: str = "linear"  # data parallel over N ranks: "linear" = N * base_lr, "none" = base_lr
     dataset_sink_mode: bool = False  # feed batches through the device queue (Ascend: true)
     compute_dtype: str = "auto"  # backbone/FPN/heads: "float16", "float32", "auto" (float16 on Ascend)
-    # Folder of MindSpore's compile cache (src/runtime.py): the first run of a config compiles and
+    # Folder of MindSpore's compile cache (src/engine/runtime.py): the first run of a config compiles and
     # saves its graphs there, later runs of the same config and code load them in seconds. One
     # sub-folder per config + source hash (a change never reuses a stale graph), the 8 most
     # recently used kept. null or "" = off (every run compiles).
@@ -334,7 +330,7 @@ def _validate(cfg: Config, source: str) -> None:
         raise bad("keep_checkpoint_max", "must not be negative (0 = no numbered checkpoints, last.ckpt only)")
     if cfg.warmup_steps < 0 or cfg.eval_interval < 0:
         raise bad("warmup_steps" if cfg.warmup_steps < 0 else "eval_interval", "must not be negative")
-    if cfg.lr_scaling not in ("linear", "none"):
+    if cfg.lr_scaling not in LR_SCALING_RULES:
         raise bad("lr_scaling", "must be 'linear' or 'none'")
     if cfg.compute_dtype not in ("auto", "float16", "float32"):
         raise bad("compute_dtype", "must be 'auto', 'float16' or 'float32'")

@@ -29,7 +29,7 @@ from pycocotools.coco import COCO
 
 from src.annotations import DatasetError, DefectLog, clean_instance, load_coco_json, rasterize
 from src.batch import EVAL_COLUMNS, TRAIN_COLUMNS
-from src.config import Config, load_config, resolve_path
+from src.config import Config, resolve_path
 from src.data_sources import EpochSampler, EvalSource, TrainSource
 from src.image_header import ImageHeaderError, read_image_size
 
@@ -59,10 +59,10 @@ class COCOSubDataset:
 
     Args:
         coco_root: the COCO-format root, folder with ``<split>/`` images and ``annotations/``
-            (default config.coco_root).
+            (None: config.coco_root).
         is_training: split = ``config.train_data_type`` (images without an instance of the chosen
             classes are skipped and counted) or ``config.val_data_type`` (all images kept).
-        config: the run's Config (default: FineTune/default.yaml).
+        config: the run's Config.
 
     Attributes:
         label_to_cat_id: contiguous label 1.. (order of coco_classes[1:]) -> file category id.
@@ -83,9 +83,8 @@ class COCOSubDataset:
     ``config.max_instance_count`` rows: real instances (largest first), then crowd regions.
     """
 
-    def __init__(self, coco_root: Optional[str] = None, is_training: bool = True,
-                 config: Optional[Config] = None):
-        self.config = config if config is not None else load_config()
+    def __init__(self, coco_root: Optional[str], is_training: bool, config: Config):
+        self.config = config
         self.is_training = is_training
         self.split = self.config.train_data_type if is_training else self.config.val_data_type
         self.root = resolve_path(coco_root if coco_root is not None else self.config.coco_root)
@@ -246,9 +245,8 @@ class COCOSubDataset:
         return self.read_bytes(index), annos, masks, np.array([rec.height, rec.width], np.int32)
 
 
-def create_new_dataset(dataset_root: Optional[str], batch_size: int, is_training: bool = True,
-                       num_parallel_workers: Optional[int] = None, config: Optional[Config] = None,
-                       shuffle: Optional[bool] = None, num_shards: int = 1, shard_id: int = 0):
+def create_new_dataset(dataset_root: Optional[str], batch_size: int, is_training: bool,
+                       num_parallel_workers: Optional[int], config: Config, shuffle: Optional[bool] = None, num_shards: int = 1, shard_id: int = 0):
     """Build the MindSpore input pipeline.
 
     Args:
@@ -260,7 +258,7 @@ def create_new_dataset(dataset_root: Optional[str], batch_size: int, is_training
             eval columns EVAL_COLUMNS (in order, last batch padded with image id PAD_IMAGE_ID).
         num_parallel_workers: worker processes (default config.num_parallel_workers); 1 runs in
             the main process.
-        config: the run's Config (default FineTune/default.yaml).
+        config: the run's Config.
         shuffle: override the default (True for training, False for eval).
         num_shards, shard_id: data-parallel training reads the ``shard_id``-th of ``num_shards``
             disjoint parts of the set.
@@ -270,7 +268,7 @@ def create_new_dataset(dataset_root: Optional[str], batch_size: int, is_training
     """
     import mindspore.dataset as ds  # imported here: MindSpore is slow to import
 
-    cfg = config if config is not None else load_config()
+    cfg = config
     workers = num_parallel_workers or cfg.num_parallel_workers
     if batch_size <= 0:
         raise DatasetError(f"batch_size must be positive, got {batch_size}")

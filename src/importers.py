@@ -29,7 +29,7 @@ import numpy as np
 
 from src.annotations import DatasetError, MIN_POLYGON_POINTS, load_coco_json, read_json
 from src.config import COCO_INSTANCE_SET, COCO_SPLITS
-from src.runtime import EXIT_BAD_INPUT, EXIT_OK
+from src.engine.runtime import EXIT_BAD_INPUT, EXIT_OK
 
 LOGGER = logging.getLogger(__name__)
 

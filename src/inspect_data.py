@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from src.config import FPN_STRIDES, Config, add_config_arguments, config_from_cli
-from src.runtime import EXIT_BAD_INPUT, EXIT_OK
+from src.engine.runtime import EXIT_BAD_INPUT, EXIT_OK
 from src.transforms import fit_scale, resized_size
 
 LOGGER = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ def draw_network_sample(columns, config: Config) -> np.ndarray:
         [H, W, 3] uint8 RGB.
     """
     from src.batch import CROWD_LABEL
-    from src.visualize import overlay
+    from src.viz.visualize import overlay
 
     image, image_shape, box, label, _valid, mask = columns
     std, mean = np.asarray(config.img_std, np.float32), np.asarray(config.img_mean, np.float32)

@@ -95,7 +95,7 @@ def test_keep_ratio_size_is_the_projects_resize(canvas):
 ])
 def test_learning_rates_are_the_projects_schedule(overrides, steps_per_epoch):
     from src.config import load_config
-    from src.lr_schedule import build_lr_schedule
+    from src.engine.lr_schedule import build_lr_schedule
 
     config = load_config(overrides=overrides)
     ours = build_lr_schedule(config, steps_per_epoch)

@@ -48,7 +48,7 @@ def test_stage_arguments_come_from_the_config():
 
 
 def test_float16_config_converts_the_documented_cells():
-    from src.precision import built_dtypes, planned_dtypes
+    from src.maskrcnn.target import built_dtypes, planned_dtypes
 
     config = _config(compute_dtype="float16")
     assert built_dtypes(build_model(config)) == planned_dtypes(config)

@@ -488,7 +488,7 @@ def test_crash_on_first_write_leaves_nothing(tmp_path, monkeypatch):
 
 
 def _train_cell(shapes=None):
-    from src.network_define import TrainOneStepCell
+    from src.engine.train_step import TrainOneStepCell
 
     net = _tiny_net(shapes)
     optimizer = nn.Momentum(net.trainable_params(), learning_rate=0.1, momentum=0.9)

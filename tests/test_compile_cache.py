@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 from src.config import REPO_ROOT, load_config
-from src.runtime import (CACHE_LOADED_MESSAGE, COMPILE_CACHE_IGNORED_KEYS, compile_cache, compile_cache_folder,
+from src.engine.runtime import (CACHE_LOADED_MESSAGE, COMPILE_CACHE_IGNORED_KEYS, compile_cache, compile_cache_folder,
                          source_digest)
 from src.synthetic import generate
 
@@ -23,8 +23,8 @@ from src.synthetic import generate
 def test_pyfunc_ops_have_process_independent_keys():
     from mindspore.ops.operations._pyfunc_registry import get_pyfunc
 
-    from src.maskrcnn import roi_align
-    from src.maskrcnn.cpu_ops import CpuMaxPool2d, pyfunc_key
+    from src.maskrcnn.ops import roi_align_cpu as roi_align
+    from src.maskrcnn.ops.cpu_ops import CpuMaxPool2d, pyfunc_key
 
     op = roi_align.cpu_roi_align_op(7, 2)
     key = op.attrs["fn_id"]
@@ -34,7 +34,7 @@ def test_pyfunc_ops_have_process_independent_keys():
     pool = CpuMaxPool2d(3, 2, "same").pool
     assert get_pyfunc(pool.attrs["fn_id"]) is pool.func
     # Another process computes the same keys (id() would differ from process to process).
-    code = ("from src.maskrcnn import roi_align; from src.maskrcnn.cpu_ops import CpuMaxPool2d; "
+    code = ("from src.maskrcnn.ops import roi_align_cpu as roi_align; from src.maskrcnn.ops.cpu_ops import CpuMaxPool2d; "
             "print(roi_align.cpu_roi_align_op(7, 2).attrs['fn_id'], roi_align.cpu_roi_align_op(14, 2).attrs['fn_id'], "
             "CpuMaxPool2d(3, 2, 'same').pool.attrs['fn_id'], CpuMaxPool2d(3, 2, 1).pool.attrs['fn_id'])")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True,
@@ -64,7 +64,7 @@ def test_cache_folder_follows_what_shapes_the_graph(monkeypatch):
     assert compile_cache_folder(same, "train") == base
     assert set(COMPILE_CACHE_IGNORED_KEYS) <= set(config.to_dict())
     # A machine that cannot build the C kernels gets graphs without them: another folder.
-    from src.maskrcnn import cpu_kernels
+    from src.maskrcnn.ops import cpu_kernels
 
     monkeypatch.setattr(cpu_kernels, "available", lambda: False)
     assert compile_cache_folder(config, "train") != base
@@ -84,7 +84,7 @@ def test_source_digest_follows_every_source_byte(tmp_path):
 
 
 def test_cache_is_off_by_config_and_for_a_second_run_in_a_process(tmp_path, monkeypatch):
-    import src.runtime as runtime
+    import src.engine.runtime as runtime
 
     config = load_config(overrides={"compile_cache_dir": str(tmp_path / "cache")})
     with compile_cache(config.replace(compile_cache_dir=None), "train") as folder:
@@ -146,7 +146,7 @@ def test_train_keys_the_graph_by_the_length_of_its_lr_schedule(tmp_path, monkeyp
     import train as train_script
     from mindspore.train import Model
 
-    import src.runtime as runtime
+    import src.engine.runtime as runtime
 
     seen = []
 

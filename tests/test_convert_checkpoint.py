@@ -13,7 +13,7 @@ from src.checkpoint.io import read_checkpoint
 from src.checkpoint.load import load_pretrained
 from src.checkpoint.names import ZOO_MASKRCNN_TO_OURS, ZOO_MASKRCNN_TRANSPOSED
 from src.maskrcnn.resnet50 import ResNet50
-from src.runtime import EXIT_BAD_INPUT
+from src.engine.runtime import EXIT_BAD_INPUT
 from zoo_checkpoints import (ZOO_MASKRCNN_LIST, ZOO_OPTIMIZER_STATE, ZOO_RESNET50_LIST, random_arrays,
                              read_param_list, save_arrays)
 
@@ -24,7 +24,7 @@ LENET_SHAPES = {"conv1.weight": (6, 1, 5, 5), "conv2.weight": (16, 6, 5, 5), "fc
 @pytest.fixture(autouse=True)
 def keep_pytest_logging(monkeypatch):
     """main() reconfigures the root logger (force=True), which would detach caplog's handler."""
-    monkeypatch.setattr("src.runtime.setup_logging", lambda *args, **kwargs: None)
+    monkeypatch.setattr("src.engine.runtime.setup_logging", lambda *args, **kwargs: None)
 
 
 @pytest.fixture(scope="module")

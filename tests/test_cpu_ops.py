@@ -1,4 +1,4 @@
-"""The C kernels of the CPU backend (src/maskrcnn/cpu_kernels.c, conv3x3_onednn.c) against MindSpore's own ops."""
+"""The C kernels of the CPU backend (src/maskrcnn/ops/cpu_kernels.c, conv3x3_onednn.c) against MindSpore's own ops."""
 
 import logging
 
@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from mindspore import ParameterTuple, Tensor, nn, ops
 
-from src.maskrcnn import cpu_kernels
-from src.maskrcnn.cpu_ops import Conv3x3, CpuMaxPool2d, upsample_nearest_op
+from src.maskrcnn.ops import cpu_kernels
+from src.maskrcnn.ops.cpu_ops import Conv3x3, CpuMaxPool2d, upsample_nearest_op
 from src.maskrcnn.layers import conv2d
 from src.maskrcnn.resnet50 import ResNet50, stem_max_pool
+from src.maskrcnn.target import CPU_KERNELS, NATIVE_KERNELS, Kernels
 
 
 class _Weighted(nn.Cell):
@@ -50,7 +51,7 @@ def _forward_and_gradient(op, x, out_shape, seed):
 
 
 def test_the_test_machine_builds_the_kernels():
-    assert cpu_kernels.available(), "gcc (or $CC) must build src/maskrcnn/cpu_kernels.c here"
+    assert cpu_kernels.available(), "gcc (or $CC) must build src/maskrcnn/ops/cpu_kernels.c here"
 
 
 @pytest.mark.parametrize("padding, native", [("same", dict(pad_mode="same")),
@@ -99,7 +100,7 @@ def test_no_compiler_means_mindspores_own_ops(monkeypatch, caplog):
         assert cpu_kernels.library.__wrapped__() is None
     assert "no C compiler" in caplog.text
     monkeypatch.setattr(cpu_kernels, "available", lambda: False)
-    assert isinstance(stem_max_pool("same", "cpu"), nn.MaxPool2d)
+    assert isinstance(stem_max_pool("same", CPU_KERNELS), nn.MaxPool2d)
 
 
 def test_a_failing_compiler_is_reported_and_nothing_half_built_is_left(monkeypatch, caplog, tmp_path):
@@ -112,8 +113,8 @@ def test_a_failing_compiler_is_reported_and_nothing_half_built_is_left(monkeypat
 
 
 def test_stem_pool_kernel_follows_the_choice():
-    assert isinstance(stem_max_pool("same", "cpu"), CpuMaxPool2d)
-    assert isinstance(stem_max_pool("symmetric", "native"), nn.MaxPool2d)
+    assert isinstance(stem_max_pool("same", CPU_KERNELS), CpuMaxPool2d)
+    assert isinstance(stem_max_pool("symmetric", NATIVE_KERNELS), nn.MaxPool2d)
 
 
 class _AllGrads(nn.Cell):
@@ -151,8 +152,8 @@ def test_onednn_conv3x3_matches_nn_conv2d(shape, out_channels, has_bias):
     weight = Tensor((rng.standard_normal((out_channels, shape[1], 3, 3)) * 0.1).astype(np.float32))
     x_values = rng.standard_normal(shape).astype(np.float32)
     x = Tensor(x_values.copy())
-    ours = conv2d(shape[1], out_channels, 3, weight, has_bias=has_bias, kernel="cpu")
-    theirs = conv2d(shape[1], out_channels, 3, weight, has_bias=has_bias, kernel="native")
+    ours = conv2d(shape[1], out_channels, 3, weight, has_bias=has_bias, kernels=CPU_KERNELS)
+    theirs = conv2d(shape[1], out_channels, 3, weight, has_bias=has_bias, kernels=NATIVE_KERNELS)
     assert isinstance(ours, Conv3x3) and not isinstance(theirs, Conv3x3)
     if has_bias:
         bias = rng.standard_normal(out_channels).astype(np.float32)
@@ -172,12 +173,12 @@ def test_onednn_conv3x3_matches_nn_conv2d(shape, out_channels, has_bias):
 
 def test_conv2d_uses_onednn_only_for_stride_1_3x3_on_the_cpu_kernels(monkeypatch):
     weight = "normal"
-    assert isinstance(conv2d(4, 4, 3, weight, kernel="cpu"), Conv3x3)
-    assert not isinstance(conv2d(4, 4, 3, weight, stride=2, kernel="cpu"), Conv3x3)
-    assert not isinstance(conv2d(4, 4, 1, weight, kernel="cpu"), Conv3x3)
-    assert not isinstance(conv2d(4, 4, 3, weight, kernel="native"), Conv3x3)
+    assert isinstance(conv2d(4, 4, 3, weight, kernels=CPU_KERNELS), Conv3x3)
+    assert not isinstance(conv2d(4, 4, 3, weight, stride=2, kernels=CPU_KERNELS), Conv3x3)
+    assert not isinstance(conv2d(4, 4, 1, weight, kernels=CPU_KERNELS), Conv3x3)
+    assert not isinstance(conv2d(4, 4, 3, weight, kernels=NATIVE_KERNELS), Conv3x3)
     monkeypatch.setattr(cpu_kernels, "conv3x3_library", lambda: None)
-    fallback = conv2d(4, 4, 3, weight, kernel="cpu")
+    fallback = conv2d(4, 4, 3, weight, kernels=CPU_KERNELS)
     assert type(fallback) is nn.Conv2d and fallback.padding == 1 and fallback.pad_mode == "pad"
 
 
@@ -192,7 +193,7 @@ def test_a_backbone_on_onednn_has_the_same_parameters_as_on_mindspores_kernels()
     """Checkpoints cannot tell the two apart: same names, shapes and initial values for a seed."""
     def parameters(kernel):
         ms.set_seed(5)
-        net = ResNet50(0, "batch", "same", kernel)
+        net = ResNet50(0, "batch", "same", Kernels(kernel))
         assert any(isinstance(cell, Conv3x3) for _, cell in net.cells_and_names()) == (kernel == "cpu")
         return {p.name: p.asnumpy() for p in net.get_parameters()}
 

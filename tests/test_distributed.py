@@ -23,7 +23,7 @@ import pytest
 from conftest import REPO_ROOT
 from src.checkpoint.io import read_checkpoint
 from src.config import load_config
-from src.distributed import DIGEST_LOG_PREFIX
+from src.engine.distributed import DIGEST_LOG_PREFIX
 from src.synthetic import generate
 
 BASE_LR = 0.01
@@ -60,7 +60,7 @@ def _launch(data_dir, run_dir, init_ckpt, timeout=600):
 
 
 def test_learning_rate_rule_for_the_global_batch():
-    from src.distributed import scaled_base_lr
+    from src.engine.distributed import scaled_base_lr
 
     assert scaled_base_lr(0.01, 8, "linear") == pytest.approx(0.08)
     assert scaled_base_lr(0.01, 8, "none") == 0.01
@@ -79,7 +79,7 @@ def test_bad_lr_scaling_and_compute_dtype_keys_are_named():
 
 
 def test_launcher_reads_the_run_directory_of_config_and_overrides(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "src.distributed", "run-dir", "--config_path",
+    result = subprocess.run([sys.executable, "-m", "src.engine.distributed", "run-dir", "--config_path",
                              "FineTune/default.yaml", "--run_dir", str(tmp_path / "r")],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -148,7 +148,7 @@ def _single_image_grads(config, init_ckpt):
     from src.checkpoint.load import load_pretrained
     from src.dataset import create_new_dataset
     from src.maskrcnn.builder import build_model
-    from src.network_define import LossNet, WithLossCell
+    from src.engine.train_step import LossNet, WithLossCell
 
     class TotalLoss(nn.Cell):
         def __init__(self, with_loss):

@@ -22,8 +22,8 @@ from src.checkpoint.io import CheckpointError, read_checkpoint, save_checkpoint_
 from src.checkpoint.load import load_pretrained, load_train_state
 from src.config import REPO_ROOT, ConfigError, load_config
 from src.annotations import DatasetError, load_coco_json
-from src.loss_log import drop_rows_after_step
-from src.runtime import DeviceUnavailableError, OutputFolderError, ensure_writable_folder, set_mindspore_context
+from src.engine.loss_log import drop_rows_after_step
+from src.engine.runtime import DeviceUnavailableError, OutputFolderError, ensure_writable_folder, set_mindspore_context
 
 # The exit code train.py, eval.py and predict.py return for bad input (argparse's too).
 EXIT_BAD_INPUT = 2

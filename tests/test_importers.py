@@ -10,7 +10,7 @@ import pytest
 from src import importers
 from src.config import Config
 from src.dataset import COCOSubDataset, DatasetError
-from src.runtime import EXIT_BAD_INPUT
+from src.engine.runtime import EXIT_BAD_INPUT
 
 
 def _fake_coco(root):

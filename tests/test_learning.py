@@ -15,7 +15,8 @@ import pytest
 import train
 from src.config import load_config
 from src.evaluation.coco_eval import coco_evaluate
-from src.evaluation.inference import build_eval_split, load_inference_checkpoint, run_inference
+from src.checkpoint.load import load_inference_checkpoint
+from src.evaluation.inference import build_eval_split, run_inference
 from src.evaluation.results import Detections, detections_to_coco, predictions_to_original
 from src.maskrcnn.builder import build_model
 from src.synthetic import generate

@@ -1,12 +1,12 @@
-"""Tests of the matplotlib loss plot (src/plots.py via src/loss_curve.py)."""
+"""Tests of the matplotlib loss plot (src/viz/plots.py via src/viz/loss_curve.py)."""
 
 import cv2
 import numpy as np
 import pytest
 
 from src.batch import LOSS_NAMES
-from src.loss_curve import main, moving_average, read_losses
-from src.plots import loss_figure
+from src.viz.loss_curve import main, moving_average, read_losses
+from src.viz.plots import loss_figure
 
 
 def test_moving_average_exact():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from src.config import load_config
-from src.lr_schedule import build_lr_schedule
+from src.engine.lr_schedule import build_lr_schedule
 
 
 def test_warmup_then_step_decay_exact_values():

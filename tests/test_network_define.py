@@ -9,8 +9,8 @@ import pytest
 from mindspore import Parameter, Tensor, nn, ops
 
 from src.batch import LOSS_NAMES
-from src.network_define import (CheckpointCallback, LossCallBack, LossNet, NonFiniteLossError,
-                                TrainOneStepCell, WithLossCell, global_grad_norm, scale_grads)
+from src.engine.callbacks import CheckpointCallback, LossCallBack, NonFiniteLossError
+from src.engine.train_step import LossNet, TrainOneStepCell, WithLossCell, global_grad_norm, scale_grads
 
 
 class ToyLosses(nn.Cell):

@@ -18,6 +18,7 @@ from src.maskrcnn.numerics import PRESET_NAMES, PRESETS, get_numerics
 from src.maskrcnn.proposals import ProposalGenerator
 from src.maskrcnn.resnet50 import stem_max_pool
 from src.maskrcnn.roi_align import MultiLevelRoIAlign, roi_levels
+from src.maskrcnn.target import CPU_KERNELS
 
 PRESET_LIST = list(PRESET_NAMES)
 
@@ -296,7 +297,7 @@ ROI_BOXES = np.array([[3.3, 5.1, 30.7, 27.9], [10.0, 10.0, 11.0, 10.5], [0.0, 0.
 def test_roi_align_sample_points_and_levels(preset):
     n = get_numerics(preset)
     pool = MultiLevelRoIAlign(3, 2, strides=(4, 8), alignment=n.roi_align, level_rule=n.roi_level,
-                              kernel="cpu")
+                              kernels=CPU_KERNELS)
     got = pool((Tensor(P2), Tensor(P3)), Tensor(ROI_BOXES[None])).asnumpy()
     levels = [_np_level(b[2] - b[0], b[3] - b[1], n.roi_level) for b in ROI_BOXES.astype(np.float64)]
     for r, (box, level) in enumerate(zip(ROI_BOXES, levels)):
@@ -311,7 +312,7 @@ def test_roi_align_sample_points_and_levels(preset):
 def test_legacy_roi_align_matches_mindspore_roi_end_mode_0():
     """The zoo's RoIAlign is ops.ROIAlign(roi_end_mode=0); legacy alignment reproduces it."""
     pool = MultiLevelRoIAlign(3, 2, strides=(4,), alignment="legacy", level_rule="sqrt_area_plus_one",
-                              kernel="cpu")
+                              kernels=CPU_KERNELS)
     boxes = ROI_BOXES[:4]
     got = pool((Tensor(P2),), Tensor(boxes[None])).asnumpy()
     rois = np.concatenate((np.zeros((len(boxes), 1), np.float32), boxes), axis=1)

@@ -1,4 +1,4 @@
-"""float16 plan and loss scaling: src/precision.py decides which cells compute in float16, and
+"""float16 plan and loss scaling: src/maskrcnn/target.py decides which cells compute in float16, and
 TrainOneStepCell skips a step whose scaled gradient overflows (the dynamic scale is halved).
 
 MindSpore 2.7.2 runs float16 convolutions on the CPU, so a whole float16 training step runs
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from src.config import load_config
-from src.precision import FLOAT16_CELLS, built_dtypes, planned_dtypes, op_kernels
+from src.maskrcnn.target import FLOAT16_CELLS, built_dtypes, planned_dtypes, op_kernels
 
 LIGHT = {"img_height": 64, "img_width": 64, "fpn_channels": 32, "box_head_channels": 64, "mask_head_channels": 32}
 
@@ -75,7 +75,7 @@ def test_a_float16_training_step_on_the_cpu_has_finite_losses(tmp_path):
 
     from src.dataset import create_new_dataset
     from src.maskrcnn.builder import build_model
-    from src.network_define import LossNet, TrainOneStepCell, WithLossCell
+    from src.engine.train_step import LossNet, TrainOneStepCell, WithLossCell
     from src.synthetic import generate
 
     generate(str(tmp_path), 2, 1, seed=0)
@@ -129,7 +129,7 @@ class _Quadratic:
 def _step_cell(loss_scale, dynamic):
     from mindspore import nn
 
-    from src.network_define import TrainOneStepCell
+    from src.engine.train_step import TrainOneStepCell
 
     net, _ = _Quadratic.build()
     optimizer = nn.Momentum(net.trainable_params(), learning_rate=0.1, momentum=0.0)

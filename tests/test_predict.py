@@ -23,8 +23,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from src.runtime import CACHE_LOADED_MESSAGE
-from src.visualize import class_map, overlay, palette
+from src.engine.runtime import CACHE_LOADED_MESSAGE
+from src.viz.visualize import class_map, overlay, palette
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_VAL_IMAGES = 3
@@ -54,7 +54,7 @@ def tiny(tmp_path_factory):
     from src.checkpoint.io import save_checkpoint_atomic
     from src.config import load_config
     from src.maskrcnn.builder import build_model
-    from src.runtime import set_mindspore_context
+    from src.engine.runtime import set_mindspore_context
     from src.synthetic import generate
 
     root = tmp_path_factory.mktemp("tiny")

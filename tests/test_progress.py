@@ -1,10 +1,10 @@
-"""Tests of the training progress bar (src/progress.py) with stand-in run contexts (no network)."""
+"""Tests of the training progress bar (src/engine/progress.py) with stand-in run contexts (no network)."""
 
 import io
 import re
 from types import SimpleNamespace
 
-from src.progress import ProgressBarCallback, console_mode
+from src.engine.progress import ProgressBarCallback, console_mode
 
 
 class _Terminal(io.StringIO):

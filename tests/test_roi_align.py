@@ -6,6 +6,7 @@ import pytest
 from mindspore import Tensor, nn, ops
 
 from src.maskrcnn.roi_align import MultiLevelRoIAlign, roi_levels
+from src.maskrcnn.target import CPU_KERNELS
 
 STRIDES = (4, 8, 16, 32)
 OUT = 3
@@ -73,7 +74,7 @@ def test_roi_levels_exact(mode):
 
 def test_multilevel_matches_numpy_reference(mode):
     features = _features()
-    pool = MultiLevelRoIAlign(OUT, SAMPLING, STRIDES, kernel="cpu")
+    pool = MultiLevelRoIAlign(OUT, SAMPLING, STRIDES, kernels=CPU_KERNELS)
     out = pool(tuple(Tensor(f) for f in features), Tensor(ROIS)).asnumpy()
     assert out.shape == (6, 2, OUT, OUT)
     for b in range(2):
@@ -85,7 +86,7 @@ def test_multilevel_matches_numpy_reference(mode):
 
 def test_roi_outside_the_map_is_clipped_to_it(mode):
     features = tuple(Tensor(f) for f in _features(batch=1))
-    pool = MultiLevelRoIAlign(OUT, SAMPLING, STRIDES, kernel="cpu")
+    pool = MultiLevelRoIAlign(OUT, SAMPLING, STRIDES, kernels=CPU_KERNELS)
     # 90 x 90 (P2) box hanging over the top-left corner: pooled as its part inside the map.
     outside = pool(features, Tensor(np.array([[[-30, -40, 60, 50]]], np.float32))).asnumpy()
     expected = reference_roi_align(_features(batch=1)[0][0], [0, 0, 60, 50], 4, OUT, SAMPLING)
@@ -95,7 +96,7 @@ def test_roi_outside_the_map_is_clipped_to_it(mode):
 class _WeightedSum(nn.Cell):
     def __init__(self):
         super().__init__()
-        self.pool = MultiLevelRoIAlign(OUT, SAMPLING, STRIDES, kernel="cpu")
+        self.pool = MultiLevelRoIAlign(OUT, SAMPLING, STRIDES, kernels=CPU_KERNELS)
 
     def construct(self, p2, p3, p4, p5, rois, weights):
         return (self.pool((p2, p3, p4, p5), rois) * weights).sum()
@@ -134,12 +135,12 @@ def test_gradient_reaches_only_the_roi_level(graph_mode):
 
 def test_bad_strides_message():
     with pytest.raises(ValueError, match=r"strides must double level by level"):
-        MultiLevelRoIAlign(7, 2, (4, 8, 12), kernel="cpu")
+        MultiLevelRoIAlign(7, 2, (4, 8, 12), kernels=CPU_KERNELS)
 
 
 def test_cpu_kernel_matches_the_native_op_forward_and_gradient():
     """The CPU op (sparse interpolation matrix) computes exactly what ops.ROIAlign computes."""
-    from src.maskrcnn.roi_align import cpu_roi_align_op
+    from src.maskrcnn.ops.roi_align_cpu import cpu_roi_align_op
 
     ms.set_context(mode=ms.GRAPH_MODE)
     rng = np.random.default_rng(3)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import predict as predict_cli
+from src.predictor import Predictor
 from src.config import load_config
 
 
@@ -42,13 +43,13 @@ def test_per_class_thresholds_filter_each_class(config, tmp_path):
     report = tmp_path / "report.json"
     report.write_text(json.dumps({"score_thresholds": {"book": 0.5, "disc": 0.7}}))
     thresholds = load_score_thresholds(str(report), config.coco_classes, 0.5)
-    assert _kept(predict_cli.Predictor(_FixedNet(), config, thresholds, [1, 2])) == [(1, 0.9)]
+    assert _kept(Predictor(_FixedNet(), config, thresholds, [1, 2])) == [(1, 0.9)]
     report.write_text(json.dumps({"score_thresholds": {"book": 0.3, "disc": 0.5}}))
     thresholds = load_score_thresholds(str(report), config.coco_classes, 0.5)
-    assert _kept(predict_cli.Predictor(_FixedNet(), config, thresholds, [1, 2])) == [(1, 0.4), (1, 0.9), (2, 0.6)]
+    assert _kept(Predictor(_FixedNet(), config, thresholds, [1, 2])) == [(1, 0.4), (1, 0.9), (2, 0.6)]
     # one number for every class, and --classes still applies
-    assert _kept(predict_cli.Predictor(_FixedNet(), config, 0.5, [1, 2])) == [(1, 0.9), (2, 0.6)]
-    assert _kept(predict_cli.Predictor(_FixedNet(), config, 0.0, [2])) == [(2, 0.6)]
+    assert _kept(Predictor(_FixedNet(), config, 0.5, [1, 2])) == [(1, 0.9), (2, 0.6)]
+    assert _kept(Predictor(_FixedNet(), config, 0.0, [2])) == [(2, 0.6)]
 
 
 def test_auto_without_report_is_a_one_line_error(tmp_path, capsys):

@@ -18,8 +18,8 @@ from mindspore import Tensor
 
 import train
 from src.batch import LOSS_NAMES
-from src.network_define import LossCallBack
-from src.progress import ProgressBarCallback
+from src.engine.callbacks import LossCallBack
+from src.engine.progress import ProgressBarCallback
 from src.synthetic import generate
 
 STEPS = 3
@@ -92,7 +92,7 @@ def test_the_progress_bar_advances_by_the_sink_size():
 def test_a_sink_logs_when_it_passes_a_multiple_of_log_every(log_every, logged, caplog):
     callback = LossCallBack(None, steps_per_epoch=4, total_epochs=2, log_every=log_every)
     callback.on_train_begin(_context(0))
-    with caplog.at_level("INFO", logger="src.network_define"):
+    with caplog.at_level("INFO", logger="src.engine.callbacks"):
         for epoch in (1, 2):
             context = _context(4 * epoch, epoch)
             callback.on_train_step_begin(context)

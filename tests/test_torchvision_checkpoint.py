@@ -21,7 +21,7 @@ from src.checkpoint.names import (KIND_BACKBONE, KIND_FULL, KIND_TV_MASKRCNN, KI
                                   TORCHVISION_MASKRCNN_TO_OURS, TORCHVISION_RESNET50_TO_OURS)
 from src.config import Config
 from src.maskrcnn.resnet50 import ResNet50
-from src.runtime import EXIT_BAD_INPUT
+from src.engine.runtime import EXIT_BAD_INPUT
 from zoo_checkpoints import read_param_list
 
 TV_RESNET50_LIST = "torchvision_resnet50_params.txt"
@@ -43,7 +43,7 @@ CLASS_LAYERS_91_VS_2 = {
 @pytest.fixture(autouse=True)
 def keep_pytest_logging(monkeypatch):
     """convert_checkpoint.main() reconfigures the root logger, which would detach caplog's handler."""
-    monkeypatch.setattr("src.runtime.setup_logging", lambda *args, **kwargs: None)
+    monkeypatch.setattr("src.engine.runtime.setup_logging", lambda *args, **kwargs: None)
 
 
 def _arrays(shapes, seed):

@@ -1,9 +1,9 @@
-"""Tests of src/visualize.py: splash, cut-out, class map and overlay on tiny exact inputs."""
+"""Tests of src/viz/visualize.py: splash, cut-out, class map and overlay on tiny exact inputs."""
 
 import numpy as np
 import pytest
 
-from src.visualize import (PALETTE_SIZE, class_map, colour_class_map, colour_splash, cut_out, overlay, palette,
+from src.viz.visualize import (PALETTE_SIZE, class_map, colour_class_map, colour_splash, cut_out, overlay, palette,
                            to_grey)
 
 H, W = 12, 16

@@ -261,3 +261,33 @@ def load_train_state(train_cell: nn.Cell, ckpt_path: str) -> int:
     return int(np.asarray(to_numpy(GLOBAL_STEP_NAME, raw[GLOBAL_STEP_NAME], ckpt_path)).reshape(-1)[0])
 
 
+def load_inference_checkpoint(net, ckpt_path: str):
+    """Load a whole-model checkpoint for inference; anything that does not fit is an error.
+
+    Unlike fine-tuning (:func:`load_pretrained` skips class-dependent layers with a
+    different class count, and a backbone-only file leaves the heads at initialisation), inference
+    needs every parameter from the file.
+
+    Args:
+        net: ``Mask_Rcnn_Resnet50`` built from the config.
+        ckpt_path: ``.ckpt`` file written by train.py (or a converted model-zoo Mask R-CNN).
+
+    Returns:
+        the ``LoadReport`` of ``load_pretrained``.
+
+    Raises:
+        src.checkpoint.io.CheckpointError: one line naming the file and listing the mismatches.
+    """
+    report = load_pretrained(net, ckpt_path)
+    if report.skipped:
+        num_classes = getattr(net, "num_classes", None)
+        raise CheckpointError(
+            f"{ckpt_path}: does not fit the config ({num_classes} classes incl. background); "
+            f"class-dependent layers differ: " + "; ".join(str(s) for s in report.skipped)
+            + " -- set coco_classes to the classes the checkpoint was trained on")
+    if report.left_at_init:
+        raise CheckpointError(
+            f"{ckpt_path}: holds only a {report.kind} checkpoint; {len(report.left_at_init)} parameters "
+            f"of the heads would stay randomly initialised (e.g. {report.left_at_init[0]}); "
+            f"evaluate a checkpoint written by train.py")
+    return report

@@ -10,7 +10,7 @@ One module per job (import from the module itself; this package re-exports nothi
                     ``run_cocoeval``, ``coco_evaluate``, COCO's 12 stats for any maxDets
                     (``summarize_cocoeval``, ``max_dets_setting``), the per-class AP table
 ``inference``       ``build_eval_split`` (eval pipeline + evaluator, annotation file read once),
-                    ``run_inference``, ``evaluate_model``, ``load_inference_checkpoint``
+                    ``run_inference``, ``evaluate_model``
 ``hook``            ``EvalCallback``: evaluation every few epochs during training, best checkpoint
 ``error_analysis``  AP lost per error kind, best-F1 score thresholds, per-image errors
 ``report_data``     the report's numbers (report.json) and ``load_score_thresholds``

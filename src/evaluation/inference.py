@@ -3,8 +3,8 @@
 :func:`build_eval_split` reads the val split once and returns its eval pipeline together with a
 :class:`~src.evaluation.coco_eval.COCOEvaluator` over all of its images;
 :func:`run_inference` runs the network over the pipeline; :func:`evaluate_model` does both
-and returns the metrics; :func:`load_inference_checkpoint` loads a whole-model checkpoint and
-rejects one that does not fit the config.
+and returns the metrics. (Loading a whole-model checkpoint for inference:
+``src.checkpoint.load.load_inference_checkpoint``.)
 """
 
 from __future__ import annotations
@@ -61,43 +61,8 @@ def evaluate_model(net, dataset, evaluator: COCOEvaluator, progress: bool = True
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoint for inference and the eval split
+# The eval split
 # ---------------------------------------------------------------------------------------------
-
-def load_inference_checkpoint(net, ckpt_path: str):
-    """Load a whole-model checkpoint for inference; anything that does not fit is an error.
-
-    Unlike fine-tuning (``src.checkpoint.load_pretrained`` skips class-dependent layers with a
-    different class count, and a backbone-only file leaves the heads at initialisation), inference
-    needs every parameter from the file.
-
-    Args:
-        net: ``Mask_Rcnn_Resnet50`` built from the config.
-        ckpt_path: ``.ckpt`` file written by train.py (or a converted model-zoo Mask R-CNN).
-
-    Returns:
-        the ``LoadReport`` of ``load_pretrained``.
-
-    Raises:
-        src.checkpoint.io.CheckpointError: one line naming the file and listing the mismatches.
-    """
-    from src.checkpoint.io import CheckpointError
-    from src.checkpoint.load import load_pretrained
-
-    report = load_pretrained(net, ckpt_path)
-    if report.skipped:
-        num_classes = getattr(net, "num_classes", None)
-        raise CheckpointError(
-            f"{ckpt_path}: does not fit the config ({num_classes} classes incl. background); "
-            f"class-dependent layers differ: " + "; ".join(str(s) for s in report.skipped)
-            + " -- set coco_classes to the classes the checkpoint was trained on")
-    if report.left_at_init:
-        raise CheckpointError(
-            f"{ckpt_path}: holds only a {report.kind} checkpoint; {len(report.left_at_init)} parameters "
-            f"of the heads would stay randomly initialised (e.g. {report.left_at_init[0]}); "
-            f"evaluate a checkpoint written by train.py")
-    return report
-
 
 def build_eval_split(config, data_root: Optional[str] = None, batch_size: Optional[int] = None,
                      num_parallel_workers: Optional[int] = None):

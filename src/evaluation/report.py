@@ -25,7 +25,7 @@ from src.evaluation.report_data import (GALLERY_SIZE, REPORT_JSON, ReportError, 
                                         jsonable)
 from src.evaluation.report_page import DEFAULT_TITLE, REPORT_HTML, draw_pictures, render_html
 from src.evaluation.results import EvaluationError
-from src.runtime import EXIT_BAD_INPUT, EXIT_OK
+from src.engine.runtime import EXIT_BAD_INPUT, EXIT_OK
 
 logger = logging.getLogger(__name__)
 

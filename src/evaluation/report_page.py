@@ -21,7 +21,7 @@ from pycocotools import mask as mask_utils
 from src.evaluation import error_analysis as ea
 from src.evaluation.coco_eval import IOU_TYPES, COCOEvaluator
 from src.evaluation.report_data import REPORT_JSON, TABLE_KEYS, THRESHOLD_IOU_TYPE, ReportError
-from src.plots import error_breakdown_figure, pr_figure, save_png
+from src.viz.plots import error_breakdown_figure, pr_figure, save_png
 
 REPORT_HTML = "report.html"
 DEFAULT_TITLE = "Mask R-CNN evaluation report"
@@ -39,7 +39,7 @@ PICTURE_DIR = "img"
 # ---------------------------------------------------------------------------------------------
 
 def _label_names(evaluator: COCOEvaluator) -> List[str]:
-    """Class names indexed by contiguous label (index 0 = background), for src.visualize."""
+    """Class names indexed by contiguous label (index 0 = background), for src.viz.visualize."""
     names = ["background"] * (max(evaluator.label_to_cat_id) + 1)
     for label, cat_id in evaluator.label_to_cat_id.items():
         names[label] = evaluator.class_names.get(cat_id, str(cat_id))
@@ -60,7 +60,7 @@ def gallery_picture(evaluator: COCOEvaluator, image_id: int, image_dir: str,
     Raises:
         ReportError: the image file is missing or unreadable.
     """
-    from src import visualize
+    from src.viz import visualize
 
     info = evaluator.coco_gt.imgs[image_id]
     path = os.path.join(image_dir, info["file_name"])

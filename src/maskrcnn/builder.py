@@ -5,25 +5,25 @@ without a Config), in a fixed order (the random initialisation of the layers dep
 then :class:`~src.maskrcnn.mask_rcnn.Mask_Rcnn_Resnet50` wires them. The numerics preset
 (``config.numerics``, ``src/maskrcnn/numerics.py``) is resolved here and each stage gets its
 part; the device-dependent choices (compute dtype, op kernels) come from
-``src/precision.py``.
+``src/maskrcnn/target.py``.
 """
 
 from __future__ import annotations
 
 import mindspore.common.dtype as mstype
 
-from src.config import FPN_STRIDES
 from src.maskrcnn.anchors import anchors_per_level, generate_anchors
 from src.maskrcnn.fpn import FPN
+from src.maskrcnn.geometry import FEATURE_STRIDES, FPN_STRIDES
 from src.maskrcnn.mask_branch import MaskHead, MaskLoss
 from src.maskrcnn.mask_rcnn import Mask_Rcnn_Resnet50
 from src.maskrcnn.numerics import get_numerics
 from src.maskrcnn.proposals import ProposalGenerator
-from src.maskrcnn.resnet50 import FEATURE_STRIDES, STAGE_OUT_CHANNELS, ResNet50
+from src.maskrcnn.resnet50 import STAGE_OUT_CHANNELS, ResNet50
 from src.maskrcnn.roi_align import MultiLevelRoIAlign
 from src.maskrcnn.roi_heads import BoxHead, BoxPostProcessor, RCNNTargets
 from src.maskrcnn.rpn import RPN_BOX_STDS, RPNHead, RPNTargets
-from src.precision import FLOAT16_CELLS, op_kernels
+from src.maskrcnn.target import FLOAT16_CELLS, NATIVE_KERNELS, kernels_for
 
 
 def build_model(config, pretrained_backbone: bool = False, for_export: bool = False) -> Mask_Rcnn_Resnet50:
@@ -34,11 +34,11 @@ def build_model(config, pretrained_backbone: bool = False, for_export: bool = Fa
         pretrained_backbone: True when a pretrained ResNet50 will be loaded: frozen BatchNorm
             (moving statistics, not trained) and the stem + ``config.frozen_backbone_stages``
             stages frozen. False (random init): trainable BatchNorm with batch statistics.
-        for_export: only graph-exportable kernels (see ``src.precision.op_kernels``).
+        for_export: only graph-exportable kernels (see ``src.maskrcnn.target.op_kernels``).
 
     Returns:
         ``Mask_Rcnn_Resnet50``; with ``config.compute_float16`` the cells of
-        ``src.precision.FLOAT16_CELLS`` compute in float16.
+        ``src.maskrcnn.target.FLOAT16_CELLS`` compute in float16.
     """
     numerics = get_numerics(config.numerics)
     channels = config.fpn_channels
@@ -47,17 +47,17 @@ def build_model(config, pretrained_backbone: bool = False, for_export: bool = Fa
     input_size = (config.img_height, config.img_width)
     # The model zoo clips decoded boxes to the padded input, the others to the image.
     clip_to_input = input_size if numerics.clip_to == "input" else None
-    kernel = op_kernels(config, for_export)
+    kernels = kernels_for(config, for_export)
     # The oneDNN 3x3 convolution (layers.conv2d) computes in float32 only.
-    conv_kernel = "native" if config.compute_float16 else kernel
+    conv_kernels = NATIVE_KERNELS if config.compute_float16 else kernels
 
     if pretrained_backbone:
         backbone = ResNet50(config.frozen_backbone_stages, norm="frozen", stem_pool=numerics.stem_pool,
-                            kernel=conv_kernel)
+                            kernels=conv_kernels)
     else:
-        backbone = ResNet50(0, norm="batch", stem_pool=numerics.stem_pool, kernel=conv_kernel)
-    fpn = FPN(STAGE_OUT_CHANNELS, out_channels=channels, upsample=numerics.fpn_upsample, kernel=conv_kernel)
-    rpn_head = RPNHead(channels, config.num_anchors_per_location, conv_kernel)
+        backbone = ResNet50(0, norm="batch", stem_pool=numerics.stem_pool, kernels=conv_kernels)
+    fpn = FPN(STAGE_OUT_CHANNELS, out_channels=channels, upsample=numerics.fpn_upsample, kernels=conv_kernels)
+    rpn_head = RPNHead(channels, config.num_anchors_per_location, conv_kernels)
     box_head = BoxHead(channels, config.roi_box_size, config.box_head_channels, num_classes)
     # The mask head keeps MindSpore's convolutions. In training its RoI count is a dynamic shape,
     # which an aot op follows only with a C++ shape function and a CustomRegOp registration (a
@@ -85,7 +85,7 @@ def build_model(config, pretrained_backbone: bool = False, for_export: bool = Fa
                                box_plus_one=numerics.box_plus_one,
                                fill_with_negatives=config.rcnn_fill_with_negatives)
     roi_align = dict(strides=FEATURE_STRIDES, alignment=numerics.roi_align, level_rule=numerics.roi_level,
-                     kernel=kernel)
+                     kernels=kernels)
     box_roi_align = MultiLevelRoIAlign(config.roi_box_size, config.roi_sampling_ratio, **roi_align)
     mask_roi_align = MultiLevelRoIAlign(config.roi_mask_size, config.roi_sampling_ratio, **roi_align)
     box_postprocess = BoxPostProcessor(num_classes, config.rpn_post_nms_top_k_test, stds,

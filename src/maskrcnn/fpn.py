@@ -8,20 +8,19 @@ import mindspore.nn as nn
 import mindspore.ops as ops
 from mindspore.common.initializer import HeUniform, initializer
 
-from src.maskrcnn import cpu_kernels
-from src.maskrcnn.cpu_ops import upsample_nearest_op
 from src.maskrcnn.layers import conv_with_bias
 from src.maskrcnn.numerics import FPN_UPSAMPLE_MODES, check_choice
+from src.maskrcnn.target import NATIVE_KERNELS, Kernels
 
 # Kaiming-uniform with a=1 (the usual FPN initialisation) keeps the output variance of the
 # un-normalised FPN convs near the input's.
 _KAIMING_A = 1.0
 
 
-def _conv(in_channels: int, out_channels: int, kernel_size: int, kernel: str) -> nn.Conv2d:
+def _conv(in_channels: int, out_channels: int, kernel_size: int, kernels: Kernels) -> nn.Conv2d:
     weight = initializer(HeUniform(negative_slope=_KAIMING_A),
                          [out_channels, in_channels, kernel_size, kernel_size])
-    return conv_with_bias(in_channels, out_channels, kernel_size, weight, kernel)
+    return conv_with_bias(in_channels, out_channels, kernel_size, weight, kernels)
 
 
 class FPN(nn.Cell):
@@ -33,11 +32,10 @@ class FPN(nn.Cell):
         upsample: top-down upsampling, ``"nearest"`` or ``"bilinear_legacy"`` (bilinear with
             ``align_corners=False, half_pixel_centers=False``: output pixel ``d`` reads source
             position ``d * in / out``); see ``src/maskrcnn/numerics.py``.
-        kernel: ``"cpu"``: an exact 2x nearest upsampling runs the C kernel
-            (``cpu_ops.upsample_nearest_op``; MindSpore's CPU ResizeNearestNeighborV2 and its
-            gradient take ~115 ms per step at 384x640) when it can be built; ``"native"``:
-            ``ops.interpolate``. Same values either way. ``"cpu"`` also puts the 3x3 output
-            convolutions on oneDNN 3 (``layers.conv2d``).
+        kernels: the target's kernels: an exact 2x nearest upsampling runs
+            ``kernels.upsample_nearest(2)`` where it gives an op (the CPU's C kernel), else
+            ``ops.interpolate``; the 3x3 output convolutions go through ``layers.conv2d``. Same
+            values either way.
 
     Inputs:
         features: (C2, C3, C4, C5), strides 4, 8, 16, 32, [B, in_channels[i], H_i, W_i].
@@ -48,17 +46,18 @@ class FPN(nn.Cell):
     """
 
     def __init__(self, in_channels: Sequence[int], out_channels: int = 256, upsample: str = "nearest",
-                 kernel: str = "native"):
+                 kernels: Kernels = NATIVE_KERNELS):
         super().__init__()
         self.upsample = check_choice("FPN", "upsample", upsample, FPN_UPSAMPLE_MODES)
-        self.cpu_upsample = upsample == "nearest" and kernel == "cpu" and cpu_kernels.available()
+        upsample_2x = kernels.upsample_nearest(2) if upsample == "nearest" else None
+        self.cpu_upsample = upsample_2x is not None
         if self.cpu_upsample:
-            self.upsample_2x = upsample_nearest_op(2)
+            self.upsample_2x = upsample_2x
         if self.upsample == "bilinear_legacy":
             self.bilinear = ops.ResizeBilinearV2(align_corners=False, half_pixel_centers=False)
         self.num_levels = len(in_channels)
-        self.lateral_convs = nn.CellList([_conv(c, out_channels, 1, kernel) for c in in_channels])
-        self.output_convs = nn.CellList([_conv(out_channels, out_channels, 3, kernel) for _ in in_channels])
+        self.lateral_convs = nn.CellList([_conv(c, out_channels, 1, kernels) for c in in_channels])
+        self.output_convs = nn.CellList([_conv(out_channels, out_channels, 3, kernels) for _ in in_channels])
         # kernel 1, stride 2: plain subsampling, ceil(H/2) outputs for an odd size.
         self.p6_pool = nn.MaxPool2d(kernel_size=1, stride=2, pad_mode="same")
 

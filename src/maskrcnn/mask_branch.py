@@ -19,7 +19,7 @@ import mindspore.ops as ops
 from mindspore import Tensor
 from mindspore.common.initializer import HeNormal, Normal, initializer
 
-from src.config import MASK_HEAD_UPSAMPLE
+from src.maskrcnn.geometry import MASK_HEAD_UPSAMPLE
 from src.maskrcnn.layers import conv_with_bias
 from src.maskrcnn.losses import bce_with_logits, normalise
 

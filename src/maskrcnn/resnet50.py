@@ -13,10 +13,9 @@ from typing import Tuple
 import mindspore.nn as nn
 from mindspore.common.initializer import HeNormal, initializer
 
-from src.maskrcnn import cpu_kernels
-from src.maskrcnn.cpu_ops import CpuMaxPool2d
 from src.maskrcnn.layers import conv2d
 from src.maskrcnn.numerics import STEM_POOL_MODES, check_choice
+from src.maskrcnn.target import NATIVE_KERNELS, Kernels
 
 # Output channels of the four bottleneck stages and their block counts (ResNet50).
 STAGE_OUT_CHANNELS: Tuple[int, ...] = (256, 512, 1024, 2048)
@@ -26,12 +25,11 @@ STEM_CHANNELS = 64
 BOTTLENECK_EXPANSION = 4
 NORM_MODES = ("batch", "frozen")
 BN_EPS = 1e-5
-# Strides of C2..C5 relative to the input.
-FEATURE_STRIDES: Tuple[int, ...] = (4, 8, 16, 32)
 BN_MOMENTUM = 0.9  # MindSpore convention: moving = momentum * moving + (1 - momentum) * batch
 
 
-def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, kernel: str = "native") -> nn.Conv2d:
+def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+          kernels: Kernels = NATIVE_KERNELS) -> nn.Conv2d:
     """Bias-free conv with "same"-style explicit padding and He (fan_in) normal init.
 
     fan_in keeps the activation variance (and the weight norm) at the scale BatchNorm expects;
@@ -40,7 +38,7 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1
     """
     weight = initializer(HeNormal(mode="fan_in", nonlinearity="relu"),
                          [out_channels, in_channels, kernel_size, kernel_size])
-    return conv2d(in_channels, out_channels, kernel_size, weight, stride=stride, kernel=kernel)
+    return conv2d(in_channels, out_channels, kernel_size, weight, stride=stride, kernels=kernels)
 
 
 def _norm(channels: int, norm: str, zero_gamma: bool = False) -> nn.BatchNorm2d:
@@ -59,23 +57,23 @@ def _norm(channels: int, norm: str, zero_gamma: bool = False) -> nn.BatchNorm2d:
                           gamma_init="zeros" if zero_gamma else "ones")
 
 
-def stem_max_pool(stem_pool: str = "same", kernel: str = "native") -> nn.Cell:
+def stem_max_pool(stem_pool: str = "same", kernels: Kernels = NATIVE_KERNELS) -> nn.Cell:
     """The stem's 3x3 stride-2 max-pool.
 
     Args:
         stem_pool: ``"same"``: TF-style padding (on an even size 0 before, 1 after; window i covers
             rows 2i..2i+2); ``"symmetric"``: padding 1 on every side (window i covers rows
             2i-1..2i+1), as torchvision's ``MaxPool2d(3, 2, padding=1)``.
-        kernel: ``"cpu"``: the C kernel (``cpu_ops.CpuMaxPool2d``; MindSpore's CPU MaxPoolGrad
-            takes ~150 ms per step at 384x640) when it can be built, else as ``"native"``:
-            ``nn.MaxPool2d``. Same values either way.
+        kernels: the target's kernels: the CPU's C max-pool where ``kernels.max_pool`` gives
+            one, else ``nn.MaxPool2d``. Same values either way.
 
     Returns:
         A Cell mapping ``[B, C, H, W]`` to ``[B, C, ceil(H/2), ceil(W/2)]`` (even H, W).
     """
     check_choice("ResNet50", "stem_pool", stem_pool, STEM_POOL_MODES)
-    if kernel == "cpu" and cpu_kernels.available():
-        return CpuMaxPool2d(3, 2, 1 if stem_pool == "symmetric" else "same")
+    pool = kernels.max_pool(3, 2, 1 if stem_pool == "symmetric" else "same")
+    if pool is not None:
+        return pool
     if stem_pool == "symmetric":
         return nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="pad", padding=1)
     return nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="same")
@@ -89,15 +87,16 @@ class Bottleneck(nn.Cell):
         out_channels: output channels (4x the bottleneck width).
         stride: spatial stride of the block (on the 3x3 conv and the projection).
         norm: "batch" or "frozen".
-        kernel: the 3x3 conv's kernel, ``"native"`` or ``"cpu"`` (``layers.conv2d``).
+        kernels: the target's kernels for the 3x3 conv (``layers.conv2d``).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, norm: str, kernel: str = "native"):
+    def __init__(self, in_channels: int, out_channels: int, stride: int, norm: str,
+                 kernels: Kernels = NATIVE_KERNELS):
         super().__init__()
         width = out_channels // BOTTLENECK_EXPANSION
         self.conv1 = _conv(in_channels, width, 1)
         self.bn1 = _norm(width, norm)
-        self.conv2 = _conv(width, width, 3, stride, kernel)
+        self.conv2 = _conv(width, width, 3, stride, kernels)
         self.bn2 = _norm(width, norm)
         self.conv3 = _conv(width, out_channels, 1)
         self.bn3 = _norm(out_channels, norm, zero_gamma=True)
@@ -129,8 +128,8 @@ class ResNet50(nn.Cell):
         stem_pool: padding of the stem's 3x3/2 max-pool: ``"same"`` (TF style, 0 before and 1
             after on even sizes) or ``"symmetric"`` (1 on every side, torchvision); see
             ``src/maskrcnn/numerics.py``.
-        kernel: ``"native"`` or ``"cpu"``: the stem max-pool's kernel (:func:`stem_max_pool`) and the
-            3x3 convolutions' (``layers.conv2d``).
+        kernels: the target's kernels for the stem max-pool (:func:`stem_max_pool`) and the 3x3
+            convolutions (``layers.conv2d``).
 
     Inputs:
         image [B, 3, H, W] float, H and W multiples of 32.
@@ -140,7 +139,8 @@ class ResNet50(nn.Cell):
         [B, 2048, H/32, W/32].
     """
 
-    def __init__(self, frozen_stages: int = 0, norm: str = "batch", stem_pool: str = "same", kernel: str = "native"):
+    def __init__(self, frozen_stages: int = 0, norm: str = "batch", stem_pool: str = "same",
+                 kernels: Kernels = NATIVE_KERNELS):
         super().__init__()
         check_choice("ResNet50", "stem_pool", stem_pool, STEM_POOL_MODES)
         if norm not in NORM_MODES:
@@ -152,13 +152,13 @@ class ResNet50(nn.Cell):
         self.bn1 = _norm(STEM_CHANNELS, norm)
         self.relu = nn.ReLU()
         self.stem_pool = stem_pool
-        self.maxpool = stem_max_pool(stem_pool, kernel)
+        self.maxpool = stem_max_pool(stem_pool, kernels)
         in_channels = STEM_CHANNELS
         stages = []
         for out_channels, blocks, stride in zip(STAGE_OUT_CHANNELS, STAGE_BLOCKS, STAGE_STRIDES):
             cells = []
             for i in range(blocks):
-                cells.append(Bottleneck(in_channels, out_channels, stride if i == 0 else 1, norm, kernel))
+                cells.append(Bottleneck(in_channels, out_channels, stride if i == 0 else 1, norm, kernels))
                 in_channels = out_channels
             stages.append(nn.SequentialCell(cells))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages

@@ -28,32 +28,24 @@ gradient then does not match the forward. This module therefore uses ``roi_end_m
 ``end - 1``, for which forward and gradient agree (tests/test_roi_align.py checks both against a
 NumPy reference). With roi_end_mode=1 a RoI smaller than one cell keeps its size (no 1-cell minimum).
 
-CPU speed: MindSpore's CPU ROIAlign kernel (and above all its gradient) is slow: ~2 s for the
-forward + backward of 1024 RoIs of 7x7x256. On the CPU backend this module therefore runs the
-same arithmetic as a sparse interpolation matrix (``sparse_roi_align_matrix``): each output cell
-is a weighted sum of at most 16 feature cells, so the forward is ``W @ F`` and the gradient
-``W.T @ dOut`` (SciPy, in a ``pyfunc`` Custom op: :func:`cpu_roi_align_op`), ~8x faster. A plain
-C loop over the NCHW maps (as ``src/maskrcnn/cpu_kernels.c`` does for other ops) was measured no
-faster: SciPy's product runs vectorised over the 256 channels. Ascend and GPU use the native op.
+CPU speed: MindSpore's CPU ROIAlign kernel (and above all its gradient) is slow; on the CPU backend
+the pooling op is the one the target hands the Cell (``src/maskrcnn/target.py``: the SciPy op of
+``src/maskrcnn/ops/roi_align_cpu.py``, same arithmetic). Ascend and GPU use the native op.
 """
 
 import math
 
 import mindspore as ms
-import numpy as np
-import scipy.sparse
 from mindspore import nn, ops
 
-from src.maskrcnn.cpu_ops import pyfunc_key, stable_pyfunc
 from src.maskrcnn.numerics import ROI_ALIGN_MODES, ROI_LEVEL_RULES, check_choice
+from src.maskrcnn.target import Kernels
 
 # Canonical box size and level of the FPN paper's level-assignment rule.
 CANONICAL_BOX_SIZE = 224.0
 CANONICAL_LEVEL = 4
 MIN_LEVEL = 2
 MAX_LEVEL = 5
-# "cpu": the SciPy pyfunc op (CPU training speed); "native": ops.ROIAlign (exportable).
-ROI_ALIGN_KERNELS = ("cpu", "native")
 # Keeps log2 finite for empty (padding) RoIs; they land on the finest level.
 _EPS = 1e-6
 # The model zoo's rule is written with its finest scale (level 2 below 2 * 56 = 112 pixels).
@@ -90,99 +82,6 @@ def roi_levels(rois, min_level=MIN_LEVEL, max_level=MAX_LEVEL, rule="sqrt_area")
         size = ops.sqrt(width * height + _EPS)
         level = ops.floor(CANONICAL_LEVEL + ops.log(size / CANONICAL_BOX_SIZE + _EPS) / math.log(2.0))
     return ops.clamp(level, float(min_level), float(max_level)).astype(ms.int32)
-
-
-def _bilinear_taps(coords, size):
-    """Neighbour indices and weights of ROIAlign's bilinear sampling along one axis.
-
-    Args:
-        coords: sample coordinates in feature cells, any shape.
-        size: the feature map's extent along the axis.
-
-    Returns:
-        ``(index [..., 2] int64, weight [..., 2] float32)``: the low/high neighbour and their
-        weights; samples more than one cell outside the map get weight 0, samples in the last
-        cell or beyond are clamped to it (the native kernel's rules).
-    """
-    inside = (coords >= -1.0) & (coords <= size)
-    coords = np.maximum(coords, 0.0)
-    low = np.floor(coords).astype(np.int64)
-    at_end = low >= size - 1
-    low = np.where(at_end, size - 1, low)
-    high = np.where(at_end, size - 1, low + 1)
-    frac = np.where(at_end, 0.0, coords - low)
-    weight = np.stack((1.0 - frac, frac), axis=-1) * inside[..., None]
-    return np.stack((low, high), axis=-1), weight.astype(np.float32)
-
-
-def sparse_roi_align_matrix(rois, feature_shape, out_size, sampling_ratio):
-    """ROIAlign (``roi_end_mode=1``, spatial scale 1) as a sparse matrix.
-
-    Args:
-        rois: ``[R, 5]`` (batch index, x1, y1, x2, y2) in feature cells, end inclusive.
-        feature_shape: ``(B, C, H, W)`` of the pooled map.
-        out_size, sampling_ratio: as for ``ops.ROIAlign``.
-
-    Returns:
-        CSR ``[R * out * out, B * H * W]``: row ``(r * out + i) * out + j`` holds the weights of
-        output cell (i, j) of RoI r over the map's cells flattened as ``(b * H + y) * W + x``.
-    """
-    batch, _, height, width = feature_shape
-    num_rois = rois.shape[0]
-    rois = rois.astype(np.float64)
-    image = rois[:, 0].astype(np.int64)
-    x1, y1 = rois[:, 1], rois[:, 2]
-    # No minimum size: the native kernel's forward lets a sub-cell RoI stay sub-cell.
-    roi_w = rois[:, 3] - x1 + 1.0
-    roi_h = rois[:, 4] - y1 + 1.0
-    # Sample positions inside the out_size bins, in bin units: [out, sampling_ratio].
-    grid = np.arange(out_size)[:, None] + (np.arange(sampling_ratio)[None, :] + 0.5) / sampling_ratio
-    y_index, y_weight = _bilinear_taps(y1[:, None, None] + grid[None] * (roi_h / out_size)[:, None, None], height)
-    x_index, x_weight = _bilinear_taps(x1[:, None, None] + grid[None] * (roi_w / out_size)[:, None, None], width)
-    # Axes: roi, out row i, out col j, sample row, sample col, y tap, x tap.
-    weight = (y_weight[:, :, None, :, None, :, None] * x_weight[:, None, :, None, :, None, :]
-              / float(sampling_ratio * sampling_ratio))
-    column = ((image[:, None, None, None, None, None, None] * height + y_index[:, :, None, :, None, :, None]) * width
-              + x_index[:, None, :, None, :, None, :])
-    row = np.broadcast_to(np.arange(num_rois * out_size * out_size).reshape(num_rois, out_size, out_size, 1, 1, 1, 1),
-                          weight.shape)
-    return scipy.sparse.csr_matrix((weight.ravel(), (row.ravel(), column.ravel())),
-                                   shape=(num_rois * out_size * out_size, batch * height * width))
-
-
-def cpu_roi_align_op(out_size, sampling_ratio):
-    """A ``pyfunc`` Custom op computing ``ops.ROIAlign(out, out, 1.0, sampling_ratio, 1)``.
-
-    The forward is ``W @ F`` and the gradient ``W.T @ dOut`` with ``W`` the sparse interpolation
-    matrix (:func:`sparse_roi_align_matrix`, SciPy). Both functions are registered under
-    content-derived keys (``cpu_ops.pyfunc_key``), so a training graph restored from MindSpore's
-    compile cache runs.
-    """
-    params = (int(out_size), int(sampling_ratio))
-
-    def forward(features, rois):
-        batch, channels, height, width = features.shape
-        matrix = sparse_roi_align_matrix(rois, features.shape, out_size, sampling_ratio)
-        pooled = matrix @ features.transpose(0, 2, 3, 1).reshape(batch * height * width, channels)
-        pooled = pooled.reshape(rois.shape[0], out_size, out_size, channels).transpose(0, 3, 1, 2)
-        return np.ascontiguousarray(pooled, dtype=features.dtype)
-
-    def backward(features, rois, grad_out):
-        batch, channels, height, width = features.shape
-        matrix = sparse_roi_align_matrix(rois, features.shape, out_size, sampling_ratio)
-        grad = matrix.T @ grad_out.transpose(0, 2, 3, 1).reshape(-1, channels)
-        grad = grad.reshape(batch, height, width, channels).transpose(0, 3, 1, 2)
-        return np.ascontiguousarray(grad, dtype=features.dtype)
-
-    backward_op = stable_pyfunc(backward, pyfunc_key("roi_align.backward", params, __file__),
-                                out_shape=lambda f, r, g: f, out_dtype=lambda f, r, g: f)
-
-    def bprop(features, rois, out, grad_out):
-        return backward_op(features, rois, grad_out), ops.zeros_like(rois)
-
-    return stable_pyfunc(forward, pyfunc_key("roi_align.forward", params, __file__),
-                         out_shape=lambda f, r: (r[0], f[1], out_size, out_size),
-                         out_dtype=lambda f, r: f, bprop=bprop)
 
 
 def _replicate_border(feature):
@@ -247,9 +146,9 @@ class MultiLevelRoIAlign(nn.Cell):
             RoIs at least one cell); see the module notes.
         level_rule: ``"sqrt_area"``, ``"sqrt_area_plus_one"`` or ``"torchvision"``
             (:func:`roi_levels`).
-        kernel: ``"cpu"`` (the SciPy ``pyfunc`` op, fast on the CPU, cannot go into an
-            exported MindIR) or ``"native"`` (``ops.ROIAlign``, any device, exportable); the
-            network's choice is ``src.precision.roi_align_kernel``.
+        kernels: the target's :class:`~src.maskrcnn.target.Kernels`: ``CPU_KERNELS`` pools with
+            the SciPy ``pyfunc`` op (fast on the CPU, cannot go into an exported MindIR),
+            ``NATIVE_KERNELS`` with ``ops.ROIAlign`` (any device, exportable).
 
     Inputs:
         features: tuple of ``[B, C, H_l, W_l]`` maps, one per stride (P6 must not be passed).
@@ -260,7 +159,7 @@ class MultiLevelRoIAlign(nn.Cell):
     """
 
     def __init__(self, out_size, sampling_ratio, strides=(4, 8, 16, 32), alignment="aligned",
-                 level_rule="sqrt_area", *, kernel):
+                 level_rule="sqrt_area", *, kernels: Kernels):
         super().__init__()
         self.alignment = check_choice("MultiLevelRoIAlign", "alignment", alignment, ROI_ALIGN_MODES)
         self.level_rule = check_choice("MultiLevelRoIAlign", "level_rule", level_rule, ROI_LEVEL_RULES)
@@ -280,12 +179,9 @@ class MultiLevelRoIAlign(nn.Cell):
         self.first_level = int(round(math.log2(strides[0])))
         self.last_level = self.first_level + len(strides) - 1
         # Canvas coordinates are feature cells (scale 1); roi_end_mode=1, see the module notes.
-        if kernel not in ROI_ALIGN_KERNELS:
-            raise ValueError(f"MultiLevelRoIAlign: kernel must be one of {ROI_ALIGN_KERNELS}, got {kernel!r}")
-        self.kernel = kernel
-        if kernel == "cpu":
-            self.pool = cpu_roi_align_op(self.out_size, int(sampling_ratio))
-        else:
+        self.kernel = kernels.name
+        self.pool = kernels.roi_align(self.out_size, int(sampling_ratio))
+        if self.pool is None:
             self.pool = ops.ROIAlign(self.out_size, self.out_size, 1.0, int(sampling_ratio), 1)
 
     def construct(self, features, rois):

@@ -23,6 +23,7 @@ from src.maskrcnn.layers import conv_with_bias
 from src.maskrcnn.losses import sigmoid_bce_loss, smooth_l1_loss
 from src.maskrcnn.sampling import (check_fraction, check_sampling_args, crowd_hits, gather_rows,
                                    random_pick, scatter_flags)
+from src.maskrcnn.target import NATIVE_KERNELS, Kernels
 
 RPN_INIT_STD = 0.01  # normal init of all three RPN convs (weights); biases zero
 # The RPN regresses anchors with unit stds (published recipe); config.box_target_stds are the
@@ -32,10 +33,10 @@ RPN_BOX_STDS = (1.0, 1.0, 1.0, 1.0)
 RPN_SMOOTH_L1_BETA = 1.0 / 9.0
 
 
-def _conv(in_channels: int, out_channels: int, kernel_size: int, kernel: str = "native") -> nn.Conv2d:
+def _conv(in_channels: int, out_channels: int, kernel_size: int, kernels: Kernels = NATIVE_KERNELS) -> nn.Conv2d:
     weight = initializer(Normal(sigma=RPN_INIT_STD),
                          [out_channels, in_channels, kernel_size, kernel_size])
-    return conv_with_bias(in_channels, out_channels, kernel_size, weight, kernel)
+    return conv_with_bias(in_channels, out_channels, kernel_size, weight, kernels)
 
 
 class RPNHead(nn.Cell):
@@ -44,7 +45,7 @@ class RPNHead(nn.Cell):
     Args:
         in_channels: channels of the P levels (config.fpn_channels).
         num_anchors: anchors per location (len(anchor_scales) * len(anchor_ratios)).
-        kernel: the 3x3 conv's kernel, ``"native"`` or ``"cpu"`` (``layers.conv2d``).
+        kernels: the target's kernels for the 3x3 conv (``layers.conv2d``).
 
     Inputs:
         features: (P2, ..., P6), [B, in_channels, H_l, W_l].
@@ -55,10 +56,10 @@ class RPNHead(nn.Cell):
         level, then row-major (y, x), then the anchors of one location.
     """
 
-    def __init__(self, in_channels: int, num_anchors: int, kernel: str = "native"):
+    def __init__(self, in_channels: int, num_anchors: int, kernels: Kernels = NATIVE_KERNELS):
         super().__init__()
         self.num_anchors = num_anchors
-        self.conv = _conv(in_channels, in_channels, 3, kernel)
+        self.conv = _conv(in_channels, in_channels, 3, kernels)
         self.objectness = _conv(in_channels, num_anchors, 1)
         self.box_deltas = _conv(in_channels, num_anchors * 4, 1)
         self.relu = nn.ReLU()

@@ -5,7 +5,7 @@ needs (``benchmarks/profile_step.py``). ``cpu_kernels.c`` holds plain C loops fo
 compiles it once per source version into a shared library (``$XDG_CACHE_HOME`` or
 ``~/.cache``, folder ``maskrcnn_mindspore``; the temporary folder when that is not writable),
 loads it with ctypes and wraps each kernel for NumPy arrays. The network calls these wrappers
-from ``pyfunc`` Custom ops (``src/maskrcnn/cpu_ops.py``).
+from ``pyfunc`` Custom ops (``src/maskrcnn/ops/cpu_ops.py``).
 
 ``conv3x3_onednn.c`` is built the same way, against oneDNN 3 (:func:`conv3x3_library`); MindSpore
 calls its entry points directly (``aot`` Custom ops, ``cpu_ops.Conv3x3``), not through Python.

@@ -1,7 +1,7 @@
 /*
  * CPU kernels for ops whose MindSpore 2.7 CPU kernels are far slower than the arithmetic needs,
- * called from Python pyfunc ops through ctypes (src/maskrcnn/cpu_kernels.py builds this file
- * with the system C compiler; src/maskrcnn/cpu_ops.py wraps the kernels as MindSpore ops).
+ * called from Python pyfunc ops through ctypes (src/maskrcnn/ops/cpu_kernels.py builds this file
+ * with the system C compiler; src/maskrcnn/ops/cpu_ops.py wraps the kernels as MindSpore ops).
  *
  * Every kernel works on contiguous float32 arrays of planes (batch * channels planes of
  * [height, width], the network's NCHW layout) and splits the planes over `threads` OpenMP

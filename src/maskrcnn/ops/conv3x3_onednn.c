@@ -1,6 +1,6 @@
 /*
  * 3x3 convolutions (stride 1, padding 1, no bias) for MindSpore's CPU backend on oneDNN 3,
- * as "aot" Custom-op entry points (src/maskrcnn/cpu_ops.py, Conv3x3).
+ * as "aot" Custom-op entry points (src/maskrcnn/ops/cpu_ops.py, Conv3x3).
  *
  * Why: MindSpore 2.7.2 runs every convolution on its bundled oneDNN 2.2 with plain NCHW tensors,
  * where oneDNN picks its im2col + GEMM implementation ("gemm:jit"). oneDNN 3 with the layouts it

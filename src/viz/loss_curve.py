@@ -1,6 +1,6 @@
-"""Plot the training losses of a run's ``losses.csv`` into a PNG (matplotlib, see src/plots.py).
+"""Plot the training losses of a run's ``losses.csv`` into a PNG (matplotlib, see src/viz/plots.py).
 
-    python -m src.loss_curve RUN_DIR/losses.csv RUN_DIR/loss_curve.png [--log_scale] [--smoothing N]
+    python -m src.viz.loss_curve RUN_DIR/losses.csv RUN_DIR/loss_curve.png [--log_scale] [--smoothing N]
 
 One smoothed line per loss component and the total (also raw, faintly), the learning rate on a
 second y axis. Rows of a step that appears twice (a resumed run appended to the file) count once,
@@ -16,8 +16,8 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from src.batch import LOSS_NAMES
-from src.plots import loss_figure, moving_average, save_png
-from src.runtime import EXIT_BAD_INPUT, EXIT_OK
+from src.viz.plots import loss_figure, moving_average, save_png
+from src.engine.runtime import EXIT_BAD_INPUT, EXIT_OK
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ needs (``benchmarks/profile_step.py`` at 384x640, batch 2; the kernels' own time
 - (RoIAlign has its own SciPy ``pyfunc`` op in ``src/maskrcnn/roi_align.py``, registered with
   :func:`pyfunc_key` / :func:`stable_pyfunc` too.)
 
-Which kernels a network gets is decided once, from the config, by ``src.precision.op_kernels``
+Which kernels a network gets is decided once, from the config, by ``src.maskrcnn.target.op_kernels``
 ("cpu" or "native"); a ``pyfunc`` or CPU ``aot`` op cannot be exported to MindIR nor run on
 Ascend, so export and other devices get the native MindSpore ops.
 
@@ -28,7 +28,7 @@ from mindspore import nn, ops
 # The registry MindSpore's CPU pyfunc kernel looks functions up in (see stable_pyfunc).
 from mindspore.ops.operations._pyfunc_registry import add_pyfunc
 
-from src.maskrcnn import cpu_kernels
+from src.maskrcnn.ops import cpu_kernels
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # The files whose content defines what a pyfunc op computes (a change gives new keys).
@@ -145,7 +145,7 @@ def upsample_nearest_op(factor: int):
 def conv3x3_op(library: str):
     """A differentiable ``aot`` op: ``(x [N, C, H, W], w [O, C, 3, 3])`` -> ``[N, O, H, W]``, a
     stride-1 3x3 convolution with padding 1 and no bias, from the entry points of ``library``
-    (``cpu_kernels.conv3x3_library()``; ``src/maskrcnn/conv3x3_onednn.c``)."""
+    (``cpu_kernels.conv3x3_library()``; ``src/maskrcnn/ops/conv3x3_onednn.c``)."""
 
     def entry(name):
         return f"{library}:conv3x3_{name}"

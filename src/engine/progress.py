@@ -2,7 +2,7 @@
 
 The bar is shown when stdout is a terminal and ``--log_every`` was not given; otherwise (logs
 piped to a file, CI, ``--log_every N``) training prints a log line every N steps as before.
-The per-step ``losses.csv`` is written either way (``src.network_define.LossCallBack``).
+The per-step ``losses.csv`` is written either way (``src.engine.callbacks.LossCallBack``).
 """
 
 from __future__ import annotations

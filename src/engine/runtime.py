@@ -9,6 +9,8 @@ import shutil
 import sys
 from typing import Iterator, List, Optional, Sequence
 
+from src.maskrcnn.target import DEVICE_TARGETS, kernel_build_state
+
 # Exit codes of every command-line tool (train.py, eval.py, predict.py, export.py,
 # convert_checkpoint.py and the ``python -m src.*`` tools). Bad input (a config key, data,
 # checkpoint, option or device that cannot work) is EXIT_BAD_INPUT, the same status argparse
@@ -28,8 +30,6 @@ def setup_logging(log_file: Optional[str] = None, level: int = logging.INFO) -> 
     logging.basicConfig(level=level, format=LOG_FORMAT, handlers=handlers, force=True)
 
 
-# Every device_target a config may name, in the order the message lists the available ones.
-KNOWN_DEVICES = ("CPU", "GPU", "Ascend")
 
 
 class SetupError(RuntimeError):
@@ -77,7 +77,7 @@ def available_devices() -> List[str]:
     """The devices this MindSpore install can run (its backend plug-ins that load), e.g. ``['CPU']``."""
     from mindspore import hal
 
-    return [device for device in KNOWN_DEVICES if hal.is_available(device)]
+    return [device for device in DEVICE_TARGETS if hal.is_available(device)]
 
 
 def device_unavailable_message(device_target: str, available: Sequence[str], reason: str = "") -> str:
@@ -153,7 +153,8 @@ COMPILE_CACHE_IGNORED_KEYS = (
 CACHE_LOADED_MESSAGE = "Use the compilation cache"
 # Graph folders kept under compile_cache_dir (the most recently used); older ones are deleted.
 COMPILE_CACHE_KEEP = 8
-SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
+# src/ (this file is src/engine/runtime.py)
+SOURCE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Whether this process has already run a CLI with the compile cache on (see compile_cache).
 _compile_cache_used = False
@@ -200,16 +201,12 @@ def compile_cache_folder(config, purpose: str, graph_inputs: Optional[dict] = No
         return None
     import mindspore as ms
 
-    from src.maskrcnn import cpu_kernels
-
     settings = {key: value for key, value in config.to_dict().items() if key not in COMPILE_CACHE_IGNORED_KEYS}
     # Whether the C kernels could be built decides which ops the CPU graph holds; the graph names
     # the oneDNN convolution library by its path.
-    on_cpu = config.device_target == "CPU"
     material = json.dumps({"config": settings, "graph_inputs": graph_inputs or {}, "mindspore": ms.__version__,
                            "source": source_digest([entry_file] if entry_file else []),
-                           "c_kernels": on_cpu and cpu_kernels.available(),
-                           "conv3x3_library": cpu_kernels.conv3x3_library() if on_cpu else None}, sort_keys=True)
+                           **kernel_build_state(config)}, sort_keys=True)
     key = hashlib.sha256(material.encode("utf-8")).hexdigest()[:16]
     from src.config import resolve_path
 

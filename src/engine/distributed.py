@@ -16,8 +16,8 @@ Learning-rate rule (config key ``lr_scaling``):
 - ``none``: ``base_lr`` is used as given whatever the number of ranks.
 
 Command line (used by the launch script, no MindSpore import):
-``python -m src.distributed run-dir --config_path CONFIG [--key value ...]`` prints the run
-directory; ``python -m src.distributed free-port`` prints a free TCP port for msrun's scheduler.
+``python -m src.engine.distributed run-dir --config_path CONFIG [--key value ...]`` prints the run
+directory; ``python -m src.engine.distributed free-port`` prints a free TCP port for msrun's scheduler.
 """
 
 import argparse
@@ -28,9 +28,10 @@ import socket
 import sys
 from typing import Optional, Sequence, Tuple
 
+from src.config import LR_SCALING_RULES
+
 logger = logging.getLogger(__name__)
 
-LR_SCALING_RULES = ("linear", "none")
 # Rank that writes the run directory (checkpoints, losses.csv, evaluation).
 WRITER_RANK = 0
 # Prefix of the log line with each rank's parameter digest (tests and users compare the ranks).
@@ -137,7 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run_dir = sub.add_parser("run-dir", help="print the run directory of a config (+ overrides)")
     from src.config import ConfigError, add_config_arguments, config_from_cli, resolve_path
-    from src.runtime import EXIT_BAD_INPUT, EXIT_OK
+    from src.engine.runtime import EXIT_BAD_INPUT, EXIT_OK
 
     add_config_arguments(run_dir)
     sub.add_parser("free-port", help="print a free TCP port")

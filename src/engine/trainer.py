@@ -1,0 +1,204 @@
+"""The fine-tuning run, as named builders a reader follows top to bottom: data, model, optimizer,
+train step, resume, callbacks, then ``Model.train`` (:func:`train`).
+
+``train.py`` parses the command line and calls :func:`train`; the run directory
+(``config.run_dir``) receives the resolved config, ``losses.csv`` and the checkpoints (see
+``train.py``'s help). In data-parallel runs rank 0 alone writes it (``src/engine/distributed.py``).
+"""
+
+import functools
+import logging
+import os
+import time
+from typing import List, Optional, Tuple
+
+import numpy as np
+import yaml
+
+from src.config import Config, ConfigError, resolve_path
+from src.engine.runtime import EXIT_OK
+
+logger = logging.getLogger("train")
+
+# Exit code of a run stopped by a non-finite loss (the last good checkpoint is kept).
+EXIT_TRAINING_STOPPED = 1
+
+
+def write_run_config(config: Config, run_dir: str) -> None:
+    """The resolved config as ``run_dir/config.yaml`` (the folder is created)."""
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as handle:
+        yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
+
+
+def build_training_data(config: Config, rank: int, group_size: int):
+    """The training pipeline of this rank's shard; returns ``(dataset, steps_per_epoch)``."""
+    from src.dataset import create_new_dataset
+
+    image_dir, _ = config.split_paths(config.train_data_type)
+    dataset = create_new_dataset(resolve_path(config.coco_root), config.batch_size, is_training=True,
+                                 num_parallel_workers=config.num_parallel_workers, config=config,
+                                 num_shards=group_size, shard_id=rank)
+    steps_per_epoch = dataset.get_dataset_size()
+    if steps_per_epoch == 0:
+        raise ConfigError(f"{image_dir}: fewer training images than batch_size={config.batch_size}")
+    logger.info("training set: %s, %d steps per epoch x %d epochs", image_dir, steps_per_epoch, config.epoch_size)
+    return dataset, steps_per_epoch
+
+
+def build_training_model(config: Config, pre_trained: str):
+    """``Mask_Rcnn_Resnet50`` of the config with ``pre_trained`` loaded (if given)."""
+    from src.checkpoint.load import load_pretrained
+    from src.maskrcnn.builder import build_model
+
+    net = build_model(config, pretrained_backbone=bool(pre_trained))
+    if pre_trained:
+        report = load_pretrained(net, pre_trained)
+        logger.info("pre-trained weights: %s", report)
+    return net
+
+
+def optimizer_groups(net, weight_decay: float):
+    """Weight decay on conv/dense weights only, not on biases and norm parameters."""
+    trainable = net.trainable_params()
+    decay = [p for p in trainable if p.name.endswith(".weight")]
+    no_decay = [p for p in trainable if not p.name.endswith(".weight")]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(config: Config, net, steps_per_epoch: int, rank: int, group_size: int):
+    """Momentum over :func:`optimizer_groups` with the LR schedule (scaled for data parallel).
+
+    Returns:
+        ``(optimizer, lr)``: ``lr`` is the per-step learning rate array the graph holds.
+    """
+    from mindspore import Tensor, nn
+
+    from src.engine.distributed import scaled_base_lr
+    from src.engine.lr_schedule import build_lr_schedule
+
+    lr_base = scaled_base_lr(config.base_lr, group_size, config.lr_scaling)
+    if group_size > 1:
+        logger.info("rank %d of %d: global batch %d, base_lr %g (lr_scaling=%s)", rank, group_size,
+                    group_size * config.batch_size, lr_base, config.lr_scaling)
+    lr = build_lr_schedule(config.replace(base_lr=lr_base), steps_per_epoch)
+    optimizer = nn.Momentum(optimizer_groups(net, config.weight_decay), learning_rate=Tensor(lr),
+                            momentum=config.momentum)
+    return optimizer, lr
+
+
+def build_train_step(config: Config, net, optimizer):
+    """``TrainOneStepCell(WithLossCell(net, LossNet()), optimizer)`` with the config's loss scale
+    and clip, in training mode."""
+    from src.engine.train_step import LossNet, TrainOneStepCell, WithLossCell
+
+    train_cell = TrainOneStepCell(WithLossCell(net, LossNet()), optimizer, loss_scale=config.loss_scale,
+                                  dynamic_loss_scale=config.dynamic_loss_scale,
+                                  grad_clip_norm=config.grad_clip_norm)
+    train_cell.set_train(True)
+    return train_cell
+
+
+def restore_train_state(train_cell, optimizer, resume: str, steps_per_epoch: int) -> Tuple[int, int]:
+    """Load ``resume`` (``last.ckpt``) into the train step; returns ``(start_epoch, start_step)``.
+
+    A checkpoint saved mid-epoch (e.g. the batch size or the data changed) restarts that epoch,
+    and the LR schedule with it.
+    """
+    from mindspore import Tensor
+
+    from src.checkpoint.load import load_train_state
+
+    global_step = load_train_state(train_cell, resume)
+    start_epoch = global_step // steps_per_epoch
+    start_step = start_epoch * steps_per_epoch
+    if global_step != start_step:
+        logger.warning("%s was saved mid-epoch (step %d): the run restarts at the start of epoch %d",
+                       resume, global_step, start_epoch + 1)
+        step_param = optimizer.global_step
+        step_param.set_data(Tensor(np.full(step_param.shape, start_step), step_param.dtype))
+    logger.info("resumed from %s at global step %d (epoch %d)", resume, global_step, start_epoch)
+    return start_epoch, start_step
+
+
+def build_callbacks(config: Config, net, run_dir: str, writer: bool, steps_per_epoch: int, lr,
+                    start_step: int, log_every: Optional[int]) -> Tuple[List, object, bool]:
+    """Loss log (+ progress bar on a terminal), checkpoints and evaluation; the latter two on the
+    writing rank only.
+
+    Returns:
+        ``(callbacks, loss_callback, show_bar)``.
+    """
+    from src.checkpoint.io import save_checkpoint_atomic
+    from src.checkpoint.names import NUMERICS_KEY
+    from src.engine.callbacks import CheckpointCallback, LossCallBack
+    from src.engine.progress import ProgressBarCallback, console_mode
+
+    show_bar, log_every = console_mode(log_every, steps_per_epoch)
+    show_bar = show_bar and writer
+    loss_cb = LossCallBack(os.path.join(run_dir, "losses.csv") if writer else None, steps_per_epoch,
+                           config.epoch_size, log_every=log_every, lr_schedule=lr, step_offset=start_step)
+    callbacks = [loss_cb]
+    if show_bar:
+        callbacks.append(ProgressBarCallback(steps_per_epoch, config.epoch_size, loss_cb))
+    # Checkpoints record the numerics preset, so loading them under another one warns.
+    save_fn = functools.partial(save_checkpoint_atomic, append_dict={NUMERICS_KEY: config.numerics})
+    if writer:
+        callbacks.append(CheckpointCallback(save_fn, net, run_dir, "maskrcnn",
+                                            config.save_checkpoint_epochs, config.keep_checkpoint_max, loss_cb,
+                                            step_offset=start_step))
+        if config.eval_interval:
+            from src.evaluation.hook import EvalCallback
+
+            callbacks.append(EvalCallback(net, config, run_dir, config.eval_interval, save_fn))
+    return callbacks, loss_cb, show_bar
+
+
+def train(config: Config, pre_trained: str = "", resume: str = "", log_every: Optional[int] = None) -> int:
+    """Run the fine-tuning described by ``config``; returns the process exit code."""
+    from mindspore.train import Model
+
+    from src.engine import runtime
+    from src.engine.distributed import init_data_parallel, is_writer, log_parameter_digest
+    from src.engine.loss_log import drop_rows_after_step
+    from src.engine.progress import redirect_logging
+
+    rank, group_size = init_data_parallel()
+    writer = is_writer(rank)
+    run_dir = resolve_path(config.run_dir)
+    if writer:
+        write_run_config(config, run_dir)
+
+    dataset, steps_per_epoch = build_training_data(config, rank, group_size)
+    net = build_training_model(config, pre_trained)
+    optimizer, lr = build_optimizer(config, net, steps_per_epoch, rank, group_size)
+    train_cell = build_train_step(config, net, optimizer)
+
+    start_epoch = start_step = 0
+    if resume:
+        start_epoch, start_step = restore_train_state(train_cell, optimizer, resume, steps_per_epoch)
+        if start_epoch >= config.epoch_size:
+            logger.info("nothing to do: the checkpoint is already at epoch %d of %d", start_epoch, config.epoch_size)
+            return EXIT_OK
+        if writer:
+            # The interrupted run may have logged steps after the checkpoint; they are run again.
+            drop_rows_after_step(os.path.join(run_dir, "losses.csv"), start_step)
+
+    callbacks, loss_cb, show_bar = build_callbacks(config, net, run_dir, writer, steps_per_epoch, lr, start_step,
+                                                   log_every)
+    model = Model(train_cell)
+    started = time.time()
+    # The graph holds the LR schedule as a [steps] parameter: its length (data size, batch, epochs,
+    # ranks) shapes the graph, its values do not; a sunk epoch runs steps_per_epoch steps in one
+    # call. A pre-trained backbone freezes stages: another graph.
+    graph_inputs = {"pretrained_backbone": bool(pre_trained), "lr_steps": len(lr), "steps_per_epoch": steps_per_epoch}
+    with runtime.compile_cache(config, "train", graph_inputs), redirect_logging(show_bar):
+        model.train(config.epoch_size, dataset, callbacks=callbacks, dataset_sink_mode=config.dataset_sink_mode,
+                    initial_epoch=start_epoch)
+    logger.info("training took %.1f s", time.time() - started)
+    if group_size > 1:
+        log_parameter_digest(train_cell, rank, group_size)
+    if loss_cb.error is not None:
+        logger.error("training stopped: %s", loss_cb.error)
+        return EXIT_TRAINING_STOPPED
+    return EXIT_OK
