@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from src.config import REPO_ROOT
+
 sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
 
 import bench_peer  # noqa: E402

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from src.config import (ConfigError, load_config, parse_overrides, DEFAULT_CONFIG_PATH, from_dict,
+from src.config import (Config, ConfigError, load_config, parse_overrides, DEFAULT_CONFIG_PATH, from_dict,
                         config_from_cli, add_config_arguments)
 
 
@@ -114,3 +114,11 @@ def test_mask_rois_per_image_is_null_or_a_bound_within_the_positive_slots():
         load_config(overrides={"mask_rois_per_image": 2.5})
     with pytest.raises(ConfigError, match="'rcnn_pos_fraction' = 0.25 leaves no positive RoI slot"):
         load_config(overrides={"rcnn_num_samples": 3})
+
+
+def test_rcnn_fill_with_negatives_override_and_type_check():
+    assert Config().rcnn_fill_with_negatives is False
+    config = load_config(None, parse_overrides(["--rcnn_fill_with_negatives", "true"]))
+    assert config.rcnn_fill_with_negatives is True
+    with pytest.raises(ConfigError, match="rcnn_fill_with_negatives"):
+        load_config(None, {"rcnn_fill_with_negatives": "sometimes"})

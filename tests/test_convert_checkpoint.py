@@ -14,10 +14,10 @@ from src.checkpoint.load import load_pretrained
 from src.checkpoint.names import ZOO_MASKRCNN_TO_OURS, ZOO_MASKRCNN_TRANSPOSED
 from src.maskrcnn.resnet50 import ResNet50
 from src.engine.runtime import EXIT_BAD_INPUT
-from zoo_checkpoints import (ZOO_MASKRCNN_LIST, ZOO_OPTIMIZER_STATE, ZOO_RESNET50_LIST, random_arrays,
-                             read_param_list, save_arrays)
+from src.config import REPO_ROOT
+from zoo_checkpoints import (ZOO_MASKRCNN_LIST, ZOO_OPTIMIZER_STATE, ZOO_RESNET50_LIST, random_arrays, save_arrays,
+                             zoo_checkpoint)
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LENET_SHAPES = {"conv1.weight": (6, 1, 5, 5), "conv2.weight": (16, 6, 5, 5), "fc1.weight": (120, 400)}
 
 
@@ -29,16 +29,14 @@ def keep_pytest_logging(monkeypatch):
 
 @pytest.fixture(scope="module")
 def zoo_resnet50(zoo_lists_dir, tmp_path_factory):
-    shapes = read_param_list(zoo_lists_dir, ZOO_RESNET50_LIST)
-    shapes.update(ZOO_OPTIMIZER_STATE)
-    arrays = random_arrays(shapes, seed=11)
-    return save_arrays(arrays, str(tmp_path_factory.mktemp("zoo") / "resnet50.ckpt")), arrays
+    return zoo_checkpoint(zoo_lists_dir, ZOO_RESNET50_LIST, str(tmp_path_factory.mktemp("zoo") / "resnet50.ckpt"),
+                          seed=11, extra_shapes=ZOO_OPTIMIZER_STATE)
 
 
 @pytest.fixture(scope="module")
 def zoo_maskrcnn(zoo_lists_dir, tmp_path_factory):
-    arrays = random_arrays(read_param_list(zoo_lists_dir, ZOO_MASKRCNN_LIST), seed=12)
-    return save_arrays(arrays, str(tmp_path_factory.mktemp("zoo") / "maskrcnn.ckpt")), arrays
+    return zoo_checkpoint(zoo_lists_dir, ZOO_MASKRCNN_LIST, str(tmp_path_factory.mktemp("zoo") / "maskrcnn.ckpt"),
+                          seed=12)
 
 
 @pytest.fixture

@@ -10,50 +10,9 @@ import pytest
 
 from src import synthetic
 from src.batch import CROWD_LABEL, EVAL_COLUMNS, TRAIN_COLUMNS
-from src.config import Config
 from src.batch import PAD_IMAGE_ID
 from src.dataset import COCOSubDataset, DatasetError, create_new_dataset
-
-RED, GREEN = (255, 0, 0), (0, 255, 0)
-
-
-def _cfg(root, **kw):
-    values = dict(coco_root=str(root), coco_classes=["background", "book", "disc"],
-                  max_instance_count=4, img_height=64, img_width=96, num_parallel_workers=1)
-    values.update(kw)
-    return Config().replace(**values)
-
-
-def _poly(x1, y1, x2, y2):
-    return [[x1, y1, x2, y1, x2, y2, x1, y2]]
-
-
-def _write_set(root, images, annotations, categories=None, split="train2017", pixels=None):
-    """Hand-made COCO set; ``pixels[image_id]`` = list of ((x1, y1, x2, y2), rgb) painted on grey."""
-    os.makedirs(os.path.join(root, split), exist_ok=True)
-    for img in images:
-        canvas = np.full((img["height"], img["width"], 3), 128, np.uint8)
-        for (x1, y1, x2, y2), rgb in (pixels or {}).get(img["id"], []):
-            canvas[y1:y2, x1:x2] = rgb
-        cv2.imwrite(os.path.join(root, split, img["file_name"]), canvas[:, :, ::-1])
-    data = {"images": images, "annotations": annotations,
-            "categories": categories or [{"id": 84, "name": "book"}, {"id": 44, "name": "disc"},
-                                         {"id": 7, "name": "cup"}]}
-    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
-    with open(os.path.join(root, "annotations", f"instances_{split}.json"), "w") as handle:
-        json.dump(data, handle)
-
-
-def _ann(ann_id, image_id, cat, box, crowd=0, segm=None):
-    x1, y1, x2, y2 = box
-    return {"id": ann_id, "image_id": image_id, "category_id": cat, "bbox": [x1, y1, x2 - x1, y2 - y1],
-            "area": float((x2 - x1) * (y2 - y1)), "iscrowd": crowd,
-            "segmentation": segm if segm is not None else _poly(*box)}
-
-
-def _img(image_id, h=40, w=60):
-    return {"id": image_id, "file_name": f"{image_id}.png", "height": h, "width": w}
-
+from helpers import RED, GREEN, coco_annotation, coco_image, dataset_config, write_coco_set
 
 @pytest.fixture()
 def small_set(tmp_path):
@@ -63,18 +22,18 @@ def small_set(tmp_path):
     crowd_mask[30:40, 0:10] = 1
     runs = np.diff(np.concatenate([[0], np.flatnonzero(np.diff(crowd_mask.ravel(order="F"))) + 1, [48 * 64]]))
     crowd_rle = {"size": [48, 64], "counts": [int(r) for r in runs]}
-    anns = [_ann(1, 5, 44, (40, 20, 50, 30)), _ann(2, 5, 84, (5, 5, 35, 25)), _ann(3, 5, 7, (0, 0, 4, 4)),
-            _ann(4, 5, 84, (0, 30, 10, 40), crowd=1, segm=crowd_rle), _ann(5, 6, 7, (1, 1, 9, 9)),
-            _ann(6, 7, 84, (10, 10, 20, 30))]
+    anns = [coco_annotation(1, 5, 44, (40, 20, 50, 30)), coco_annotation(2, 5, 84, (5, 5, 35, 25)), coco_annotation(3, 5, 7, (0, 0, 4, 4)),
+            coco_annotation(4, 5, 84, (0, 30, 10, 40), crowd=1, segm=crowd_rle), coco_annotation(5, 6, 7, (1, 1, 9, 9)),
+            coco_annotation(6, 7, 84, (10, 10, 20, 30))]
     pixels = {5: [((40, 20, 50, 30), GREEN), ((5, 5, 35, 25), RED), ((0, 30, 10, 40), RED)],
               7: [((10, 10, 20, 30), RED)]}
-    _write_set(str(tmp_path), [_img(i, 48, 64) for i in (5, 6, 7)], anns, pixels=pixels)
+    write_coco_set(str(tmp_path), [coco_image(i, 48, 64) for i in (5, 6, 7)], anns, pixels=pixels)
     return tmp_path
 
 
 def test_items_labels_order_and_mapping(small_set, caplog):
     with caplog.at_level(logging.INFO, logger="src.dataset"):
-        ds = COCOSubDataset(str(small_set), True, _cfg(small_set))
+        ds = COCOSubDataset(str(small_set), True, dataset_config(small_set))
     assert ds.label_to_cat_id == {1: 84, 2: 44} and ds.cat_id_to_label == {84: 1, 44: 2}
     assert ds.class_names == ["book", "disc"]
     assert ds.image_ids == [5, 7]  # image 6 has no book/disc
@@ -91,14 +50,14 @@ def test_items_labels_order_and_mapping(small_set, caplog):
 
 
 def test_eval_split_keeps_images_without_instances(small_set):
-    cfg = _cfg(small_set, val_data_type="train2017")
+    cfg = dataset_config(small_set, val_data_type="train2017")
     ds = COCOSubDataset(str(small_set), False, cfg)
     assert ds.image_ids == [5, 6, 7]
 
 
 def test_max_instance_count_keeps_largest_and_warns_once(small_set, caplog):
     with caplog.at_level(logging.WARNING, logger="src.dataset"):
-        ds = COCOSubDataset(str(small_set), True, _cfg(small_set, max_instance_count=1))
+        ds = COCOSubDataset(str(small_set), True, dataset_config(small_set, max_instance_count=1))
     _, annos, mask, _ = ds[0]
     np.testing.assert_array_equal(annos, [[5, 5, 35, 25, 1, 0]])
     assert mask.shape == (1, 48, 64)
@@ -107,7 +66,7 @@ def test_max_instance_count_keeps_largest_and_warns_once(small_set, caplog):
 
 
 def test_training_batch_layout_and_alignment(small_set):
-    cfg = _cfg(small_set, flip_ratio=1.0, img_height=96, img_width=128)  # always flip
+    cfg = dataset_config(small_set, flip_ratio=1.0, img_height=96, img_width=128)  # always flip
     pipeline = create_new_dataset(str(small_set), 2, True, 1, cfg, shuffle=False)
     assert pipeline.get_col_names() == list(TRAIN_COLUMNS)
     batches = list(pipeline.create_dict_iterator(num_epochs=1, output_numpy=True))
@@ -137,7 +96,7 @@ def test_training_batch_layout_and_alignment(small_set):
 
 
 def test_eval_pipeline_pads_last_batch_with_minus_one(small_set):
-    cfg = _cfg(small_set, val_data_type="train2017")
+    cfg = dataset_config(small_set, val_data_type="train2017")
     pipeline = create_new_dataset(str(small_set), 2, False, 1, cfg)
     assert pipeline.get_col_names() == list(EVAL_COLUMNS)
     batches = list(pipeline.create_dict_iterator(num_epochs=1, output_numpy=True))
@@ -148,7 +107,7 @@ def test_eval_pipeline_pads_last_batch_with_minus_one(small_set):
 
 def test_synthetic_set_with_two_workers_labels_map_to_coco_ids(tmp_path):
     synthetic.generate(str(tmp_path), 6, 0, seed=1, style="solid")
-    cfg = _cfg(tmp_path, coco_classes=["background", "book", "disc", "triangle"], max_instance_count=8,
+    cfg = dataset_config(tmp_path, coco_classes=["background", "book", "disc", "triangle"], max_instance_count=8,
                img_height=128, img_width=160, num_parallel_workers=2)
     ds = COCOSubDataset(str(tmp_path), True, cfg)
     assert ds.label_to_cat_id == {1: 84, 2: 44, 3: 90}
@@ -177,7 +136,7 @@ def test_synthetic_set_with_two_workers_labels_map_to_coco_ids(tmp_path):
 def test_missing_image_file(small_set):
     os.remove(os.path.join(small_set, "train2017", "7.png"))
     with pytest.raises(DatasetError, match=r"7\.png: image file not found \(image id 7\)"):
-        COCOSubDataset(str(small_set), True, _cfg(small_set))
+        COCOSubDataset(str(small_set), True, dataset_config(small_set))
 
 
 def test_corrupt_image(small_set):
@@ -188,10 +147,10 @@ def test_corrupt_image(small_set):
         handle.write(b"not a png at all")
     # Reported by name when the dataset is built, before any worker decodes it.
     with pytest.raises(DatasetError, match=r"7\.png: corrupt or unreadable image \(image id 7\): not an image"):
-        COCOSubDataset(str(small_set), True, _cfg(small_set))
+        COCOSubDataset(str(small_set), True, dataset_config(small_set))
     with open(path, "wb") as handle:
         handle.write(header)
-    ds = COCOSubDataset(str(small_set), True, _cfg(small_set))
+    ds = COCOSubDataset(str(small_set), True, dataset_config(small_set))
     with pytest.raises(DatasetError, match=r"7\.png: corrupt or unreadable image \(image id 7\)"):
         ds.decode(1)
 
@@ -200,29 +159,29 @@ def test_annotation_file_that_is_not_coco(tmp_path):
     os.makedirs(tmp_path / "annotations")
     (tmp_path / "annotations" / "instances_train2017.json").write_text(json.dumps({"images": []}))
     with pytest.raises(DatasetError, match=r"instances_train2017\.json: not a COCO annotation file \(no list 'annotations'\)"):
-        COCOSubDataset(str(tmp_path), True, _cfg(tmp_path))
+        COCOSubDataset(str(tmp_path), True, dataset_config(tmp_path))
     (tmp_path / "annotations" / "instances_train2017.json").write_text("[1, 2")
     with pytest.raises(DatasetError, match="not valid JSON"):
-        COCOSubDataset(str(tmp_path), True, _cfg(tmp_path))
+        COCOSubDataset(str(tmp_path), True, dataset_config(tmp_path))
 
 
 def test_category_not_in_file_lists_available(small_set):
     with pytest.raises(DatasetError, match="category 'sofa' is not in the file; available: book, cup, disc"):
-        COCOSubDataset(str(small_set), True, _cfg(small_set, coco_classes=["background", "book", "sofa"]))
+        COCOSubDataset(str(small_set), True, dataset_config(small_set, coco_classes=["background", "book", "sofa"]))
 
 
 def test_polygon_with_two_points(tmp_path):
-    _write_set(str(tmp_path), [_img(1)], [_ann(9, 1, 84, (1, 1, 5, 5), segm=[[1, 1, 5, 5]])])
+    write_coco_set(str(tmp_path), [coco_image(1)], [coco_annotation(9, 1, 84, (1, 1, 5, 5), segm=[[1, 1, 5, 5]])])
     with pytest.raises(DatasetError, match="annotation 9 \\(image 1\\) has a polygon with 2 points"):
-        COCOSubDataset(str(tmp_path), True, _cfg(tmp_path, strict_annotations=True))
+        COCOSubDataset(str(tmp_path), True, dataset_config(tmp_path, strict_annotations=True))
 
 
 def test_zero_area_dropped_and_outside_clipped_are_counted(tmp_path, caplog):
-    anns = [_ann(1, 1, 84, (10, 10, 10, 20)), _ann(2, 1, 84, (30, 5, 30, 9)),
-            _ann(3, 1, 84, (50, 30, 70, 45)), _ann(4, 1, 44, (-5, 2, 8, 9))]
-    _write_set(str(tmp_path), [_img(1)], anns)
+    anns = [coco_annotation(1, 1, 84, (10, 10, 10, 20)), coco_annotation(2, 1, 84, (30, 5, 30, 9)),
+            coco_annotation(3, 1, 84, (50, 30, 70, 45)), coco_annotation(4, 1, 44, (-5, 2, 8, 9))]
+    write_coco_set(str(tmp_path), [coco_image(1)], anns)
     with caplog.at_level(logging.WARNING, logger="src.dataset"):
-        ds = COCOSubDataset(str(tmp_path), True, _cfg(tmp_path))
+        ds = COCOSubDataset(str(tmp_path), True, dataset_config(tmp_path))
     assert "2 zero-area boxes dropped (e.g. annotation 1, 2)" in caplog.text
     assert "clipped 2 boxes that reached outside their image" in caplog.text
     _, annos, mask, _ = ds[0]
@@ -231,12 +190,12 @@ def test_zero_area_dropped_and_outside_clipped_are_counted(tmp_path, caplog):
 
 
 def test_annotation_with_unknown_image_id(tmp_path):
-    _write_set(str(tmp_path), [_img(1)], [_ann(3, 1, 84, (1, 1, 9, 9)), _ann(4, 77, 84, (1, 1, 9, 9))])
+    write_coco_set(str(tmp_path), [coco_image(1)], [coco_annotation(3, 1, 84, (1, 1, 9, 9)), coco_annotation(4, 77, 84, (1, 1, 9, 9))])
     with pytest.raises(DatasetError, match="annotation 4 refers to image id 77, which is not in 'images'"):
-        COCOSubDataset(str(tmp_path), True, _cfg(tmp_path, strict_annotations=True))
+        COCOSubDataset(str(tmp_path), True, dataset_config(tmp_path, strict_annotations=True))
 
 
 def test_empty_dataset_after_filtering(tmp_path):
-    _write_set(str(tmp_path), [_img(1), _img(2)], [_ann(1, 1, 7, (1, 1, 9, 9))])
+    write_coco_set(str(tmp_path), [coco_image(1), coco_image(2)], [coco_annotation(1, 1, 7, (1, 1, 9, 9))])
     with pytest.raises(DatasetError, match=r"no images left for split 'train2017' with classes \['book', 'disc'\] \(2 images"):
-        COCOSubDataset(str(tmp_path), True, _cfg(tmp_path))
+        COCOSubDataset(str(tmp_path), True, dataset_config(tmp_path))

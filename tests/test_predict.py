@@ -25,8 +25,8 @@ from pycocotools.cocoeval import COCOeval
 
 from src.engine.runtime import CACHE_LOADED_MESSAGE
 from src.viz.visualize import class_map, overlay, palette
+from src.config import REPO_ROOT
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_VAL_IMAGES = 3
 MAX_PER_IMG = 10
 VIDEO_FRAMES = 3

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from src.config import REPO_ROOT
+
 sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
 
 import profile_step  # noqa: E402

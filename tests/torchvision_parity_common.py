@@ -1,7 +1,7 @@
 """The set-up of the torchvision parity check, shared by both sides (NumPy only: no MindSpore, no torch).
 
 ``tools/make_torchvision_reference.py`` (run once, with torch + torchvision in a separate
-virtual environment) and ``tests/test_torchvision_parity.py`` (CI, MindSpore, no torch) import
+virtual environment) and ``tests/maskrcnn/test_torchvision_parity.py`` (CI, MindSpore, no torch) import
 this module, so both build the same weights, input and RoIs and summarise every stage the same
 way:
 

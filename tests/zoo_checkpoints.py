@@ -59,3 +59,13 @@ def save_arrays(arrays: Dict[str, np.ndarray], path: str) -> str:
     """Save as a MindSpore checkpoint the way the model zoo does: a list of {'name', 'data'}."""
     ms.save_checkpoint([{"name": name, "data": Tensor(value)} for name, value in arrays.items()], path)
     return path
+
+
+def zoo_checkpoint(zoo_lists_dir: str, list_name: str, path: str, seed: int,
+                   extra_shapes: Dict[str, Tuple[int, ...]] = None) -> Tuple[str, Dict[str, np.ndarray]]:
+    """A random model-zoo checkpoint with the names and shapes of ``list_name`` (plus
+    ``extra_shapes``, e.g. optimizer state) saved at ``path``; returns ``(path, arrays by name)``."""
+    shapes = read_param_list(zoo_lists_dir, list_name)
+    shapes.update(extra_shapes or {})
+    arrays = random_arrays(shapes, seed=seed)
+    return save_arrays(arrays, path), arrays

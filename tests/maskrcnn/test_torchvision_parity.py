@@ -19,8 +19,8 @@ import pytest
 
 import convert_checkpoint
 import torchvision_parity_common as common
+from src.config import REPO_ROOT
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(REPO_ROOT, "FineTune", "torchvision.yaml")
 # float32 noise: all stages agreed to <= 2e-6 (relative to the tensor's norm / max |x|) when the
 # reference was made; 1e-5 leaves room for other BLAS builds and thread counts.

@@ -4,13 +4,12 @@ Rectangles are used for objects and detections so box and mask IoU are the same 
 worked out by hand.
 """
 
-import numpy as np
 import pytest
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from src.evaluation.error_analysis import (ERROR_KINDS, analyse_errors, best_f1_thresholds, image_errors,
                                            mean_lost, run_analysis_eval)
+from helpers import rect_result
 
 CAT_A, CAT_B = 2, 9
 NAMES = {CAT_A: "apple", CAT_B: "bottle"}
@@ -36,12 +35,7 @@ def make_coco(objects, num_images=1):
 
 def make_result(image_id, cat_id, x1, y1, x2, y2, score):
     """A COCO result dict with a rectangular box and mask."""
-    mask = np.zeros((HEIGHT, WIDTH), np.uint8)
-    mask[y1:y2, x1:x2] = 1
-    rle = mask_utils.encode(np.asfortranarray(mask))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return {"image_id": image_id, "category_id": cat_id, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score,
-            "segmentation": rle}
+    return rect_result(image_id, cat_id, x1, y1, x2, y2, score, HEIGHT, WIDTH)
 
 
 def _analyse(coco, results, iou_type):

@@ -1,6 +1,5 @@
 """Tests of src/maskrcnn/proposals.py: top-k, decode, clip, size filter, per-level NMS, padding."""
 
-import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import Tensor

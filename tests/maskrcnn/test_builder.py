@@ -3,7 +3,7 @@
 import mindspore as ms
 import pytest
 
-from src.config import load_config
+from src.config import Config, load_config
 from src.maskrcnn.builder import build_model
 from src.maskrcnn.resnet50 import STAGE_OUT_CHANNELS
 
@@ -53,3 +53,11 @@ def test_float16_config_converts_the_documented_cells():
     config = _config(compute_dtype="float16")
     assert built_dtypes(build_model(config)) == planned_dtypes(config)
     assert set(built_dtypes(build_model(_config())).values()) == {"float32"}
+
+
+@pytest.mark.parametrize("value", [False, True])
+def test_rcnn_fill_with_negatives_reaches_the_stage2_sampler(value):
+    config = Config().replace(img_height=64, img_width=64, rpn_pre_nms_top_k_train=32, rpn_post_nms_top_k_train=16,
+                              rpn_pre_nms_top_k_test=32, rpn_post_nms_top_k_test=16, rcnn_num_samples=8,
+                              test_max_per_img=4, rcnn_fill_with_negatives=value)
+    assert build_model(config).rcnn_targets.fill_with_negatives is value

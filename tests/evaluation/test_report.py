@@ -11,13 +11,13 @@ import os
 import cv2
 import numpy as np
 import pytest
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from src.evaluation.coco_eval import COCOEvaluator
 from src.evaluation.report import main, write_report
 from src.evaluation.report_data import REPORT_JSON, TABLE_KEYS, ReportError, load_score_thresholds
 from src.evaluation.report_page import REPORT_HTML
+from helpers import rect_result
 
 CATS = {3: "book", 8: "disc"}
 CLASSES = ["background", "book", "disc"]
@@ -37,12 +37,7 @@ def _objects(rng):
 
 
 def _result(image_id, cat_id, x1, y1, x2, y2, score):
-    mask = np.zeros((SIZE, SIZE), np.uint8)
-    mask[y1:y2, x1:x2] = 1
-    rle = mask_utils.encode(np.asfortranarray(mask))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return {"image_id": image_id, "category_id": cat_id, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score,
-            "segmentation": rle}
+    return rect_result(image_id, cat_id, x1, y1, x2, y2, score, SIZE, SIZE)
 
 
 @pytest.fixture(scope="module")

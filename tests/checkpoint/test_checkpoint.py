@@ -15,8 +15,8 @@ from src.checkpoint.names import (KIND_BACKBONE, KIND_FULL, KIND_ZOO_MASKRCNN, K
                                   ZOO_MASKRCNN_TRANSPOSED, ZOO_RESNET50_TO_OURS)
 from src.config import Config
 from src.maskrcnn.resnet50 import ResNet50
-from zoo_checkpoints import (ZOO_MASKRCNN_LIST, ZOO_OPTIMIZER_STATE, ZOO_RESNET50_LIST, random_arrays,
-                                   read_param_list, save_arrays)
+from zoo_checkpoints import (ZOO_MASKRCNN_LIST, ZOO_OPTIMIZER_STATE, ZOO_RESNET50_LIST, random_arrays, read_param_list,
+                             save_arrays, zoo_checkpoint)
 
 NUM_RESNET50_TENSORS = 265
 # Class-dependent layers of a 2-class model against the 81-class zoo file: (file shape, model shape).
@@ -52,19 +52,16 @@ def _build_model(**changes):
 @pytest.fixture(scope="module")
 def zoo_resnet50(zoo_lists_dir, tmp_path_factory):
     """A random model-zoo ResNet50 checkpoint (+ optimizer state): (path, arrays by zoo name)."""
-    shapes = read_param_list(zoo_lists_dir, ZOO_RESNET50_LIST)
-    shapes.update(ZOO_OPTIMIZER_STATE)
-    arrays = random_arrays(shapes, seed=1)
-    return save_arrays(arrays, str(tmp_path_factory.mktemp("zoo") / "resnet50.ckpt")), arrays
+    return zoo_checkpoint(zoo_lists_dir, ZOO_RESNET50_LIST, str(tmp_path_factory.mktemp("zoo") / "resnet50.ckpt"),
+                          seed=1, extra_shapes=ZOO_OPTIMIZER_STATE)
 
 
 @pytest.fixture(scope="module")
 def zoo_maskrcnn(zoo_lists_dir, tmp_path_factory):
     """A random 81-class model-zoo Mask R-CNN checkpoint (+ optimizer state): (path, arrays)."""
-    shapes = read_param_list(zoo_lists_dir, ZOO_MASKRCNN_LIST)
-    shapes.update({"moments.backbone.conv1.weight": (64, 3, 7, 7), "learning_rate": (1,), "global_step": (1,)})
-    arrays = random_arrays(shapes, seed=2)
-    return save_arrays(arrays, str(tmp_path_factory.mktemp("zoo") / "maskrcnn.ckpt")), arrays
+    optimizer_state = {"moments.backbone.conv1.weight": (64, 3, 7, 7), "learning_rate": (1,), "global_step": (1,)}
+    return zoo_checkpoint(zoo_lists_dir, ZOO_MASKRCNN_LIST, str(tmp_path_factory.mktemp("zoo") / "maskrcnn.ckpt"),
+                          seed=2, extra_shapes=optimizer_state)
 
 
 # ---- tables ---------------------------------------------------------------------------------

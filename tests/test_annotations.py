@@ -13,7 +13,7 @@ from pycocotools import mask as mask_utils
 from src.annotations import DEFECT_KINDS, DatasetError
 from src.dataset import COCOSubDataset
 from src.image_header import ImageHeaderError, read_image_size
-from test_dataset import _ann, _cfg, _img, _write_set
+from helpers import coco_annotation, coco_image, dataset_config, write_coco_set
 
 GOOD = (10, 10, 30, 30)  # the box of annotation 1, a well-formed book in every case
 
@@ -27,40 +27,40 @@ def _empty_rle(h=40, w=60):
 # as (x1, y1, x2, y2, label), strict error pattern)
 CASES = {
     "short_polygon_part": (
-        _ann(2, 1, 44, (40, 5, 50, 15), segm=[[40, 5, 50, 5, 50, 15, 40, 15], [1, 1, 2, 2]]),
+        coco_annotation(2, 1, 44, (40, 5, 50, 15), segm=[[40, 5, 50, 5, 50, 15, 40, 15], [1, 1, 2, 2]]),
         "polygon_part", [[10, 10, 30, 30, 1], [40, 5, 50, 15, 2]],
         r"annotation 2 \(image 1\) has a polygon with 2 points \(need at least 3\)"),
     "odd_coordinates_only_part": (
-        _ann(2, 1, 44, (40, 5, 50, 15), segm=[[40, 5, 50, 5, 50, 15, 40]]),
+        coco_annotation(2, 1, 44, (40, 5, 50, 15), segm=[[40, 5, 50, 5, 50, 15, 40]]),
         "polygon_part", [[10, 10, 30, 30, 1]],
         r"annotation 2 \(image 1\) has a polygon with an odd number of coordinates \(7\)"),
     "empty_polygon_list": (
-        _ann(2, 1, 44, (40, 5, 50, 15), segm=[]),
+        coco_annotation(2, 1, 44, (40, 5, 50, 15), segm=[]),
         "no_segmentation", [[10, 10, 30, 30, 1]],
         r"annotation 2 \(image 1\) has an empty polygon list"),
     "rle_of_another_size": (
-        _ann(2, 1, 44, (40, 5, 50, 15), segm=_empty_rle(20, 20)),
+        coco_annotation(2, 1, 44, (40, 5, 50, 15), segm=_empty_rle(20, 20)),
         "no_segmentation", [[10, 10, 30, 30, 1]],
         r"annotation 2 \(image 1\) has a segmentation that cannot be rasterised: RLE size 20x20 is not"),
     "zero_area_box": (
-        _ann(2, 1, 44, (40, 5, 40, 15)),
+        coco_annotation(2, 1, 44, (40, 5, 40, 15)),
         "zero_area_box", [[10, 10, 30, 30, 1]],
         r"annotation 2 \(image 1\) has a zero-area box \[40, 5, 0, 10\]"),
     "empty_mask": (
-        _ann(2, 1, 44, (40, 5, 50, 15), segm=_empty_rle()),
+        coco_annotation(2, 1, 44, (40, 5, 50, 15), segm=_empty_rle()),
         "empty_mask", [[10, 10, 30, 30, 1]],
         r"annotation 2 \(image 1\) has an empty mask"),
     "box_far_from_mask": (
-        dict(_ann(2, 1, 44, (40, 5, 50, 15)), bbox=[0, 30, 12, 8]),
+        dict(coco_annotation(2, 1, 44, (40, 5, 50, 15)), bbox=[0, 30, 12, 8]),
         "box_from_mask", [[10, 10, 30, 30, 1], [40, 5, 50, 15, 2]],
         r"annotation 2 \(image 1\) has bbox \[0, 30, 12, 8\] far from its mask's extent "
         r"\[40\.0, 5\.0, 10\.0, 10\.0\] \(IoU 0\.00\)"),
     "unknown_image": (
-        _ann(2, 99, 44, (40, 5, 50, 15)),
+        coco_annotation(2, 99, 44, (40, 5, 50, 15)),
         "unknown_image", [[10, 10, 30, 30, 1]],
         r"annotation 2 refers to image id 99, which is not in 'images'"),
     "unknown_category": (
-        _ann(2, 1, 555, (40, 5, 50, 15)),
+        coco_annotation(2, 1, 555, (40, 5, 50, 15)),
         "unknown_category", [[10, 10, 30, 30, 1]],
         r"annotation 2 \(image 1\) has category id 555, which is not in 'categories'"),
 }
@@ -69,9 +69,9 @@ CASES = {
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_defect_dropped_and_counted_or_strict_error(tmp_path, caplog, name):
     defective, kind, rows, strict_error = CASES[name]
-    _write_set(str(tmp_path), [_img(1)], [_ann(1, 1, 84, GOOD), defective])
+    write_coco_set(str(tmp_path), [coco_image(1)], [coco_annotation(1, 1, 84, GOOD), defective])
     with caplog.at_level(logging.WARNING, logger="src.dataset"):
-        ds = COCOSubDataset(str(tmp_path), True, _cfg(tmp_path))
+        ds = COCOSubDataset(str(tmp_path), True, dataset_config(tmp_path))
     assert ds.defect_counts[kind] == 1
     assert sum(ds.defect_counts.values()) == 1 + (kind == "polygon_part" and len(rows) == 1)
     _, annos, masks, _ = ds[0]
@@ -83,16 +83,16 @@ def test_defect_dropped_and_counted_or_strict_error(tmp_path, caplog, name):
     assert "split 'train2017'" in lines[0] and "\n" not in lines[0]
 
     with pytest.raises(DatasetError, match=r"instances_train2017\.json: " + strict_error) as info:
-        COCOSubDataset(str(tmp_path), True, _cfg(tmp_path, strict_annotations=True))
+        COCOSubDataset(str(tmp_path), True, dataset_config(tmp_path, strict_annotations=True))
     assert "\n" not in str(info.value)
 
 
 def test_one_summary_line_for_many_defects_with_a_few_example_ids(tmp_path, caplog):
-    anns = [_ann(1, 1, 84, GOOD)] + [_ann(10 + k, 1, 44, (40, 5, 40, 15)) for k in range(5)] + [
-        _ann(20, 1, 555, GOOD), _ann(21, 1, 44, (40, 5, 50, 15), segm=_empty_rle())]
-    _write_set(str(tmp_path), [_img(1)], anns)
+    anns = [coco_annotation(1, 1, 84, GOOD)] + [coco_annotation(10 + k, 1, 44, (40, 5, 40, 15)) for k in range(5)] + [
+        coco_annotation(20, 1, 555, GOOD), coco_annotation(21, 1, 44, (40, 5, 50, 15), segm=_empty_rle())]
+    write_coco_set(str(tmp_path), [coco_image(1)], anns)
     with caplog.at_level(logging.WARNING, logger="src.dataset"):
-        ds = COCOSubDataset(str(tmp_path), True, _cfg(tmp_path))
+        ds = COCOSubDataset(str(tmp_path), True, dataset_config(tmp_path))
     lines = [r.getMessage() for r in caplog.records if "strict_annotations" in r.getMessage()]
     assert len(lines) == 1
     assert ("1 annotations of unknown category ids dropped (e.g. annotation 20); "
@@ -103,7 +103,7 @@ def test_one_summary_line_for_many_defects_with_a_few_example_ids(tmp_path, capl
 
 @pytest.mark.parametrize("kind", ["gray", "rgba", "gray16", "rgb16"])
 def test_grayscale_rgba_and_16_bit_images_load_as_rgb(tmp_path, kind):
-    _write_set(str(tmp_path), [_img(1)], [_ann(1, 1, 84, GOOD)])
+    write_coco_set(str(tmp_path), [coco_image(1)], [coco_annotation(1, 1, 84, GOOD)])
     rgb = np.zeros((40, 60, 3), np.uint8)
     rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 50
     if kind == "gray":
@@ -115,18 +115,18 @@ def test_grayscale_rgba_and_16_bit_images_load_as_rgb(tmp_path, kind):
     else:
         pixels, expected = rgb[..., ::-1].astype(np.uint16) * 256, (200, 100, 50)
     cv2.imwrite(os.path.join(tmp_path, "train2017", "1.png"), pixels)
-    ds = COCOSubDataset(str(tmp_path), True, _cfg(tmp_path))
+    ds = COCOSubDataset(str(tmp_path), True, dataset_config(tmp_path))
     img = ds.decode(0)
     assert img.shape == (40, 60, 3) and img.dtype == np.uint8
     np.testing.assert_array_equal(img[5, 5], expected)
 
 
 def test_image_size_other_than_the_json_is_reported_at_build_time(tmp_path):
-    _write_set(str(tmp_path), [_img(1)], [_ann(1, 1, 84, GOOD)])
+    write_coco_set(str(tmp_path), [coco_image(1)], [coco_annotation(1, 1, 84, GOOD)])
     cv2.imwrite(os.path.join(tmp_path, "train2017", "1.png"), np.zeros((30, 60, 3), np.uint8))
     with pytest.raises(DatasetError, match=r"1\.png: image is 30x60 but the annotation file says 40x60 "
                                            r"\(image id 1\)"):
-        COCOSubDataset(str(tmp_path), True, _cfg(tmp_path))
+        COCOSubDataset(str(tmp_path), True, dataset_config(tmp_path))
 
 
 def test_read_image_size_from_headers(tmp_path):

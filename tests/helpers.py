@@ -1,0 +1,87 @@
+"""Builders shared by several test modules (tests/ is on sys.path through its conftest.py)."""
+
+import json
+import os
+
+import cv2
+import numpy as np
+from mindspore import Parameter, Tensor, nn
+from pycocotools import mask as mask_utils
+
+from src.config import Config
+
+RED, GREEN = (255, 0, 0), (0, 255, 0)
+
+
+def dataset_config(root, **kw):
+    """A small Config reading the hand-made set at ``root`` (classes book, disc; 64x96 input)."""
+    values = dict(coco_root=str(root), coco_classes=["background", "book", "disc"],
+                  max_instance_count=4, img_height=64, img_width=96, num_parallel_workers=1)
+    values.update(kw)
+    return Config().replace(**values)
+
+
+def box_polygon(x1, y1, x2, y2):
+    """The COCO polygon list of a box."""
+    return [[x1, y1, x2, y1, x2, y2, x1, y2]]
+
+
+def write_coco_set(root, images, annotations, categories=None, split="train2017", pixels=None):
+    """Hand-made COCO set; ``pixels[image_id]`` = list of ((x1, y1, x2, y2), rgb) painted on grey."""
+    os.makedirs(os.path.join(root, split), exist_ok=True)
+    for img in images:
+        canvas = np.full((img["height"], img["width"], 3), 128, np.uint8)
+        for (x1, y1, x2, y2), rgb in (pixels or {}).get(img["id"], []):
+            canvas[y1:y2, x1:x2] = rgb
+        cv2.imwrite(os.path.join(root, split, img["file_name"]), canvas[:, :, ::-1])
+    data = {"images": images, "annotations": annotations,
+            "categories": categories or [{"id": 84, "name": "book"}, {"id": 44, "name": "disc"},
+                                         {"id": 7, "name": "cup"}]}
+    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+    with open(os.path.join(root, "annotations", f"instances_{split}.json"), "w") as handle:
+        json.dump(data, handle)
+
+
+def coco_annotation(ann_id, image_id, cat, box, crowd=0, segm=None):
+    """A COCO annotation of box ``(x1, y1, x2, y2)``, its polygon unless ``segm`` is given."""
+    x1, y1, x2, y2 = box
+    return {"id": ann_id, "image_id": image_id, "category_id": cat, "bbox": [x1, y1, x2 - x1, y2 - y1],
+            "area": float((x2 - x1) * (y2 - y1)), "iscrowd": crowd,
+            "segmentation": segm if segm is not None else box_polygon(*box)}
+
+
+def coco_image(image_id, h=40, w=60):
+    """A COCO image entry ``<id>.png``."""
+    return {"id": image_id, "file_name": f"{image_id}.png", "height": h, "width": w}
+
+
+def rect_result(image_id, cat_id, x1, y1, x2, y2, score, height, width):
+    """A COCO result dict whose box and mask are the rectangle ``(x1, y1, x2, y2)`` in a
+    ``height x width`` image."""
+    mask = np.zeros((height, width), np.uint8)
+    mask[y1:y2, x1:x2] = 1
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return {"image_id": image_id, "category_id": cat_id, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score,
+            "segmentation": rle}
+
+
+class ToyLosses(nn.Cell):
+    """Five losses from one parameter vector w: loss_i = (i + 1) * sum(w * image[:4])^2 / 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = Parameter(Tensor(np.array([1.0, -2.0, 0.5, 3.0], np.float32)), name="w")
+
+    def construct(self, image, image_shape, box, label, instance_valid, mask):
+        x = image.reshape(-1)[:4]
+        base = (self.w * x).sum() ** 2 / 2
+        return tuple(base * (i + 1) for i in range(5))
+
+
+def toy_batch(image_values):
+    """The six training inputs for ToyLosses: a 1x1x2x2 image of ``image_values``, the rest zeros."""
+    image = Tensor(np.array(image_values, np.float32).reshape(1, 1, 2, 2))
+    zeros = Tensor(np.zeros((1, 4), np.float32))
+    return image, zeros, Tensor(np.zeros((1, 1, 4), np.float32)), Tensor(np.zeros((1, 1), np.int32)), \
+        Tensor(np.zeros((1, 1), np.int32)), Tensor(np.zeros((1, 1, 2, 2), np.uint8))
