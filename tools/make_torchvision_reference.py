@@ -1,4 +1,4 @@
-"""Produce the torchvision reference of tests/test_torchvision_parity.py (run once, by hand).
+"""Produce the torchvision reference of tests/maskrcnn/test_torchvision_parity.py (run once, by hand).
 
 Needs torch and torchvision, which are never requirements of this project: install them in a
 separate virtual environment outside the repository, e.g.

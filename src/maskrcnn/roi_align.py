@@ -25,7 +25,7 @@ than 8 pixels is only mapped to P3 or above when its other side exceeds ~1400 pi
 MindSpore op notes (2.7.2, CPU): ``ops.ROIAlign``'s gradient kernel always uses the
 ``roi_end_mode=1`` convention (end + 1 cell) even when the forward uses ``roi_end_mode=0`` -- the
 gradient then does not match the forward. This module therefore uses ``roi_end_mode=1`` and passes
-``end - 1``, for which forward and gradient agree (tests/test_roi_align.py checks both against a
+``end - 1``, for which forward and gradient agree (tests/maskrcnn/test_roi_align.py checks both against a
 NumPy reference). With roi_end_mode=1 a RoI smaller than one cell keeps its size (no 1-cell minimum).
 
 CPU speed: MindSpore's CPU ROIAlign kernel (and above all its gradient) is slow; on the CPU backend
