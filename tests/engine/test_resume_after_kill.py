@@ -105,7 +105,7 @@ def killed_and_resumed(tmp_path_factory):
 
 
 def test_the_kill_left_rows_after_the_checkpoint(killed_and_resumed):
-    """The situation of the issue: the killed run logged steps its last checkpoint does not hold."""
+    """The set-up is the case that matters: the killed run had logged steps that its last checkpoint does not hold."""
     _, steps_at_kill, resumed_step, _ = killed_and_resumed
     assert resumed_step % STEPS_PER_EPOCH == 0 and resumed_step < TOTAL_STEPS
     assert steps_at_kill[:resumed_step] == list(range(1, resumed_step + 1))
