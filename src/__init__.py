@@ -66,7 +66,7 @@ def cap_onednn_isa(environ: MutableMapping[str, str], version: Optional[str], ma
         return None
     environ[ONEDNN_ISA_VARIABLE] = ONEDNN_ISA_CAP
     return (f"MindSpore {version} runs the CPU backend's 3x3/7x7/strided convolutions on oneDNN's slow reference "
-            f"kernel on AVX-512 CPUs: set {ONEDNN_ISA_VARIABLE}={ONEDNN_ISA_CAP} for this process "
+            f"kernel on AVX-512 CPUs, so {ONEDNN_ISA_VARIABLE}={ONEDNN_ISA_CAP} is set for this process "
             f"(set {ONEDNN_ISA_VARIABLE} yourself to choose; MindSpore 2.7.2 needs no setting)")
 
 
