@@ -9,7 +9,6 @@ with forward hooks) and the achieved GFLOP/s.
 """
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
