@@ -9,7 +9,6 @@ with forward hooks) and the achieved GFLOP/s.
 """
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -116,7 +115,7 @@ def run_case(height: int, width: int, batch_size: int, steps: int, data_dir: str
             "steps_timed": steps, "train_gflop_per_step": round(flops / 1e9, 1),
             "achieved_gflops": round(flops / step / 1e9, 1), "loss_finite": bool(np.isfinite(loss)),
             "loss": round(loss, 4), "peak_rss_mb": round(peak_rss_mb(include_children=False)),
-            "mindspore": ms.__version__}
+            "mindspore": ms.__version__, "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "")}
 
 
 def main(argv=None):

@@ -27,14 +27,19 @@ def emit(record: dict) -> None:
     print(json.dumps(record, sort_keys=True), flush=True)
 
 
-def run_in_child(script: str, args, error_record: dict) -> None:
+def run_in_child(script: str, args, error_record: dict, python: str = "", env=None, extra=None) -> None:
     """Run ``python script *args`` from the repository root (a clean process: its own peak RSS and
-    compile) and print its last JSON line; if it fails or prints none, emit ``error_record`` with
-    the last line of its stderr as ``error``."""
-    result = subprocess.run([sys.executable, os.path.abspath(script), *args], cwd=REPO_ROOT, capture_output=True,
-                            text=True)
+    compile) and print its last JSON line, with the fields of ``extra`` added; if it fails or prints
+    none, emit ``error_record`` (plus ``extra``) with the last line of its stderr as ``error``.
+
+    Args:
+        python: the interpreter (default: this one, ``sys.executable``).
+        env: the child's environment (default: this process's).
+    """
+    result = subprocess.run([python or sys.executable, os.path.abspath(script), *args], cwd=REPO_ROOT,
+                            capture_output=True, text=True, env=env)
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if result.returncode or not lines:
-        emit(dict(error_record, error=result.stderr.strip().splitlines()[-1:]))
+        emit(dict(error_record, **(extra or {}), error=result.stderr.strip().splitlines()[-1:]))
     else:
-        print(lines[-1], flush=True)
+        emit(dict(json.loads(lines[-1]), **(extra or {})))

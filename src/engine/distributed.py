@@ -1,6 +1,8 @@
 """Data-parallel training: process group, learning-rate rule, which rank writes, consistency check.
 
-``scripts/run_distribute_train.sh N CONFIG`` starts N copies of ``train.py`` with ``msrun``.
+``scripts/run_distribute_train.sh N CONFIG`` starts N copies of ``train.py`` with ``msrun``; with
+``--worker_num N --local_worker_num L --master_addr ADDR --master_port PORT --node_rank R`` it starts
+one server's L copies of a job over several servers (ranks ``R*L`` to ``R*L+L-1`` of N).
 Each copy (a *rank*) reads its own shard of the training set (``num_shards=N, shard_id=rank``),
 computes the gradient of its own batch, and ``TrainOneStepCell``'s ``DistributedGradReducer``
 averages the gradients over the ranks before the (identical) optimizer step, so every rank keeps
@@ -39,6 +41,10 @@ DIGEST_LOG_PREFIX = "parameter digest"
 
 # MS_ROLE values msrun gives its scheduler and worker processes.
 MSRUN_ROLES = ("MS_SCHED", "MS_WORKER")
+SCHEDULER_ROLE = "MS_SCHED"
+# This node's rank in a job over several servers, set by scripts/run_distribute_train.sh for every
+# process msrun starts (msrun itself tells only its workers, as MS_NODE_RANK).
+NODE_RANK_VARIABLE = "MSRUN_NODE_RANK"
 
 _group: Optional[Tuple[int, int]] = None
 
@@ -63,6 +69,12 @@ def init_data_parallel() -> Tuple[int, int]:
     global _group
     if _group is not None:
         return _group
+    if is_duplicate_scheduler(os.environ):
+        # msrun starts a scheduler on every node whose host holds the master address: nodes of one
+        # job sharing a host (e.g. two nodes on 127.0.0.1) would each start one on the same port.
+        logger.info("node %s: msrun's scheduler serves from node 0; this node's scheduler process exits",
+                    os.environ[NODE_RANK_VARIABLE])
+        raise SystemExit(0)
     # msrun runs this script in its scheduler process too (MS_ROLE=MS_SCHED): init() makes that
     # process serve the cluster instead of training, so it must be called even for one worker.
     launched_by_msrun = os.environ.get("MS_ROLE") in MSRUN_ROLES
@@ -79,6 +91,15 @@ def init_data_parallel() -> Tuple[int, int]:
                                      device_num=size)
     _group = (rank, size)
     return _group
+
+
+def is_duplicate_scheduler(environ) -> bool:
+    """True in the msrun scheduler process of a node other than node 0 (``MSRUN_NODE_RANK`` > 0).
+
+    Only node 0's scheduler may serve the job; msrun starts another one on a node whose host also
+    holds the master address, which would fail for the port already taken and fail that node.
+    """
+    return environ.get("MS_ROLE") == SCHEDULER_ROLE and environ.get(NODE_RANK_VARIABLE, "0") not in ("", "0")
 
 
 def is_writer(rank: int) -> bool:

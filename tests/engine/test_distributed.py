@@ -1,9 +1,12 @@
-"""Data-parallel training with msrun on two CPU workers: scripts/run_distribute_train.sh 2.
+"""Data-parallel training with msrun on two CPU workers: scripts/run_distribute_train.sh.
 
-One 1-step run on a 2-image set (one image per rank, batch 1, 64x64) checks that both ranks
-finish with identical parameters, that only rank 0 wrote the run directory, that the ranks saw
-different images, and that the step equals plain SGD with the linearly scaled learning rate on the
-mean of the two single-image gradients computed here in one process from the same start weights.
+Two launches of the same job: ``run_distribute_train.sh 2`` (one server, two ranks) and two
+invocations of the script as node 0 and node 1 of a two-server job (one rank each, the master on
+127.0.0.1). Each is a 1-step run on a 2-image set (one image per rank, batch 1, 64x64) and checks
+that both ranks finish with identical parameters, that only rank 0 wrote the run directory, that
+the ranks saw different images, and that the step equals plain SGD with the linearly scaled
+learning rate on the mean of the two single-image gradients computed here in one process from the
+same start weights.
 
 Why the set-up makes that comparison exact: BatchNorm is frozen (a ``--pre_trained`` start, moving
 statistics), momentum and weight decay are 0, no clipping, no flip, and every sampler takes all
@@ -12,6 +15,7 @@ slots as candidates at fraction 0.5), so no random draw changes the losses.
 """
 
 import csv
+import glob
 import os
 import re
 import subprocess
@@ -59,6 +63,30 @@ def _launch(data_dir, run_dir, init_ckpt, timeout=600):
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def _launch_two_nodes(data_dir, run_dir, init_ckpt, timeout=600):
+    """The script run twice, as node 0 and node 1 of a RANKS-worker job (one worker each); returns
+    both results (node 0's first)."""
+    from src.engine.distributed import free_port
+
+    env = dict(os.environ, GLOG_v="3", MSRUN_CLUSTER_TIMEOUT="200")
+    port = str(free_port())
+
+    def command(node_rank):
+        return ["bash", "scripts/run_distribute_train.sh", "--worker_num", str(RANKS), "--local_worker_num", "1",
+                "--master_addr", "127.0.0.1", "--master_port", port, "--node_rank", str(node_rank),
+                "FineTune/default.yaml", str(init_ckpt), *_overrides(data_dir, run_dir)]
+
+    node0 = subprocess.Popen(command(0), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=env)
+    try:
+        node1 = subprocess.run(command(1), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+        out, err = node0.communicate(timeout=timeout)
+    finally:
+        if node0.poll() is None:
+            node0.kill()
+    return subprocess.CompletedProcess(node0.args, node0.returncode, out, err), node1
+
+
 def test_learning_rate_rule_for_the_global_batch():
     from src.engine.distributed import scaled_base_lr
 
@@ -78,6 +106,15 @@ def test_bad_lr_scaling_and_compute_dtype_keys_are_named():
         load_config(None, {"compute_dtype": "bf16"})
 
 
+def test_only_node_0_keeps_its_msrun_scheduler():
+    from src.engine.distributed import is_duplicate_scheduler
+
+    assert is_duplicate_scheduler({"MS_ROLE": "MS_SCHED", "MSRUN_NODE_RANK": "1"})
+    assert not is_duplicate_scheduler({"MS_ROLE": "MS_SCHED", "MSRUN_NODE_RANK": "0"})
+    assert not is_duplicate_scheduler({"MS_ROLE": "MS_SCHED"})  # msrun started by hand: one node
+    assert not is_duplicate_scheduler({"MS_ROLE": "MS_WORKER", "MSRUN_NODE_RANK": "1"})
+
+
 def test_launcher_reads_the_run_directory_of_config_and_overrides(tmp_path):
     result = subprocess.run([sys.executable, "-m", "src.engine.distributed", "run-dir", "--config_path",
                              "FineTune/default.yaml", "--run_dir", str(tmp_path / "r")],
@@ -87,7 +124,9 @@ def test_launcher_reads_the_run_directory_of_config_and_overrides(tmp_path):
 
 
 def _worker_log(run_dir, rank):
-    with open(os.path.join(run_dir, "msrun_logs", f"worker_{rank}.log"), encoding="utf-8") as handle:
+    """Rank ``rank``'s console: msrun_logs/worker_R.log (one server) or msrun_logs/node_N/worker_R.log."""
+    (path,) = glob.glob(os.path.join(run_dir, "msrun_logs", "**", f"worker_{rank}.log"), recursive=True)
+    with open(path, encoding="utf-8") as handle:
         return handle.read()
 
 
@@ -109,12 +148,21 @@ def start(tmp_path_factory):
     return root, data_dir, config, init_ckpt
 
 
-@pytest.fixture(scope="module")
-def dp_run(start):
+@pytest.fixture(scope="module", params=["one_server", "two_nodes"])
+def dp_run(start, request):
+    """The run directory of the job launched on one server, or as two nodes of one job."""
     root, data_dir, _, init_ckpt = start
-    run_dir = root / "run"
-    result = _launch(data_dir, run_dir, init_ckpt)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_dir = root / f"run_{request.param}"
+    if request.param == "one_server":
+        results = [_launch(data_dir, run_dir, init_ckpt)]
+    else:
+        results = _launch_two_nodes(data_dir, run_dir, init_ckpt)
+        # each node's ranks log into their own folder, also when the servers share the run folder
+        assert sorted(os.listdir(run_dir / "msrun_logs")) == ["node_0", "node_1"]
+        assert glob.glob(str(run_dir / "msrun_logs" / "node_1" / "worker_*.log")) == [
+            str(run_dir / "msrun_logs" / "node_1" / "worker_1.log")]
+    for result in results:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return run_dir
 
 
@@ -174,9 +222,22 @@ def _single_image_grads(config, init_ckpt):
     return results
 
 
-def test_ranks_saw_different_images_and_the_step_is_the_averaged_gradient(start, dp_run, graph_mode):
+@pytest.fixture(scope="module")
+def per_image_grads(start):
+    """_single_image_grads of the start weights, once for both launches (graph mode, restored)."""
+    import mindspore as ms
+
     _, _, config, init_ckpt = start
-    per_image = _single_image_grads(config, init_ckpt)
+    previous = ms.get_context("mode")
+    try:
+        return _single_image_grads(config, init_ckpt)
+    finally:
+        ms.set_context(mode=previous)
+
+
+def test_ranks_saw_different_images_and_the_step_is_the_averaged_gradient(start, dp_run, per_image_grads):
+    _, _, _, init_ckpt = start
+    per_image = per_image_grads
     assert len(per_image) == RANKS
     image_losses = [total for total, _ in per_image]
     assert abs(image_losses[0] - image_losses[1]) > 1e-2, "the two images must be told apart by their loss"
