@@ -95,8 +95,8 @@ def test_device_that_mindspore_refuses_itself_gives_its_reason(monkeypatch):
     previous = ms.get_context("mode")
     try:
         with pytest.raises(DeviceUnavailableError, match=r"^device_target 'Ascend' is not available .* machine "
-                                                         r"\(no Ascend device found\); it can run: CPU, GPU, "
-                                                         r"Ascend; run with --device_target CPU$"):
+                                                         r"\(no Ascend device found\); it can run: CPU, Ascend, "
+                                                         r"GPU; run with --device_target CPU$"):
             set_mindspore_context("Ascend")
     finally:
         ms.set_context(mode=previous)
