@@ -41,7 +41,7 @@ CASES = {
     "rle_of_another_size": (
         _ann(2, 1, 44, (40, 5, 50, 15), segm=_empty_rle(20, 20)),
         "no_segmentation", [[10, 10, 30, 30, 1]],
-        r"annotation 2 \(image 1\) has a segmentation that cannot be rasterised: RLE size 20x20 is not"),
+        r"annotation 2 \(image 1\) has an RLE of size \[20, 20\], not the image size \[40, 60\]"),
     "zero_area_box": (
         _ann(2, 1, 44, (40, 5, 40, 15)),
         "zero_area_box", [[10, 10, 30, 30, 1]],
