@@ -395,14 +395,9 @@ def test_eval_ann_file_option_uses_that_file(tiny, tmp_path):
     ann["annotations"] = [a for a in ann["annotations"] if a["image_id"] in keep]
     ann_file = tmp_path / "subset.json"
     ann_file.write_text(json.dumps(ann))
-    work = tmp_path / "work"
-    work.mkdir()
-    config = tiny["config"]
-    root = eval_cli._root_with_ann_file(str(tiny["data"]), config.val_data_type, config.instance_set,
-                                        str(ann_file), str(work))
-    sub = COCOSubDataset(root, is_training=False, config=config)
+    config = eval_cli.config_with_ann_file(tiny["config"], str(tiny["data"]), str(ann_file))
+    sub = COCOSubDataset(str(tiny["data"]), is_training=False, config=config)
     assert sub.image_ids == keep
     assert os.path.samefile(sub.ann_file, ann_file)
     with pytest.raises(FileNotFoundError, match="annotation file not found: .*missing.json"):
-        eval_cli._root_with_ann_file(str(tiny["data"]), config.val_data_type, config.instance_set,
-                                     str(tmp_path / "missing.json"), str(tmp_path / "w2"))
+        eval_cli.config_with_ann_file(tiny["config"], str(tiny["data"]), str(tmp_path / "missing.json"))
