@@ -132,6 +132,9 @@ class COCOSubDataset:
                 image = reorient_image(image, turn)
                 counts["turned"] += 1
             if verify and self._decoded(path, info["id"], image.info["height"], image.info["width"]) is None:
+                if self.config.strict_images:
+                    raise DatasetError(f"{path}: cannot be decoded, cut off or corrupt (image id {info['id']}; "
+                                       f"strict_images is true)")
                 counts["unreadable"] += 1
                 unreadable_example = unreadable_example or path
                 continue
