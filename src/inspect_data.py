@@ -454,6 +454,7 @@ def write_recipe(path: str, config: Config, config_path: str, numerics: Optional
     sized, geometry = recipe_values(dataset, config, numerics)
     values = {k: v for k, v in config.to_dict().items() if v != getattr(Config(), k)}
     values.update(sized)
+    values["run_dir"] = f"FineTune/runs/{os.path.splitext(os.path.basename(path))[0]}"
     folder = os.path.dirname(os.path.abspath(path))
     for key in DATA_PATH_KEYS:
         if values.get(key):

@@ -245,11 +245,23 @@ def _phone_photos_and_cvat_export(root):
         "categories": [{"id": 1, "name": "apple", "supercategory": ""}, {"id": 2, "name": "pear", "supercategory": ""}]})
 
 
-def test_from_a_photo_folder_and_one_export_to_a_report(tmp_path, monkeypatch):
-    """The README's "your own data" commands, at 64 px with a tiny network, run in the user's folder."""
+def test_from_a_photo_folder_and_one_export_to_a_report(tmp_path, monkeypatch, request):
+    """The README's "your own data" commands, at 64 px with a tiny network, run in the user's folder.
+
+    The network runs in PyNative mode here: the test is about the data's path (two graph compiles
+    would take most of two minutes on the CI machine; graph mode is tested in tests/test_train.py).
+    """
     import eval as eval_cli
     import train
     from src import inspect_data
+    from src.engine import runtime
+
+    import mindspore as ms
+
+    graph_context = runtime.set_mindspore_context
+    monkeypatch.setattr(runtime, "set_mindspore_context",
+                        lambda device, seed=None, graph_mode=True: graph_context(device, seed, graph_mode=False))
+    request.addfinalizer(lambda previous=ms.get_context("mode"): ms.set_context(mode=previous))
 
     work = tmp_path / "me"
     _phone_photos_and_cvat_export(str(work))
