@@ -13,7 +13,6 @@ from pycocotools.coco import COCO
 
 from helpers import painted, rect_ann, tiny_config, write_json, write_photo
 from src import importers
-from src.annotations import DatasetError
 from src.config import ConfigError, load_config
 from src.dataset import COCOSubDataset
 from src.engine.runtime import EXIT_BAD_INPUT, EXIT_OK
