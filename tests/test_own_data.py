@@ -287,3 +287,18 @@ def test_from_a_photo_folder_and_one_export_to_a_report(tmp_path, monkeypatch, r
     assert all(img["height"] == 72 and img["width"] == 80 for img in gt.dataset["images"])
     assert sum(metrics["annotation_defects"].values()) == (1 if 1 in gt.imgs else 0)
     assert "annotation defects" in (work / "report" / "report.html").read_text()
+
+
+def test_recipe_numerics_come_from_the_weights_named(tmp_path):
+    """A converted file's stored preset wins; otherwise the kind of checkpoint decides."""
+    from src.checkpoint.io import save_checkpoint_atomic
+    from src.checkpoint.names import NUMERICS_KEY
+    from src.inspect_data import weights_numerics
+
+    weight = np.ones((4, 3, 1, 1), np.float32)
+    converted = str(tmp_path / "converted.ckpt")
+    save_checkpoint_atomic({"backbone.conv1.weight": weight}, converted, append_dict={NUMERICS_KEY: "torchvision"})
+    zoo = str(tmp_path / "zoo.ckpt")
+    save_checkpoint_atomic({"rcnn_mask.conv1.weight": weight}, zoo)
+    assert weights_numerics(converted) == "torchvision"
+    assert weights_numerics(zoo) == "zoo"
