@@ -91,3 +91,15 @@ def test_train_with_strict_images_exits_2_with_one_line_naming_the_file(tmp_path
     assert len(errors) == 1 and errors[0].endswith(
         f"{cut}: cannot be decoded, cut off or corrupt (image id 2; strict_images is true)")
     assert "Traceback" not in run.stderr
+
+
+def test_eval_split_leaves_out_and_counts_an_image_that_cannot_be_decoded(tmp_path):
+    """Evaluation decodes every image once when its split is built: the cut JPEG is neither
+    inferred nor in the ground truth scored against."""
+    from src.evaluation.inference import build_eval_split
+
+    ann_file, image_dir, _ = _split_with_a_cut_jpeg(str(tmp_path))
+    config = tiny_config(val_ann_file=ann_file, val_image_dir=image_dir, coco_classes=["background", "book"])
+    _, evaluator, sub = build_eval_split(config, batch_size=1, num_parallel_workers=1)
+    assert sub.image_counts["unreadable"] == 1
+    assert evaluator.image_ids == [1, 3, 4] and sorted(sub.coco.imgs) == [1, 3, 4]

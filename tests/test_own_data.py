@@ -302,3 +302,18 @@ def test_recipe_numerics_come_from_the_weights_named(tmp_path):
     save_checkpoint_atomic({"rcnn_mask.conv1.weight": weight}, zoo)
     assert weights_numerics(converted) == "torchvision"
     assert weights_numerics(zoo) == "zoo"
+
+
+def test_inspector_warns_when_test_max_per_img_caps_the_most_crowded_image(tmp_path):
+    from src.inspect_data import summarize
+
+    images = [{"id": 1, "file_name": "1.png", "height": 40, "width": 40}]
+    anns = [rect_ann(k + 1, 1, 1, (2 + 6 * k, 2, 6 + 6 * k, 8)) for k in range(5)]
+    ann_file = write_json(str(tmp_path / "a.json"), {"images": images, "annotations": anns,
+                                                     "categories": [{"id": 1, "name": "cat"}]})
+    cv2.imwrite(str(tmp_path / "1.png"), np.zeros((40, 40, 3), np.uint8))
+    config = tiny_config(train_ann_file=ann_file, train_image_dir=str(tmp_path), coco_classes=["background", "cat"],
+                         max_instance_count=8, test_max_per_img=3)
+    summary, _, _ = summarize(COCOSubDataset(None, True, config), config)
+    assert ("the most crowded image has 5 instances but test_max_per_img is 3: even a perfect model misses "
+            "the rest; try test_max_per_img: 10") in summary["warnings"]
