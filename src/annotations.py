@@ -232,7 +232,41 @@ def _clean_rle(segm: Dict[str, Any], where: str, ann_id: Any, height: int, width
     elif not isinstance(counts, (str, bytes)):
         defects.found("no_segmentation", ann_id, f"{where} has RLE counts {type(counts).__name__}")
         return None
+    elif _compressed_rle_total(counts) != height * width:
+        defects.found("no_segmentation", ann_id, f"{where} has compressed RLE counts that do not cover "
+                                                 f"exactly the {width}x{height} image")
+        return None
     return {"size": [height, width], "counts": counts}
+
+
+def _compressed_rle_total(counts: Any) -> Optional[int]:
+    """Pixels covered by a compressed RLE string (pycocotools' format: runs in 5-bit groups of
+    characters from '0', the runs after the second stored as differences to the run two back),
+    or None if a run is negative or the string is malformed. pycocotools' decoder trusts the
+    total: runs past the image write past its buffer."""
+    text = counts.decode("ascii", "replace") if isinstance(counts, bytes) else counts
+    runs: List[int] = []
+    pos = 0
+    while pos < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= len(text):
+                return None
+            code = ord(text[pos]) - 48
+            if not 0 <= code < 64:
+                return None
+            value |= (code & 0x1F) << shift
+            more = bool(code & 0x20)
+            pos += 1
+            shift += 5
+            if not more and code & 0x10:
+                value -= 1 << shift  # sign bit of the last group
+        if len(runs) > 2:
+            value += runs[-2]
+        if value < 0:
+            return None
+        runs.append(value)
+    return sum(runs)
 
 
 def _clean_segmentation(ann: Dict[str, Any], height: int, width: int, defects: DefectLog) -> Optional[Any]:

@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -43,6 +44,9 @@ DEFECTS = {
     "empty_rle": ({"segmentation": {"size": [SIDE, SIDE], "counts": [SIDE * SIDE]}}, "empty_mask"),
     "rle_counts_past_the_image": ({"segmentation": {"size": [SIDE, SIDE], "counts": [10, 10 ** 9]}},
                                   "no_segmentation"),
+    # A compressed RLE of a twice-as-wide mask: pycocotools would decode it past the image's buffer.
+    "rle_string_past_the_image": ({"segmentation": {"size": [SIDE, SIDE], "counts": mask_utils.encode(
+        np.ones((SIDE, 2 * SIDE), np.uint8, order="F"))["counts"].decode("ascii")}}, "no_segmentation"),
 }
 
 
