@@ -5,8 +5,11 @@
                    [--any_config_key VALUE ...]
 
 Writes ``OUT/detections_<split>.json`` (COCO results: bbox [x, y, w, h] in original pixels, score,
-category_id of the annotation file, RLE segmentation) and ``OUT/metrics.json``, and prints the
-12-line COCO summaries for bbox and segm plus a per-class AP table.
+category_id of the annotation file, RLE segmentation), ``OUT/ground_truth_<split>.json`` (the
+cleaned annotations the results are scored against, as training reads them: src/annotations.py)
+and ``OUT/metrics.json`` (with the counts of dropped/repaired annotations), and prints the
+12-line COCO summaries for bbox and segm plus a per-class AP table. The val split is
+``val_ann_file``/``val_image_dir`` when set, else ``<data_path>/<val split>``.
 Exit codes: 0 done, 2 bad input (checkpoint that does not fit the config, bad data, bad option).
 """
 
@@ -15,7 +18,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from typing import Optional, Sequence
 
 from src.cli import (add_inference_weights_arguments, bad_input_errors, inference_network, missing_weights_message,
@@ -27,6 +29,7 @@ logger = logging.getLogger("eval")
 
 METRICS_FILE = "metrics.json"
 DEFAULT_OUT_SUBDIR = "eval"
+GROUND_TRUTH_PREFIX = "ground_truth_"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,22 +48,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _root_with_ann_file(root: str, split: str, instance_set: str, ann_file: str, workdir: str) -> str:
-    """A COCO-format root in ``workdir`` that links the split's images of ``root`` and ``ann_file``.
-
-    The dataset reads ``<root>/<split>/`` and ``<root>/<instance_set with the split>``; links let
-    any annotation file stand in without copying images.
-    """
-    image_dir = os.path.join(root, split)
+def config_with_ann_file(config, root: str, ann_file: str):
+    """``config`` evaluating ``ann_file`` (paths relative to the current folder) on the val
+    split's image folder (``val_image_dir``, else ``<root>/<val split>``)."""
+    image_dir, _ = config.split_paths(config.val_data_type, root)
     if not os.path.isdir(image_dir):
         raise FileNotFoundError(f"image folder not found: {image_dir}")
     if not os.path.isfile(ann_file):
         raise FileNotFoundError(f"annotation file not found: {ann_file}")
-    os.symlink(os.path.abspath(image_dir), os.path.join(workdir, split))
-    link = os.path.join(workdir, instance_set.format(split))
-    os.makedirs(os.path.dirname(link), exist_ok=True)
-    os.symlink(os.path.abspath(ann_file), link)
-    return workdir
+    return config.replace(val_ann_file=os.path.abspath(ann_file), val_image_dir=image_dir)
+
+
+def write_ground_truth(out_dir: str, sub) -> str:
+    """The cleaned annotations evaluation scored against (a COCO file pycocotools reads):
+    ``OUT/ground_truth_<split>.json``."""
+    path = os.path.join(out_dir, f"{GROUND_TRUTH_PREFIX}{sub.split}.json")
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(sub.cleaned_coco, handle)
+    return path
 
 
 def run_eval(config, ckpt: str, data_root: Optional[str], ann_file: Optional[str], out_dir: str,
@@ -76,25 +81,30 @@ def run_eval(config, ckpt: str, data_root: Optional[str], ann_file: Optional[str
         ckpt = mindir
     else:
         logger.info("loaded %s: %d parameters", ckpt, len(report.loaded))
+    from src.annotations import defect_text
+
     root = resolve_path(data_root if data_root is not None else config.coco_root)
-    with tempfile.TemporaryDirectory(prefix="eval_root_") as workdir:
-        if ann_file:
-            root = _root_with_ann_file(root, config.val_data_type, config.instance_set, ann_file, workdir)
-        dataset, evaluator, sub = build_eval_split(config, data_root=root, batch_size=eval_batch)
-        logger.info("evaluating %d images of %s (%s)", len(sub), sub.image_dir, sub.ann_file)
-        metrics = evaluate_model(net, dataset, evaluator, progress=progress)
-        if report_dir:
-            from src.evaluation.report import write_report
-
-            report_path = write_report(report_dir, evaluator, metrics, sub.image_dir,
-                                       info={"checkpoint": os.path.abspath(ckpt), "annotations": sub.ann_file})
-            print(f"report: {os.path.abspath(report_path)}")
-
+    if ann_file:
+        config = config_with_ann_file(config, root, ann_file)
+    dataset, evaluator, sub = build_eval_split(config, data_root=root, batch_size=eval_batch)
+    logger.info("evaluating %d images of %s (%s)", len(sub), sub.image_dir, sub.ann_file)
+    metrics = evaluate_model(net, dataset, evaluator, progress=progress)
     os.makedirs(out_dir, exist_ok=True)
+    gt_path = write_ground_truth(out_dir, sub)
+    if report_dir:
+        from src.evaluation.report import write_report
+
+        report_path = write_report(report_dir, evaluator, metrics, sub.image_dir,
+                                   info={"checkpoint": os.path.abspath(ckpt), "annotations": sub.ann_file,
+                                         "scored against": gt_path,
+                                         "annotation defects": defect_text(sub.defect_counts)})
+        print(f"report: {os.path.abspath(report_path)}")
+
     det_path = os.path.join(out_dir, f"detections_{config.val_data_type}.json")
     with open(det_path, "w", encoding="utf-8") as handle:
         json.dump(evaluator.results, handle)
-    metrics = dict(metrics, checkpoint=os.path.abspath(ckpt), ann_file=sub.ann_file,
+    metrics = dict(metrics, checkpoint=os.path.abspath(ckpt), ann_file=sub.ann_file, ground_truth=gt_path,
+                   annotation_defects=dict(sub.defect_counts), image_counts=dict(sub.image_counts),
                    classes=list(config.coco_classes[1:]), mask_thr=config.mask_thr)
     metrics_path = os.path.join(out_dir, METRICS_FILE)
     with open(metrics_path, "w", encoding="utf-8") as handle:

@@ -62,6 +62,17 @@ class Config:
     train_data_type: str = COCO_SPLITS[0]  # image sub-folder and annotation suffix of the train split
     val_data_type: str = COCO_SPLITS[1]  # same for the validation split
     instance_set: str = COCO_INSTANCE_SET  # annotation file, {} = split name
+    # Data in any layout (e.g. a CVAT / Label Studio COCO export as it comes): an annotation file
+    # and an image folder (the file's file_name values are relative to it) per split; set both
+    # keys of a split to use them instead of coco_root/<split>. Paths written in a config file
+    # are relative to that file's folder; given on the command line (--train_ann_file FILE),
+    # relative to the folder the command runs in.
+    train_ann_file: Optional[str] = None
+    train_image_dir: Optional[str] = None
+    val_ann_file: Optional[str] = None
+    val_image_dir: Optional[str] = None
+    keep_empty_images: bool = False  # train on images without any instance too (as negatives);
+    #   false = they are skipped and counted
     coco_classes: List[str] = field(default_factory=lambda: ["background", "book"])  # [0] is background
     max_instance_count: int = 32  # GT instances per image after padding (largest kept beyond)
     img_height: int = 320  # network input height (after keep-ratio resize and padding)
@@ -165,6 +176,10 @@ class Config:
     photometric_distortion: bool = False  # random brightness, contrast, saturation and hue
     crop_prob: float = 0.0  # probability of an instance-aware random crop of the original image
     crop_min_side: float = 0.5  # the crop's sides are at least this fraction of the image's
+    strict_images: bool = False  # an image that cannot be decoded is an error naming the file
+    #   (every image is decoded once when the dataset is built) instead of being skipped and counted
+    check_images: bool = False  # decode every image once when the dataset is built; images that
+    #   cannot be decoded are skipped and counted (always on with strict_images)
     strict_annotations: bool = False  # annotation defects (bad polygon parts, zero-area boxes,
     #   empty masks, boxes far from their mask, unknown image/category ids) are errors instead
     #   of being dropped/repaired and counted in one warning per split
@@ -212,8 +227,14 @@ class Config:
         return self.compute_dtype == "float16"
 
     def split_paths(self, split: str, root: Optional[str] = None) -> Tuple[str, str]:
-        """(image folder, annotation file) of ``split`` under the COCO-format folder ``root``
-        (default ``coco_root``; relative paths are relative to the repository)."""
+        """(image folder, annotation file) of ``split``: the split's own keys when set
+        (``train_image_dir``/``train_ann_file`` for ``train_data_type``, ``val_*`` for
+        ``val_data_type``), else the COCO layout under ``root`` (default ``coco_root``; relative
+        paths are relative to the repository)."""
+        for prefix, split_name in (("train", self.train_data_type), ("val", self.val_data_type)):
+            image_dir, ann_file = getattr(self, f"{prefix}_image_dir"), getattr(self, f"{prefix}_ann_file")
+            if split == split_name and image_dir and ann_file:
+                return os.path.abspath(image_dir), os.path.abspath(ann_file)
         root = resolve_path(root if root is not None else self.coco_root)
         return os.path.join(root, split), os.path.join(root, self.instance_set.format(split))
 
@@ -353,6 +374,31 @@ def _validate(cfg: Config, source: str) -> None:
         raise bad("lr_step_ratios", "must be increasing fractions between 0 and 1")
 
 
+# Keys holding a path of the data, anchored when read (see Config: relative to the config file
+# when written in it, to the current folder on the command line).
+DATA_PATH_KEYS = ("train_ann_file", "train_image_dir", "val_ann_file", "val_image_dir")
+
+
+def _anchor_data_paths(values: Dict[str, Any], base_dir: str) -> Dict[str, Any]:
+    """``values`` with the relative DATA_PATH_KEYS made absolute against ``base_dir``."""
+    anchored = dict(values)
+    for key in DATA_PATH_KEYS:
+        path = anchored.get(key)
+        if isinstance(path, str) and path and not os.path.isabs(path):
+            anchored[key] = os.path.normpath(os.path.join(base_dir, os.path.expanduser(path)))
+    return anchored
+
+
+def _validate_data_keys(cfg: Config, source: str) -> None:
+    for prefix in ("train", "val"):
+        ann_file, image_dir = getattr(cfg, f"{prefix}_ann_file"), getattr(cfg, f"{prefix}_image_dir")
+        if bool(ann_file) != bool(image_dir):
+            missing = f"{prefix}_image_dir" if ann_file else f"{prefix}_ann_file"
+            given = f"{prefix}_ann_file" if ann_file else f"{prefix}_image_dir"
+            raise ConfigError(f"{source}: key '{given}' is set but '{missing}' is not; set both (the "
+                              f"annotation file and the folder its file_name values are relative to)")
+
+
 def from_dict(values: Dict[str, Any], source: str = "config") -> Config:
     """Build and validate a Config; unknown keys and wrong types raise ConfigError."""
     if not isinstance(values, dict):
@@ -364,6 +410,7 @@ def from_dict(values: Dict[str, Any], source: str = "config") -> Config:
         checked[key] = _check_type(key, value, _HINTS[key], source)
     cfg = Config(**checked)
     _validate(cfg, source)
+    _validate_data_keys(cfg, source)
     return cfg
 
 
@@ -379,8 +426,8 @@ def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] 
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values")
-    values = dict(values)
-    values.update(overrides or {})
+    values = _anchor_data_paths(values, os.path.dirname(os.path.abspath(path)))
+    values.update(_anchor_data_paths(overrides or {}, os.getcwd()))
     source = path if not overrides else f"{path} + command line"
     return from_dict(values, source=source)
 

@@ -81,7 +81,7 @@ class TrainSource:
         """The augmented sample of key ``epoch * len + index`` (image inside the input size)."""
         epoch, index = divmod(int(key), len(self.dataset))
         rng = augment.sample_rng(self.config.seed, epoch, index)
-        img = self.dataset.decode(index)
+        index, img = self.dataset.decode_usable(index)  # an undecodable image: the next one, counted
         annos, masks = self.dataset.annotations(index)
         return augment.apply_augmentations(self.augmentations, augment.Sample(img, annos, masks), rng)
 

@@ -27,16 +27,14 @@ import cv2
 import numpy as np
 from pycocotools.coco import COCO
 
-from src.annotations import DatasetError, DefectLog, clean_instance, load_coco_json, rasterize
+from src.annotations import (CleanAnnotations, CleanImage, DatasetError, rasterize, read_annotations,
+                             reorient_image)
 from src.batch import EVAL_COLUMNS, TRAIN_COLUMNS
 from src.config import Config, resolve_path
 from src.data_sources import EpochSampler, EvalSource, TrainSource
-from src.image_header import ImageHeaderError, read_image_size
+from src.image_header import ImageHeaderError, jpeg_is_complete, read_image_geometry
 
 LOGGER = logging.getLogger(__name__)
-
-# Columns of one raw item (annos rows are x1, y1, x2, y2, label, iscrowd).
-ANNO_COLUMNS = 6
 
 __all__ = ["COCOSubDataset", "DatasetError", "create_new_dataset"]
 
@@ -55,13 +53,17 @@ class _ImageRecord:
 
 
 class COCOSubDataset:
-    """One split of a COCO-format folder, restricted to ``config.coco_classes[1:]``.
+    """One split, restricted to ``config.coco_classes[1:]``, read by src/annotations.py.
+
+    The split's files are ``config.train_ann_file``/``train_image_dir`` (``val_*``) when set,
+    else the COCO layout ``<root>/<split>/`` and ``<root>/<instance_set with the split>``.
 
     Args:
         coco_root: the COCO-format root, folder with ``<split>/`` images and ``annotations/``
             (None: config.coco_root).
         is_training: split = ``config.train_data_type`` (images without an instance of the chosen
-            classes are skipped and counted) or ``config.val_data_type`` (all images kept).
+            classes are skipped and counted unless ``keep_empty_images``) or
+            ``config.val_data_type`` (all images kept).
         config: the run's Config.
 
     Attributes:
@@ -69,14 +71,22 @@ class COCOSubDataset:
         cat_id_to_label: the inverse.
         class_names: coco_classes[1:].
         image_ids: COCO image ids in item order.
-        coco: the pycocotools COCO object of the whole file.
+        coco: pycocotools COCO object of the cleaned annotations of the kept images (what
+            evaluation scores against; :attr:`cleaned_coco` is the same as a dict).
         root: the COCO-format root (absolute).
-        image_dir: the split's image folder ``<root>/<split>``.
-        ann_file: the split's annotation file ``<root>/<instance_set with the split>``.
+        image_dir: the split's image folder.
+        ann_file: the split's annotation file.
         uncut_rows: image id -> [n, 6] f32 rows of every kept image before the
             max_instance_count cut (real instances by area desc, then crowd regions).
         defect_counts: kind (a key of src.annotations.DEFECT_KINDS) -> annotations dropped or
             repaired.
+        image_counts: ``unreadable`` (skipped: cannot be decoded), ``no_instance`` (training
+            images without instance skipped), ``turned`` (annotations of the stored pixels of an
+            EXIF-rotated photo turned upright).
+
+    Images are what a viewer shows (EXIF orientation applied, src/image_header.py). An
+    annotation file may give a photo's upright size or, where the two differ, its stored size (its
+    annotations are then turned upright with the image); any other size is an error.
 
     ``ds[i]`` -> ``(img bytes [L] u8, annos [n, 6] f32 (x1, y1, x2, y2, label, iscrowd),
     mask [n, h, w] u8, mask_shape [2] i32 (h, w))`` in original-image pixels, with at most
@@ -89,112 +99,125 @@ class COCOSubDataset:
         self.split = self.config.train_data_type if is_training else self.config.val_data_type
         self.root = resolve_path(coco_root if coco_root is not None else self.config.coco_root)
         self.image_dir, self.ann_file = self.config.split_paths(self.split, self.root)
-        data = load_coco_json(self.ann_file)
+        self.class_names = list(self.config.coco_classes[1:])
+        clean = read_annotations(self.ann_file, self.class_names, self.config.strict_annotations)
+        self.label_to_cat_id = dict(clean.label_to_cat_id)
+        self.cat_id_to_label = {cat_id: label for label, cat_id in self.label_to_cat_id.items()}
+        self._unreadable_seen: set = set()  # files found undecodable in this process (one warning each)
+        kept = self._kept_images(clean)
+        self._records = self._build_records(clean, kept)
+        self.image_ids = [rec.image_id for rec in self._records]
+        self.cleaned_coco = clean.to_coco(kept)
         self.coco = COCO()
-        self.coco.dataset = data
+        self.coco.dataset = self.cleaned_coco
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             self.coco.createIndex()
 
-        self.class_names = list(self.config.coco_classes[1:])
-        name_to_cat = {}
-        for cat in data["categories"]:
-            name_to_cat.setdefault(cat["name"], cat["id"])
-        absent = [name for name in self.class_names if name not in name_to_cat]
-        if absent:
-            raise DatasetError(f"{self.ann_file}: category '{absent[0]}' is not in the file; "
-                               f"available: {', '.join(sorted(name_to_cat))}")
-        self.label_to_cat_id = {label: name_to_cat[name] for label, name in enumerate(self.class_names, 1)}
-        self.cat_id_to_label = {cat_id: label for label, cat_id in self.label_to_cat_id.items()}
-        self._records = self._build_records(data)
-        self.image_ids = [rec.image_id for rec in self._records]
-
     # -- building -------------------------------------------------------------------------------
-    def _build_records(self, data: Dict[str, Any]) -> List[_ImageRecord]:
-        defects = DefectLog(self.ann_file, self.config.strict_annotations)
-        images = {img["id"]: img for img in data["images"]}
-        known_cats = {cat["id"] for cat in data["categories"]}
-        per_image: Dict[int, List[Dict[str, Any]]] = {img_id: [] for img_id in images}
-        for ann in data["annotations"]:
-            if ann["image_id"] not in images:
-                defects.found("unknown_image", ann["id"], f"annotation {ann['id']} refers to image id "
-                                                          f"{ann['image_id']}, which is not in 'images'")
-            elif ann["category_id"] not in known_cats:
-                defects.found("unknown_category", ann["id"],
-                              f"annotation {ann['id']} (image {ann['image_id']}) has category id "
-                              f"{ann['category_id']}, which is not in 'categories'")
-            elif ann["category_id"] in self.cat_id_to_label:
-                per_image[ann["image_id"]].append(ann)
-
-        counts = {"too_many": 0, "no_instance": 0}
-        most = 0
-        records = []
-        # Rows [n, 6] of every kept image before the max_instance_count cut (src/inspect_data.py).
-        self.uncut_rows: Dict[int, np.ndarray] = {}
-        for img_id in sorted(images):
-            info = images[img_id]
-            rows, segms, ann_ids = self._image_rows(info, per_image[img_id], defects)
-            n_real = sum(1 for r in rows if r[5] == 0)
-            if self.is_training and n_real == 0:
+    def _kept_images(self, clean: CleanAnnotations) -> List[CleanImage]:
+        """The images of the split that are used: files checked (and decoded with check_images /
+        strict_images), annotations turned upright where needed; counts in image_counts."""
+        counts = {"no_instance": 0, "unreadable": 0, "turned": 0}
+        unreadable_example = None
+        kept = []
+        verify = self.config.check_images or self.config.strict_images
+        for image in clean.images:
+            if self.is_training and image.num_instances == 0 and not self.config.keep_empty_images:
                 counts["no_instance"] += 1
                 continue
-            self.uncut_rows[img_id] = np.array(rows, np.float32).reshape(-1, ANNO_COLUMNS)
-            limit = self.config.max_instance_count
-            if len(rows) > limit:
-                counts["too_many"] += 1
-                most = max(most, len(rows))
-                rows, segms, ann_ids = rows[:limit], segms[:limit], ann_ids[:limit]
+            info = image.info
             path = os.path.join(self.image_dir, info["file_name"])
-            self._check_image_file(path, img_id, int(info["height"]), int(info["width"]))
-            annos = np.array(rows, np.float32).reshape(-1, ANNO_COLUMNS)
-            records.append(_ImageRecord(img_id, path, int(info["height"]), int(info["width"]),
-                                        annos, segms, ann_ids))
-        summary = defects.summary(self.split)
+            turn = self._check_image_file(path, info["id"], info["height"], info["width"])
+            if turn != 1:
+                image = reorient_image(image, turn)
+                counts["turned"] += 1
+            if verify and self._decoded(path, info["id"], image.info["height"], image.info["width"]) is None:
+                if self.config.strict_images:
+                    raise DatasetError(f"{path}: cannot be decoded, cut off or corrupt (image id {info['id']}; "
+                                       f"strict_images is true)")
+                counts["unreadable"] += 1
+                unreadable_example = unreadable_example or path
+                continue
+            kept.append(image)
+        self.image_counts = counts
+        if counts["turned"]:
+            LOGGER.warning("%s: %d images are EXIF-rotated photos annotated on their stored pixels; their "
+                           "annotations were turned upright with the image", self.ann_file, counts["turned"])
+        if counts["unreadable"]:
+            LOGGER.warning("%s: skipped %d images that cannot be decoded (cut off or corrupt, e.g. %s); "
+                           "strict_images: true makes this an error", self.ann_file, counts["unreadable"],
+                           unreadable_example)
+        if counts["no_instance"]:
+            LOGGER.info("%s: skipped %d training images with no instance of %s (keep_empty_images: true "
+                        "trains on them as negatives)", self.ann_file, counts["no_instance"], self.class_names)
+        return kept
+
+    def _build_records(self, clean: CleanAnnotations, kept: List[CleanImage]) -> List[_ImageRecord]:
+        defects = clean.defects
         self.defect_counts = dict(defects.counts)
+        summary = defects.summary(self.split)
         if summary:
             LOGGER.warning("%s", summary)
         if defects.clipped_boxes:
             LOGGER.warning("%s: clipped %d boxes that reached outside their image", self.ann_file,
                            defects.clipped_boxes)
-        if counts["too_many"]:
+        limit = self.config.max_instance_count
+        too_many = [len(image.rows) for image in kept if len(image.rows) > limit]
+        if too_many:
             LOGGER.warning("%s: %d images have more than max_instance_count=%d instances (up to %d); "
-                           "the largest were kept", self.ann_file, counts["too_many"],
-                           self.config.max_instance_count, most)
-        if counts["no_instance"]:
-            LOGGER.info("%s: skipped %d training images with no instance of %s", self.ann_file,
-                        counts["no_instance"], self.class_names)
+                           "the largest were kept", self.ann_file, len(too_many), limit, max(too_many))
+        # Rows [n, 6] of every kept image before the max_instance_count cut (src/inspect_data.py).
+        self.uncut_rows: Dict[int, np.ndarray] = {image.info["id"]: image.rows for image in kept}
+        records = [_ImageRecord(image.info["id"], os.path.join(self.image_dir, image.info["file_name"]),
+                                image.info["height"], image.info["width"], image.rows[:limit].copy(),
+                                image.rles[:limit], image.ann_ids[:limit]) for image in kept]
         if not records:
             raise DatasetError(f"{self.ann_file}: no images left for split '{self.split}' with classes "
-                               f"{self.class_names} ({len(images)} images in the file)")
+                               f"{self.class_names} ({len(clean.images)} images in the file)")
         return records
 
     @staticmethod
-    def _check_image_file(path: str, img_id: int, height: int, width: int) -> None:
-        """Exists, has an image header OpenCV can read and the size the JSON gives."""
+    def _check_image_file(path: str, img_id: int, height: int, width: int) -> int:
+        """Exists, has an image header OpenCV can read and the size the JSON gives, upright or
+        (where it differs) stored. Returns the EXIF orientation to turn the annotations by: 1 when
+        they are upright already."""
         if not os.path.isfile(path):
             raise DatasetError(f"{path}: image file not found (image id {img_id})")
         try:
-            size = read_image_size(path)
+            geometry = read_image_geometry(path)
         except (OSError, ImageHeaderError) as e:
             raise DatasetError(f"{path}: corrupt or unreadable image (image id {img_id}): {e}") from e
-        if size is not None and size != (height, width):
-            raise DatasetError(f"{path}: image is {size[0]}x{size[1]} but the annotation file says "
-                               f"{height}x{width} (image id {img_id})")
+        if geometry is None or geometry.upright_size == (height, width):
+            return 1
+        stored = (geometry.stored_height, geometry.stored_width)
+        if stored == (height, width):
+            return geometry.orientation
+        upright_h, upright_w = geometry.upright_size
+        turned = (f" as shown (stored {stored[0]}x{stored[1]}, EXIF orientation {geometry.orientation})"
+                  if geometry.orientation != 1 else "")
+        raise DatasetError(f"{path}: image is {upright_h}x{upright_w}{turned} but the annotation file says "
+                           f"{height}x{width} (image id {img_id})")
 
-    def _image_rows(self, info: Dict[str, Any], anns: List[Dict[str, Any]], defects: DefectLog):
-        """Rows (x1, y1, x2, y2, label, iscrowd), compressed RLEs and annotation ids of one image:
-        real instances by area desc, then crowd regions (ties by annotation id)."""
-        kept = []
-        for ann in anns:
-            instance = clean_instance(ann, int(info["height"]), int(info["width"]), defects)
-            if instance is None:
-                continue
-            (x1, y1, x2, y2), rle = instance
-            crowd = 1 if ann.get("iscrowd", 0) else 0
-            area = float(ann.get("area") or (x2 - x1) * (y2 - y1))
-            row = [x1, y1, x2, y2, float(self.cat_id_to_label[ann["category_id"]]), float(crowd)]
-            kept.append((crowd, -area, ann["id"], row, rle))
-        kept.sort(key=lambda t: t[:3])
-        return [k[3] for k in kept], [k[4] for k in kept], [k[2] for k in kept]
+    @staticmethod
+    def _decoded(path: str, img_id: int, height: int, width: int, raw: Optional[np.ndarray] = None
+                 ) -> Optional[np.ndarray]:
+        """The BGR image (EXIF orientation applied) of a complete, decodable file of the expected
+        size; None if it cannot be decoded (cut off or corrupt).
+
+        Raises:
+            DatasetError: the file cannot be read, or decodes to another size than the JSON's.
+        """
+        try:
+            raw = np.fromfile(path, dtype=np.uint8) if raw is None else raw
+        except OSError as e:
+            raise DatasetError(f"{path}: cannot read image file (image id {img_id}): {e}") from e
+        if not raw.size or not jpeg_is_complete(raw.tobytes()):
+            return None
+        img = cv2.imdecode(raw, cv2.IMREAD_COLOR)
+        if img is not None and img.shape[:2] != (height, width):
+            raise DatasetError(f"{path}: image is {img.shape[0]}x{img.shape[1]} but the annotation "
+                               f"file says {height}x{width} (image id {img_id})")
+        return img
 
     # -- items ----------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -215,16 +238,33 @@ class COCOSubDataset:
             raise DatasetError(f"{rec.path}: cannot read image file (image id {rec.image_id}): {e}") from e
 
     def decode(self, index: int, raw: Optional[np.ndarray] = None) -> np.ndarray:
-        """Decode item ``index`` to RGB [h, w, 3] uint8, checking its size against the JSON."""
+        """Decode item ``index`` to RGB [h, w, 3] uint8 (EXIF orientation applied), checking its
+        size against the JSON; DatasetError if it cannot be decoded."""
         rec = self._records[index]
         raw = self.read_bytes(index) if raw is None else raw
-        img = cv2.imdecode(raw, cv2.IMREAD_COLOR) if raw.size else None
+        img = self._decoded(rec.path, rec.image_id, rec.height, rec.width, raw)
         if img is None:
             raise DatasetError(f"{rec.path}: corrupt or unreadable image (image id {rec.image_id})")
-        if img.shape[:2] != (rec.height, rec.width):
-            raise DatasetError(f"{rec.path}: image is {img.shape[0]}x{img.shape[1]} but the annotation "
-                               f"file says {rec.height}x{rec.width} (image id {rec.image_id})")
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+    def decode_usable(self, index: int) -> Tuple[int, np.ndarray]:
+        """(index, RGB image) of item ``index``, or of the next item that decodes when it cannot
+        be decoded (cut off or corrupt; one warning per file and process). With strict_images
+        (every image was decoded at build time) a failure is a DatasetError."""
+        for offset in range(len(self._records)):
+            item = (index + offset) % len(self._records)
+            try:
+                return item, self.decode(item)
+            except DatasetError as e:
+                if self.config.strict_images:
+                    raise
+                path = self._records[item].path
+                if path not in self._unreadable_seen:
+                    self._unreadable_seen.add(path)
+                    LOGGER.warning("%s; skipped, the next image is used instead (check_images: true finds "
+                                   "such files when the dataset is built)", e)
+        raise DatasetError(f"{self.ann_file}: none of the {len(self._records)} images of split '{self.split}' "
+                           f"can be decoded")
 
     def annotations(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
         """(annos [n, 6] f32, masks [n, h, w] u8) of item ``index``, masks rasterised now."""

@@ -80,8 +80,9 @@ def eval_gt(tiny, predict_out):
     A random network finds none of the synthetic objects (every AP and AR is 0), so metrics
     computed from the wrong detections would still look right; with one object per image that
     the network is sure to find, the APs are neither 0 nor 1. On the second image the object's
-    box is only the top-left quarter of the detected box (box IoU 0.25: missed by bbox, found by
-    segm), so bbox and segm metrics differ too.
+    box is the top-left 64% of its mask's extent (IoU 0.64 with the mask, so evaluation keeps it:
+    under 0.5 it would be replaced by the extent, src/annotations.py): the detected box misses it
+    at the higher IoU thresholds where segm finds it, so bbox and segm metrics differ too.
     """
     cat_ids = {1: 84, 2: 44, 3: 90}  # contiguous label -> the file's ids of book, disc, triangle
     ann = json.loads(json.dumps(tiny["ann"]))
@@ -91,9 +92,12 @@ def eval_gt(tiny, predict_out):
         dets = json.loads((predict_out / f"{stem}.json").read_text())["detections"]
         best = max((d for d in dets if mask_utils.area(_rle(d["segmentation"])) > 0), key=lambda d: d["score"])
         x1, y1, x2, y2 = best["box"]
-        shrink = 2.0 if index == 1 else 1.0
+        bbox = [x1, y1, x2 - x1, y2 - y1]
+        if index == 1:
+            mx, my, mw, mh = (float(v) for v in mask_utils.toBbox(_rle(best["segmentation"])))
+            bbox = [mx, my, mw / 1.25, mh / 1.25]
         ann["annotations"].append({"id": next_id, "image_id": img["id"], "category_id": cat_ids[best["label"]],
-                                   "bbox": [x1, y1, (x2 - x1) / shrink, (y2 - y1) / shrink], "iscrowd": 0,
+                                   "bbox": bbox, "iscrowd": 0,
                                    "area": float(mask_utils.area(_rle(best["segmentation"]))),
                                    "segmentation": best["segmentation"]})
         next_id += 1
@@ -140,10 +144,12 @@ def test_eval_cli_writes_metrics_and_coco_results(tiny, eval_gt, eval_out):
     results = json.loads((eval_out / "detections_val2017.json").read_text())
     assert results
     # The metrics are those of the written detections: pycocotools' own loadRes + COCOeval on
-    # the ground-truth file, over the configured classes, give the same 12 numbers (bbox results without masks, segm results
+    # the ground-truth file eval.py wrote (the cleaned annotations it scored against), over the
+    # configured classes, give the same 12 numbers (bbox results without masks, segm results
     # without boxes, so loadRes takes each result's area from the box or from the mask).
+    assert metrics["ground_truth"] == str(eval_out / "ground_truth_val2017.json")
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(eval_gt))
+        gt = COCO(metrics["ground_truth"])
     for iou_type, drop in (("bbox", "segmentation"), ("segm", "bbox")):
         with contextlib.redirect_stdout(io.StringIO()):
             dt = gt.loadRes([{k: v for k, v in r.items() if k != drop} for r in results])
@@ -395,14 +401,9 @@ def test_eval_ann_file_option_uses_that_file(tiny, tmp_path):
     ann["annotations"] = [a for a in ann["annotations"] if a["image_id"] in keep]
     ann_file = tmp_path / "subset.json"
     ann_file.write_text(json.dumps(ann))
-    work = tmp_path / "work"
-    work.mkdir()
-    config = tiny["config"]
-    root = eval_cli._root_with_ann_file(str(tiny["data"]), config.val_data_type, config.instance_set,
-                                        str(ann_file), str(work))
-    sub = COCOSubDataset(root, is_training=False, config=config)
+    config = eval_cli.config_with_ann_file(tiny["config"], str(tiny["data"]), str(ann_file))
+    sub = COCOSubDataset(str(tiny["data"]), is_training=False, config=config)
     assert sub.image_ids == keep
     assert os.path.samefile(sub.ann_file, ann_file)
     with pytest.raises(FileNotFoundError, match="annotation file not found: .*missing.json"):
-        eval_cli._root_with_ann_file(str(tiny["data"]), config.val_data_type, config.instance_set,
-                                     str(tmp_path / "missing.json"), str(tmp_path / "w2"))
+        eval_cli.config_with_ann_file(tiny["config"], str(tiny["data"]), str(tmp_path / "missing.json"))

@@ -75,12 +75,15 @@ def build_eval_split(config, data_root: Optional[str] = None, batch_size: Option
         num_parallel_workers: default ``config.num_parallel_workers``.
 
     Returns:
-        (dataset with columns image, image_shape, image_id; COCOEvaluator; COCOSubDataset).
+        (dataset with columns image, image_shape, image_id; COCOEvaluator over the cleaned
+        annotations of the split (``COCOSubDataset.coco``); COCOSubDataset).
     """
     from src.dataset import COCOSubDataset, create_eval_dataset
 
     root = data_root if data_root is not None else config.coco_root
-    sub = COCOSubDataset(root, is_training=False, config=config)
+    # Every image is decoded once at build time: one that cannot be is left out of the inference
+    # and of the ground truth, and counted (an error with strict_images).
+    sub = COCOSubDataset(root, is_training=False, config=config.replace(check_images=True))
     cat_ids = [sub.label_to_cat_id[label] for label in sorted(sub.label_to_cat_id)]
     evaluator = COCOEvaluator(sub.coco, cat_ids, sub.image_ids, config.mask_thr, sub.label_to_cat_id,
                               max_dets=config.test_max_per_img)

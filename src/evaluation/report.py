@@ -84,25 +84,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from pycocotools.coco import COCO
 
-    from src.annotations import DatasetError, load_coco_json, read_json
+    from src.annotations import DatasetError, read_annotations, read_json
 
-    try:
-        gt = load_coco_json(args.ann_file)
+    classes = args.classes.split(",") if args.classes else None
+    try:  # the annotations as training and eval.py read them: cleaned and counted
+        clean = read_annotations(args.ann_file, classes)
         results = read_json(args.detections, "detections file")
     except DatasetError as e:
         logger.error("%s", e)
         return EXIT_BAD_INPUT
     coco = COCO()
-    coco.dataset = gt
+    coco.dataset = clean.to_coco()
     coco.createIndex()
-    cats = sorted(coco.cats)
-    if args.classes:
-        by_name = {coco.cats[c]["name"]: c for c in cats}
-        unknown = [n for n in args.classes.split(",") if n not in by_name]
-        if unknown:
-            logger.error("%s: no category named %s", args.ann_file, ", ".join(unknown))
-            return EXIT_BAD_INPUT
-        cats = [by_name[n] for n in args.classes.split(",")]
+    cats = [clean.label_to_cat_id[label] for label in sorted(clean.label_to_cat_id)]
     try:
         evaluator = COCOEvaluator(coco, cats, sorted(coco.imgs), max_dets=args.max_dets)
         by_image: Dict[int, list] = {}
