@@ -11,9 +11,9 @@ import pytest
 
 from helpers import painted, rect_ann, tiny_config, write_json, write_photo
 from src.annotations import DatasetError
+from src.config import REPO_ROOT
 from src.dataset import COCOSubDataset
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BOX = (8, 8, 40, 40)
 
 
