@@ -77,6 +77,9 @@ class Config:
     # (this project), "zoo" (MindSpore model-zoo Mask R-CNN) or "torchvision"; the conventions of
     # each are listed in src/maskrcnn/numerics.py.
     numerics: str = "native"
+    # Backbone BatchNorm epsilon; null = the preset's (1e-5; torchvision: 0, what its COCO Mask
+    # R-CNN loader sets). 1e-5 for torchvision weights trained from an ImageNet backbone.
+    bn_eps: Optional[float] = None
 
     # ---- backbone + FPN -------------------------------------------------------------------
     frozen_backbone_stages: int = 1  # with a pretrained backbone: stem + this many stages frozen
@@ -284,6 +287,8 @@ def _validate(cfg: Config, source: str) -> None:
         raise bad("device_target", f"must be one of {DEVICE_TARGETS}")
     if cfg.numerics not in NUMERICS_PRESETS:
         raise bad("numerics", f"must be one of {NUMERICS_PRESETS}")
+    if cfg.bn_eps is not None and not 0.0 <= cfg.bn_eps < 1.0:
+        raise bad("bn_eps", "must be null or in [0, 1)")
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise bad("lr_schedule", f"must be one of {LR_SCHEDULES}")
     for key in ("img_mean", "img_std"):
