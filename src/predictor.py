@@ -109,7 +109,7 @@ class Predictor:
         cfg = self.config
         height, width = image.shape[:2]
         net_input, image_shape = preprocess_eval(image, cfg.img_height, cfg.img_width, cfg.img_mean,
-                                                 cfg.img_std, cfg.keep_ratio)
+                                                 cfg.img_std, cfg.keep_ratio, cfg.resize_to)
         outputs = self.net(ms.Tensor(net_input[None]), ms.Tensor(image_shape[None]))
         boxes, scores, labels, valid, masks = (o.asnumpy()[0] for o in outputs)
         in_range = (labels >= 0) & (labels < len(self.label_thr))

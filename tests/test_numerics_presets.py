@@ -651,3 +651,43 @@ def test_no_roi_near_x_zero_reaches_the_native_roi_align(alignment):
         skipped = (np.abs(canvas_rois[:, 1]) < 1e-3) & (np.abs(canvas_rois[:, 3]) < 1e-3)
         assert not skipped.any() and x1.min() >= 0.5 and (x2 >= x1).all()
         assert np.isfinite(out).all()
+
+
+# ---- each recipe's evaluation protocol -----------------------------------------------------
+
+@pytest.mark.parametrize("recipe", ["torchvision", "zoo"])
+def test_recipe_evaluation_protocol_canvas_and_resize_rule(recipe):
+    """torchvision: shorter side 800, longer at most 1333 (scale min(800 / short, 1333 / long)),
+    in a 1344x1344 input that holds either orientation, counts 1000 / 1000 / 100. Zoo: fit into
+    its 768x1280 input (scale min(768 / h, 1280 / w)), counts 1000 / 1000 / 128."""
+    from src.transforms import preprocess_eval
+
+    cfg = load_config(f"FineTune/{recipe}.yaml")
+    counts = (cfg.rpn_pre_nms_top_k_test, cfg.rpn_post_nms_top_k_test, cfg.test_max_per_img)
+    if recipe == "torchvision":
+        assert (cfg.img_height, cfg.img_width, counts) == (1344, 1344, (1000, 1000, 100))
+    else:
+        assert (cfg.img_height, cfg.img_width, counts) == (768, 1280, (1000, 1000, 128))
+    assert cfg.test_score_thr == 0.05 and cfg.test_nms_thr == 0.5 and cfg.rpn_nms_thr == 0.7
+    np.testing.assert_allclose(cfg.img_mean, np.array([0.485, 0.456, 0.406]) * 255)
+    np.testing.assert_allclose(cfg.img_std, np.array([0.229, 0.224, 0.225]) * 255)
+    for height, width in ((480, 640), (640, 480), (300, 1200), (1200, 300), (500, 500)):
+        if recipe == "torchvision":
+            scale = min(800 / min(height, width), 1333 / max(height, width))
+        else:
+            scale = min(768 / height, 1280 / width)
+        image, shape = preprocess_eval(np.zeros((height, width, 3), np.uint8), cfg.img_height, cfg.img_width,
+                                       cfg.img_mean, cfg.img_std, cfg.keep_ratio, cfg.resize_to)
+        assert image.shape == (3, cfg.img_height, cfg.img_width)
+        np.testing.assert_allclose(shape[2:], [scale, scale], rtol=2e-3)  # after rounding to whole pixels
+        assert tuple(shape[:2]) == (round(height * scale), round(width * scale))
+
+
+def test_resize_to_needs_an_input_that_holds_both_orientations():
+    with pytest.raises(ConfigError, match=r"'resize_to' = \[800, 1333\] does not fit the input 1344x1280 in both "
+                                          r"orientations \(img_height and img_width must be >= 1333\)"):
+        load_config("FineTune/torchvision.yaml", {"img_width": 1280})
+    with pytest.raises(ConfigError, match=r"'resize_to' = \[1333, 800\] must be \[\] or \[short, long\]"):
+        load_config("FineTune/torchvision.yaml", {"resize_to": [1333, 800]})
+    with pytest.raises(ConfigError, match="'resize_to' = \\[800, 1333\\] needs keep_ratio: true"):
+        load_config("FineTune/torchvision.yaml", {"keep_ratio": False})

@@ -43,6 +43,7 @@ NUM_TENSORS = 307
 # The same sample counts and thresholds as the reference (tools/make_torchvision_reference.py).
 PARITY_OVERRIDES = {
     "coco_classes": ["background"] + [f"class{i}" for i in range(1, common.NUM_CLASSES)],
+    "resize_to": [],  # the input is handed over already at its size
     "img_height": common.IMAGE_HEIGHT,
     "img_width": common.IMAGE_WIDTH,
     "rpn_pre_nms_top_k_test": common.RPN_PRE_NMS_TOP_N,  # the recipe's values; pinned here too
