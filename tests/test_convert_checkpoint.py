@@ -159,3 +159,21 @@ def test_bn_eps_is_recorded_and_can_be_given(zoo_resnet50, tmp_path, capsys):
         convert_checkpoint.main(["--ckpt_file", zoo_resnet50, "--bn_eps", "2"])
     assert exit_info.value.code == EXIT_BAD_INPUT
     assert "convert_checkpoint.py: error: --bn_eps must be in [0, 1), got 2.0" in capsys.readouterr().err
+
+
+def test_loading_weights_of_another_bn_eps_warns_naming_both(zoo_resnet50, tmp_path, caplog):
+    """A file that records eps 0 loaded into a backbone built with 1e-5 loads, with a warning that
+    names both values and the config key; the same eps loads silently."""
+    zoo_resnet50, _ = zoo_resnet50
+    output = str(tmp_path / "o.ckpt")
+    assert convert_checkpoint.main(["--ckpt_file", zoo_resnet50, "--output_file", output, "--bn_eps", "0"]) == 0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_pretrained(ResNet50(norm="frozen"), output)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("ran with BatchNorm eps 0.0, but the network uses 1e-05" in w and "`bn_eps: 0.0`" in w
+               for w in warnings), warnings
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_pretrained(ResNet50(norm="frozen", bn_eps=0.0), output)
+    assert not [r for r in caplog.records if "BatchNorm eps" in r.getMessage()]
