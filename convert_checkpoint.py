@@ -19,7 +19,10 @@ conversion time only: ``python -m pip install torch``). Fine-tuning with another
 the class layers. Without ``--mode`` the kind is detected from the parameter names. The number
 of converted, dropped (classifier, optimizer state) and unexpected tensors is logged, and so is
 the numerics preset the weights need (config key ``numerics``), which is also stored in the
-output, so that loading it into a network of another preset warns. The output is written
+output, so that loading it into a network of another preset warns; so is the BatchNorm epsilon
+the weights ran with at home (``bn_eps``: 0 for torchvision's COCO Mask R-CNN, whose loader sets
+it so; 1e-5 otherwise; ``--bn_eps 1e-5`` for a torchvision Mask R-CNN fine-tuned from an
+ImageNet backbone, where torchvision keeps 1e-5). The output is written
 atomically. Exit codes: 0 done, 2 the input is missing, unreadable or not of the expected kind.
 """
 
@@ -55,34 +58,44 @@ def build_parser() -> argparse.ArgumentParser:
                              "FineTune/torchvision_maskrcnn_coco_converted.ckpt)")
     parser.add_argument("--mode", choices=sorted(DEFAULT_OUTPUT_FILES), default=None,
                         help="kind of the input; default: detected from the parameter names")
+    parser.add_argument("--bn_eps", type=float, default=None,
+                        help="BatchNorm epsilon the weights were trained with (recorded in the output); default: "
+                             "the source loader's: 0 for torchvision's COCO Mask R-CNN "
+                             "(maskrcnn_resnet50_fpn(weights=COCO_V1) sets it), 1e-5 for the others; "
+                             "1e-5 for a torchvision Mask R-CNN fine-tuned from an ImageNet backbone")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.bn_eps is not None and not 0.0 <= args.bn_eps < 1.0:
+        parser.error(f"--bn_eps must be in [0, 1), got {args.bn_eps!r}")
     from src.engine.runtime import setup_logging
 
     setup_logging()
     # MindSpore is imported only once the arguments are known to be valid.
     from src.checkpoint.convert import convert_foreign_checkpoint
     from src.checkpoint.io import CheckpointError, read_weights, save_checkpoint_atomic
-    from src.checkpoint.names import CONVERTED_FROM_KEY, CONVERT_MODES, NUMERICS_KEY
+    from src.checkpoint.names import BN_EPS_KEY, CONVERTED_FROM_KEY, CONVERT_MODES, NUMERICS_KEY
 
     try:
         params, _ = read_weights(args.ckpt_file)
-        converted, report = convert_foreign_checkpoint(params, mode=args.mode, source=args.ckpt_file)
+        converted, report = convert_foreign_checkpoint(params, mode=args.mode, source=args.ckpt_file,
+                                                       bn_eps=args.bn_eps)
         mode = next(m for m, kind in CONVERT_MODES.items() if kind == report.kind)
         output_file = args.output_file or DEFAULT_OUTPUT_FILES[mode]
         save_checkpoint_atomic(converted, output_file,
-                               append_dict={NUMERICS_KEY: report.numerics, CONVERTED_FROM_KEY: report.kind})
+                               append_dict={NUMERICS_KEY: report.numerics, CONVERTED_FROM_KEY: report.kind,
+                                            BN_EPS_KEY: repr(report.bn_eps)})
     except CheckpointError as e:
         logger.error("%s", e)
         return EXIT_BAD_INPUT
     logger.info("wrote %d tensors to %s", len(converted), output_file)
     # Printed too: the one thing the user must put in the recipe.
     print(f"{output_file}: train and evaluate these weights with `{NUMERICS_KEY}: {report.numerics}` "
-          f"in the config (or --{NUMERICS_KEY} {report.numerics})")
+          f"in the config (or --{NUMERICS_KEY} {report.numerics}); their BatchNorm eps is {report.bn_eps!r} "
+          f"(`{BN_EPS_KEY}`, the preset's unless set)")
     return EXIT_OK
 
 

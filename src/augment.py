@@ -158,13 +158,16 @@ class Resize:
     from ``factor_range`` or picked from ``factors``. A target larger than the input is reached
     by cropping, from the original, the window that becomes exactly the input after the resize
     (instance-aware like :class:`RandomCrop`; when every window tried would drop every instance,
-    the factor falls back to 1).
+    the factor falls back to 1). With ``resize_to = (short, long)`` the target is that box turned
+    like the image instead of the input (``transforms.fit_scale``), times the factor.
     """
 
     def __init__(self, out_h: int, out_w: int, keep_ratio: bool = True,
-                 factor_range: Sequence[float] = (), factors: Sequence[float] = ()):
+                 factor_range: Sequence[float] = (), factors: Sequence[float] = (),
+                 resize_to: Sequence[float] = ()):
         self.out_h, self.out_w = out_h, out_w
         self.keep_ratio = keep_ratio
+        self.resize_to = tuple(resize_to)
         self.factor_range = tuple(factor_range)
         self.factors = tuple(factors)
 
@@ -178,7 +181,8 @@ class Resize:
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         factor = self._factor(rng)
         h, w = sample.image.shape[:2]
-        scale_h, scale_w = transforms.fit_scale(h, w, self.out_h * factor, self.out_w * factor, self.keep_ratio)
+        scale_h, scale_w = transforms.fit_scale(h, w, self.out_h * factor, self.out_w * factor, self.keep_ratio,
+                                                tuple(v * factor for v in self.resize_to))
         if round(h * scale_h) > self.out_h or round(w * scale_w) > self.out_w:
             win_h = min(h, int(self.out_h / scale_h))
             win_w = min(w, int(self.out_w / scale_w))
@@ -194,7 +198,8 @@ class Resize:
 
     def _resize_to_fit(self, sample: Sample) -> Sample:
         """The plain resize of src/transforms.py (factor 1)."""
-        image, scale_h, scale_w = transforms.rescale(sample.image, self.out_h, self.out_w, self.keep_ratio)
+        image, scale_h, scale_w = transforms.rescale(sample.image, self.out_h, self.out_w, self.keep_ratio,
+                                                     self.resize_to)
         return self._finish(sample, image, scale_h, scale_w)
 
     def _resize(self, sample: Sample, scale_h: float, scale_w: float) -> Sample:
@@ -214,7 +219,8 @@ class Resize:
     def __repr__(self) -> str:
         jitter = (f", factor_range={list(self.factor_range)}" if self.factor_range else
                   f", factors={list(self.factors)}" if self.factors else "")
-        return f"Resize({self.out_h}x{self.out_w}, keep_ratio={self.keep_ratio}{jitter})"
+        target = f", resize_to={list(self.resize_to)}" if self.resize_to else ""
+        return f"Resize({self.out_h}x{self.out_w}, keep_ratio={self.keep_ratio}{target}{jitter})"
 
 
 class HorizontalFlip:
@@ -273,7 +279,8 @@ def build_augmentations(config: Config) -> List[object]:
     if config.crop_prob > 0:
         augs.append(RandomCrop(config.crop_prob, config.crop_min_side))
     augs.append(Resize(config.img_height, config.img_width, config.keep_ratio,
-                       factor_range=config.scale_jitter_range, factors=config.scale_jitter_list))
+                       factor_range=config.scale_jitter_range, factors=config.scale_jitter_list,
+                       resize_to=config.resize_to))
     if config.flip_ratio > 0:
         augs.append(HorizontalFlip(config.flip_ratio))
     if config.photometric_distortion:

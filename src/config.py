@@ -78,6 +78,10 @@ class Config:
     img_height: int = 320  # network input height (after keep-ratio resize and padding)
     img_width: int = 320  # network input width
     keep_ratio: bool = True  # resize keeping aspect ratio (else stretch to the input size)
+    # [short, long]: keep-ratio resize into a short x long box turned like the image instead of
+    # img_height x img_width (torchvision's protocol: [800, 1333]); the input must hold the box in
+    # both orientations (img_height and img_width >= long). [] = fit img_height x img_width.
+    resize_to: List[int] = field(default_factory=list)
     flip_ratio: float = 0.5  # probability of a horizontal flip in training
     img_mean: List[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])  # RGB
     img_std: List[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])  # RGB
@@ -88,6 +92,9 @@ class Config:
     # (this project), "zoo" (MindSpore model-zoo Mask R-CNN) or "torchvision"; the conventions of
     # each are listed in src/maskrcnn/numerics.py.
     numerics: str = "native"
+    # Backbone BatchNorm epsilon; null = the preset's (1e-5; torchvision: 0, what its COCO Mask
+    # R-CNN loader sets). 1e-5 for torchvision weights trained from an ImageNet backbone.
+    bn_eps: Optional[float] = None
 
     # ---- backbone + FPN -------------------------------------------------------------------
     frozen_backbone_stages: int = 1  # with a pretrained backbone: stem + this many stages frozen
@@ -305,6 +312,16 @@ def _validate(cfg: Config, source: str) -> None:
         raise bad("device_target", f"must be one of {DEVICE_TARGETS}")
     if cfg.numerics not in NUMERICS_PRESETS:
         raise bad("numerics", f"must be one of {NUMERICS_PRESETS}")
+    if cfg.resize_to:
+        if len(cfg.resize_to) != 2 or not 0 < cfg.resize_to[0] <= cfg.resize_to[1]:
+            raise bad("resize_to", "must be [] or [short, long] with 0 < short <= long")
+        if not cfg.keep_ratio:
+            raise bad("resize_to", "needs keep_ratio: true")
+        if cfg.resize_to[1] > min(cfg.img_height, cfg.img_width):
+            raise bad("resize_to", f"does not fit the input {cfg.img_height}x{cfg.img_width} in both "
+                                   f"orientations (img_height and img_width must be >= {cfg.resize_to[1]})")
+    if cfg.bn_eps is not None and not 0.0 <= cfg.bn_eps < 1.0:
+        raise bad("bn_eps", "must be null or in [0, 1)")
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise bad("lr_schedule", f"must be one of {LR_SCHEDULES}")
     for key in ("img_mean", "img_std"):

@@ -112,6 +112,6 @@ class EvalSource:
         item = index if real else 0
         image, image_shape = transforms.preprocess_eval(
             self.dataset.decode(item), cfg.img_height, cfg.img_width, cfg.img_mean, cfg.img_std,
-            cfg.keep_ratio)
+            cfg.keep_ratio, cfg.resize_to)
         image_id = self.dataset.image_ids[item] if real else PAD_IMAGE_ID
         return image, image_shape, np.array(image_id, np.int32)

@@ -72,7 +72,7 @@ def anchor_sizes(config: Config) -> List[float]:
 
 def input_scale(config: Config, height: int, width: int):
     """(scale_h, scale_w) of the plain resize of an ``height x width`` image into the input."""
-    return fit_scale(height, width, config.img_height, config.img_width, config.keep_ratio)
+    return fit_scale(height, width, config.img_height, config.img_width, config.keep_ratio, config.resize_to)
 
 
 def _nearest_power_of_two(value: float) -> float:

@@ -103,18 +103,20 @@ class Predictor:
         import mindspore as ms
 
         from src.evaluation.results import predictions_to_original
+        from src.maskrcnn.numerics import get_numerics
         from src.transforms import preprocess_eval
 
         cfg = self.config
         height, width = image.shape[:2]
         net_input, image_shape = preprocess_eval(image, cfg.img_height, cfg.img_width, cfg.img_mean,
-                                                 cfg.img_std, cfg.keep_ratio)
+                                                 cfg.img_std, cfg.keep_ratio, cfg.resize_to)
         outputs = self.net(ms.Tensor(net_input[None]), ms.Tensor(image_shape[None]))
         boxes, scores, labels, valid, masks = (o.asnumpy()[0] for o in outputs)
         in_range = (labels >= 0) & (labels < len(self.label_thr))
         keep = valid.astype(bool) & in_range & (scores >= self.label_thr[np.where(in_range, labels, 0)])
         return predictions_to_original(boxes[keep], scores[keep], labels[keep], np.ones(int(keep.sum()), bool),
-                                       masks[keep], image_shape, height, width, cfg.mask_thr)
+                                       masks[keep], image_shape, height, width, cfg.mask_thr,
+                                       mask_paste=get_numerics(cfg.numerics).mask_paste)
 
 
 def detections_json(detections, class_names: Sequence[str], with_masks: bool = True) -> List[Dict[str, object]]:

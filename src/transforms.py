@@ -20,13 +20,19 @@ import numpy as np
 from src.batch import CROWD_LABEL
 
 
-def fit_scale(height: int, width: int, out_h: float, out_w: float, keep_ratio: bool = True
-              ) -> Tuple[float, float]:
+def fit_scale(height: int, width: int, out_h: float, out_w: float, keep_ratio: bool = True,
+              resize_to: Sequence[float] = ()) -> Tuple[float, float]:
     """Resize factors (scale_h, scale_w) that fit a ``height x width`` image into ``out_h x out_w``.
 
     Keep-ratio: the largest common factor that fits; else the stretch to exactly the target.
-    Before rounding to whole pixels (see :func:`scaled_size`).
+    With ``resize_to = (short, long)`` (config ``resize_to``, keep-ratio only) the target is a
+    ``short x long`` box turned like the image instead (torchvision's ``min_size`` / ``max_size``:
+    ``min(short / min(h, w), long / max(h, w))``). Before rounding to whole pixels (see
+    :func:`scaled_size`).
     """
+    if keep_ratio and resize_to:
+        short, long = (float(v) for v in resize_to)
+        out_h, out_w = (short, long) if height <= width else (long, short)
     if keep_ratio:
         scale = min(out_h / height, out_w / width)
         return scale, scale
@@ -47,18 +53,20 @@ def resized_size(image_shape: np.ndarray) -> Tuple[int, int]:
     return int(round(float(image_shape[0]))), int(round(float(image_shape[1])))
 
 
-def rescale_keep_ratio(img: np.ndarray, out_h: int, out_w: int) -> Tuple[np.ndarray, float, float]:
+def rescale_keep_ratio(img: np.ndarray, out_h: int, out_w: int, resize_to: Sequence[float] = ()
+                       ) -> Tuple[np.ndarray, float, float]:
     """Resize ``img`` as large as possible inside ``out_h x out_w`` keeping its aspect ratio.
 
     Args:
         img: [h, w, C] image.
         out_h, out_w: the network input size.
+        resize_to: ``(short, long)`` box to fit instead, turned like the image (:func:`fit_scale`).
 
     Returns:
         (resized [h', w', C] with h' <= out_h, w' <= out_w, scale_h = h'/h, scale_w = w'/w)
     """
     h, w = img.shape[:2]
-    scale_h, scale_w = fit_scale(h, w, out_h, out_w, keep_ratio=True)
+    scale_h, scale_w = fit_scale(h, w, out_h, out_w, keep_ratio=True, resize_to=resize_to)
     new_h, new_w = scaled_size(h, w, scale_h, scale_w, out_h, out_w)
     return resize_image(img, new_h, new_w), new_h / h, new_w / w
 
@@ -173,9 +181,12 @@ def normalize_and_pad(img: np.ndarray, mean: Sequence[float], std: Sequence[floa
     return out
 
 
-def rescale(img: np.ndarray, out_h: int, out_w: int, keep_ratio: bool) -> Tuple[np.ndarray, float, float]:
+def rescale(img: np.ndarray, out_h: int, out_w: int, keep_ratio: bool, resize_to: Sequence[float] = ()
+            ) -> Tuple[np.ndarray, float, float]:
     """:func:`rescale_keep_ratio` or, with ``keep_ratio`` false, :func:`rescale_stretch`."""
-    return rescale_keep_ratio(img, out_h, out_w) if keep_ratio else rescale_stretch(img, out_h, out_w)
+    if keep_ratio:
+        return rescale_keep_ratio(img, out_h, out_w, resize_to)
+    return rescale_stretch(img, out_h, out_w)
 
 
 def preprocess_train(img: np.ndarray, annos: np.ndarray, masks: np.ndarray, out_h: int, out_w: int,
@@ -248,12 +259,12 @@ def pack_train(img: np.ndarray, annos: np.ndarray, masks: np.ndarray, scale_h: f
 
 
 def preprocess_eval(img: np.ndarray, out_h: int, out_w: int, mean: Sequence[float], std: Sequence[float],
-                    keep_ratio: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+                    keep_ratio: bool = True, resize_to: Sequence[float] = ()) -> Tuple[np.ndarray, np.ndarray]:
     """One evaluation / inference image -> (image [3, H, W] f32, image_shape [4] f32).
 
-    Same rescale / normalise / pad as training, no flip.
+    Same rescale (``resize_to``: :func:`fit_scale`) / normalise / pad as training, no flip.
     """
-    resized, scale_h, scale_w = rescale(img, out_h, out_w, keep_ratio)
+    resized, scale_h, scale_w = rescale(img, out_h, out_w, keep_ratio, resize_to)
     image = normalize_and_pad(resized, mean, std, out_h, out_w)
     image_shape = np.array([resized.shape[0], resized.shape[1], scale_h, scale_w], np.float32)
     return image, image_shape

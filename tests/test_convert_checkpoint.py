@@ -137,3 +137,41 @@ def test_command_line_exit_code_and_single_error_line(lenet_ckpt, tmp_path):
     assert len(error_lines) == 1, result.stderr
     assert f"{lenet_ckpt}: not a model-zoo ResNet50 checkpoint: found 1 of the 265" in error_lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_bn_eps_is_recorded_and_can_be_given(zoo_resnet50, tmp_path, capsys):
+    """The output records the BatchNorm eps the weights ran with (the source's: 1e-5 for the zoo;
+    torchvision's COCO file: 0, see tests/maskrcnn/test_torchvision_parity.py); --bn_eps sets it; a value
+    outside [0, 1) is a usage error naming it (exit 2)."""
+    zoo_resnet50, _ = zoo_resnet50
+    from src.checkpoint.io import read_checkpoint_with_metadata
+    from src.checkpoint.names import BN_EPS_KEY
+
+    output = str(tmp_path / "o.ckpt")
+    assert convert_checkpoint.main(["--ckpt_file", zoo_resnet50, "--output_file", output]) == 0
+    assert read_checkpoint_with_metadata(output)[1][BN_EPS_KEY] == "1e-05"
+    assert convert_checkpoint.main(["--ckpt_file", zoo_resnet50, "--output_file", output, "--bn_eps", "0"]) == 0
+    assert read_checkpoint_with_metadata(output)[1][BN_EPS_KEY] == "0.0"
+    assert "their BatchNorm eps is 0.0" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        convert_checkpoint.main(["--ckpt_file", zoo_resnet50, "--bn_eps", "2"])
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    assert "convert_checkpoint.py: error: --bn_eps must be in [0, 1), got 2.0" in capsys.readouterr().err
+
+
+def test_loading_weights_of_another_bn_eps_warns_naming_both(zoo_resnet50, tmp_path, caplog):
+    """A file that records eps 0 loaded into a backbone built with 1e-5 loads, with a warning that
+    names both values and the config key; the same eps loads silently."""
+    zoo_resnet50, _ = zoo_resnet50
+    output = str(tmp_path / "o.ckpt")
+    assert convert_checkpoint.main(["--ckpt_file", zoo_resnet50, "--output_file", output, "--bn_eps", "0"]) == 0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_pretrained(ResNet50(norm="frozen"), output)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("ran with BatchNorm eps 0.0, but the network uses 1e-05" in w and "`bn_eps: 0.0`" in w
+               for w in warnings), warnings
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_pretrained(ResNet50(norm="frozen", bn_eps=0.0), output)
+    assert not [r for r in caplog.records if "BatchNorm eps" in r.getMessage()]

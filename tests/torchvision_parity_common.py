@@ -6,10 +6,14 @@ this module, so both build the same weights, input and RoIs and summarise every 
 way:
 
 * weights in torchvision's ``maskrcnn_resnet50_fpn`` names and shapes
-  (``tests/data/torchvision_maskrcnn_params.txt``), drawn from a seeded NumPy generator and
-  scaled so that activations stay of order one and detections exist, with ``NUM_CLASSES``
-  classes;
-* one normalised ``IMAGE_HEIGHT x IMAGE_WIDTH`` image;
+  (``tests/data/torchvision_maskrcnn_params.txt``, COCO's 91 classes), drawn from a seeded NumPy
+  generator and scaled so that activations stay of order one and detections exist, with
+  trained-like BatchNorm statistics (running variances log-uniform in 1e-5..1, the conv before
+  each BatchNorm scaled to match), so that the BatchNorm epsilon matters as it does for the
+  published COCO file; torchvision loads them through ``maskrcnn_resnet50_fpn(weights=COCO_V1)``,
+  which runs them with eps 0;
+* one normalised ``IMAGE_HEIGHT x IMAGE_WIDTH`` image, torchvision's inference counts
+  (1000 / 1000 / 100);
 * ``fixed_rois()``: boxes of all four RoI levels for the box and mask heads;
 * ``summarise()``: a few fixed random projections, the norm, the largest magnitude and a few
   sampled entries of a tensor, so the committed reference stays small.
@@ -28,19 +32,24 @@ PARAMS_LIST = os.path.join(DATA_DIR, "torchvision_maskrcnn_params.txt")
 REFERENCE_FILE = os.path.join(DATA_DIR, "torchvision_parity_reference.npz")
 
 # The model and input of the check (configured identically on both sides).
-NUM_CLASSES = 5  # background + 4: a torchvision model fine-tuned on four classes
+NUM_CLASSES = 91  # COCO_V1's class count (the builder insists on it)
 # Both sides multiples of 64: torchvision shifts the anchors of each level by
 # input_size // feature_size per axis, which is the level's stride only then (P6 at width 160
 # would be shifted by 53, see ANCHOR_QUIRK_SIZE).
-IMAGE_HEIGHT, IMAGE_WIDTH = 128, 192
+IMAGE_HEIGHT, IMAGE_WIDTH = 256, 320
 # An input size that is a multiple of 32 but not of 64: only the anchors are compared there.
 ANCHOR_QUIRK_SIZE = (128, 160)
-RPN_PRE_NMS_TOP_N = 200  # per level
-RPN_POST_NMS_TOP_N = 100
+# torchvision's defaults, which FineTune/torchvision.yaml uses too.
+RPN_PRE_NMS_TOP_N = 1000  # per level
+RPN_POST_NMS_TOP_N = 1000
 RPN_NMS_THRESH = 0.7
 BOX_SCORE_THRESH = 0.05
 BOX_NMS_THRESH = 0.5
-DETECTIONS_PER_IMG = 50
+DETECTIONS_PER_IMG = 100
+# torchvision's pasted masks (probabilities at the input size) are foreground above this.
+MASK_THRESHOLD = 0.5
+# Trained-like BatchNorm: running variances log-uniform between these.
+RUNNING_VAR_RANGE = (1e-5, 1.0)
 # torchvision's input normalisation (RGB, images in 0..1).
 IMAGE_MEAN_01 = (0.485, 0.456, 0.406)
 IMAGE_STD_01 = (0.229, 0.224, 0.225)
@@ -63,9 +72,10 @@ CLASS_LAYERS = {
 SUMMARY_STAGES = ("image", "c2", "c3", "c4", "c5", "p2", "p3", "p4", "p5", "p6", "anchors",
                   "rpn_objectness", "rpn_deltas", "box_roi_features", "mask_roi_features",
                   "mask_logits", "detection_masks", "anchors_quirk_size")
-# Small outputs stored whole.
+# Small outputs stored whole ("pasted_masks": the final masks at the input size, > 0.5, bit-packed
+# by pack_masks).
 FULL_STAGES = ("proposals", "proposal_scores", "box_cls_logits", "box_deltas", "detection_boxes",
-               "detection_scores", "detection_labels")
+               "detection_scores", "detection_labels", "pasted_masks")
 
 _LINE = re.compile(r"^(\S+) \(([\d, ]*)\)$")
 
@@ -112,20 +122,35 @@ def _weight_std(name: str, shape: Tuple[int, ...]) -> float:
     return float(np.sqrt(2.0 / fan_in))
 
 
+def _conv_before(bn_module: str) -> str:
+    """The convolution whose output a backbone BatchNorm normalises (``...bn2`` -> ``...conv2``,
+    ``...downsample.1`` -> ``...downsample.0``)."""
+    if bn_module.endswith("downsample.1"):
+        return bn_module[:-1] + "0"
+    return re.sub(r"bn(\d)$", r"conv\1", bn_module)
+
+
 def parity_weights(num_classes: int = NUM_CLASSES, seed: int = WEIGHT_SEED) -> Dict[str, np.ndarray]:
     """Seeded float32 weights in torchvision's names and shapes (file order).
 
-    FrozenBatchNorm: running_var in [0.5, 1.5], running_mean ~ N(0, 0.1), weight in [0.5, 1]
-    (x0.3 on the last BN of each residual branch and of the shortcut, so the residual sum does
-    not grow with depth), bias ~ N(0, 0.1). Conv/linear biases ~ N(0, 0.05).
+    FrozenBatchNorm, trained-like: running_var log-uniform in ``RUNNING_VAR_RANGE`` per channel,
+    the preceding convolution's output channel scaled by ``sqrt(running_var)`` (a channel that
+    varies little has small weights, as after training) and running_mean ~ N(0, 0.1) times the
+    same factor, so the normalised activations stay of order one; weight in [0.5, 1] (x0.3 on
+    the last BN of each residual branch and of the shortcut, so the residual sum does not grow
+    with depth), bias ~ N(0, 0.1). Conv/linear biases ~ N(0, 0.05).
     """
     rng = np.random.default_rng(seed)
     arrays = {}
+    low, high = np.log10(RUNNING_VAR_RANGE[0]), np.log10(RUNNING_VAR_RANGE[1])
     for name, shape in parity_shapes(num_classes).items():
         module, param = name.rsplit(".", 1)
         is_bn = re.search(r"(\.bn\d|downsample\.1)$", module) is not None
         if is_bn and param == "running_var":
-            value = rng.uniform(0.5, 1.5, shape)
+            value = 10.0 ** rng.uniform(low, high, shape)
+            conv = _conv_before(module) + ".weight"
+            arrays[conv] = (arrays[conv] * np.sqrt(value).reshape(-1, 1, 1, 1)).astype(np.float32)
+            arrays[module + ".running_mean"] *= np.sqrt(value).astype(np.float32)
         elif is_bn and param == "running_mean":
             value = rng.normal(0.0, 0.1, shape)
         elif is_bn and param == "weight":
@@ -177,6 +202,17 @@ def fixed_rois(seed: int = ROI_SEED) -> np.ndarray:
             boxes.append((x1, y1, x2, y2))
     boxes += [(0.0, 0.0, float(IMAGE_WIDTH), float(IMAGE_HEIGHT)), (20.3, 30.6, 22.9, 32.1)]
     return np.asarray(boxes, np.float32)
+
+
+def pack_masks(masks: np.ndarray) -> np.ndarray:
+    """Binary masks [K, H, W] -> uint8 bits (``np.packbits`` of the flattened masks)."""
+    return np.packbits(np.asarray(masks, bool).reshape(-1))
+
+
+def unpack_masks(bits: np.ndarray, count: int) -> np.ndarray:
+    """Inverse of :func:`pack_masks` for ``count`` masks of the input size: bool [K, H, W]."""
+    size = count * IMAGE_HEIGHT * IMAGE_WIDTH
+    return np.unpackbits(bits)[:size].astype(bool).reshape(count, IMAGE_HEIGHT, IMAGE_WIDTH)
 
 
 def projection_basis(stage: str, size: int) -> Tuple[np.ndarray, np.ndarray]:

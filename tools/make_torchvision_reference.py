@@ -8,13 +8,18 @@ separate virtual environment outside the repository, e.g.
     /tmp/tv-venv/bin/python tools/make_torchvision_reference.py [--out tests/data/torchvision_parity_reference.npz]
                                                                 [--weights_out W.safetensors]
 
-It builds torchvision's own ``maskrcnn_resnet50_fpn`` (v1: FrozenBatchNorm2d ResNet50, FPN, RPN,
-RoI heads) with the class count, sample counts and thresholds of
-``tests/torchvision_parity_common.py``, loads the seeded NumPy weights defined there
-(``strict=True``: every name and shape must match torchvision's), runs the stages one by one
+It builds the model through torchvision's own loader path for the published COCO weights,
+``maskrcnn_resnet50_fpn(weights=MaskRCNN_ResNet50_FPN_Weights.COCO_V1)`` (FrozenBatchNorm2d
+ResNet50, FPN, RPN, RoI heads, 91 classes, torchvision's default inference counts and thresholds,
+and ``overwrite_eps(model, 0.0)`` after loading), with one change: the download the builder asks
+for (``load_state_dict_from_url`` of the COCO_V1 URL) returns the seeded NumPy weights of
+``tests/torchvision_parity_common.py`` instead (loaded ``strict=True`` by the builder: every name
+and shape must match torchvision's). Its transform resizes the common input to its own size
+(``min_size``/``max_size`` = the input's sides), i.e. not at all. It runs the stages one by one
 on the common input, checks that the stage-by-stage run gives the same detections as the
-model's own forward pass, and writes a small summary of every stage (see ``summarise``) with
-the torch / torchvision versions.
+model's own forward pass, and writes a small summary of every stage (see ``summarise``), the
+final detections and the forward pass's pasted masks (``> 0.5``, bit-packed), with the torch /
+torchvision versions and the BatchNorm epsilon the loader left in the model.
 """
 
 from __future__ import annotations
@@ -36,24 +41,43 @@ import torchvision_parity_common as common  # noqa: E402  (tests/ is put on the 
 logger = logging.getLogger("make_torchvision_reference")
 
 
-def build_model():
-    """torchvision's Mask R-CNN ResNet50-FPN v1, configured like the test's config."""
-    from torchvision.models import resnet50
-    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-    from torchvision.models.detection.mask_rcnn import MaskRCNN
+def build_model(weights):
+    """torchvision's ``maskrcnn_resnet50_fpn(weights=COCO_V1)`` with ``weights`` (name -> ndarray)
+    in place of the download; the transform keeps the common input's size."""
+    import torch
+    import torchvision.models._api as weights_api
+    from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights, maskrcnn_resnet50_fpn
+
+    coco = MaskRCNN_ResNet50_FPN_Weights.COCO_V1
+    download = weights_api.load_state_dict_from_url
+
+    def seeded_state_dict(url, *args, **kwargs):
+        if url != coco.url:
+            raise RuntimeError(f"unexpected download of {url}")
+        return {name: torch.from_numpy(value) for name, value in weights.items()}
+
+    weights_api.load_state_dict_from_url = seeded_state_dict
+    try:
+        model = maskrcnn_resnet50_fpn(weights=coco, min_size=common.IMAGE_HEIGHT, max_size=common.IMAGE_WIDTH)
+    finally:
+        weights_api.load_state_dict_from_url = download
+    settings = (model.rpn._pre_nms_top_n["testing"], model.rpn._post_nms_top_n["testing"],
+                model.roi_heads.detections_per_img, model.roi_heads.score_thresh, model.roi_heads.nms_thresh)
+    expected = (common.RPN_PRE_NMS_TOP_N, common.RPN_POST_NMS_TOP_N, common.DETECTIONS_PER_IMG,
+                common.BOX_SCORE_THRESH, common.BOX_NMS_THRESH)
+    if settings != expected:
+        raise RuntimeError(f"torchvision's defaults {settings} are not the common settings {expected}")
+    return model
+
+
+def loader_bn_eps(model) -> float:
+    """The epsilon of the model's FrozenBatchNorm2d layers (all equal after overwrite_eps)."""
     from torchvision.ops.misc import FrozenBatchNorm2d
 
-    # FrozenBatchNorm2d, as in torchvision's pretrained models; 3 trainable layers (irrelevant here).
-    backbone = _resnet_fpn_extractor(resnet50(weights=None, norm_layer=FrozenBatchNorm2d), 3)
-    return MaskRCNN(backbone, num_classes=common.NUM_CLASSES,
-                    # the transform resizes to min/max size: with the input's own size it is the identity
-                    min_size=common.IMAGE_HEIGHT, max_size=common.IMAGE_WIDTH,
-                    image_mean=list(common.IMAGE_MEAN_01), image_std=list(common.IMAGE_STD_01),
-                    rpn_pre_nms_top_n_test=common.RPN_PRE_NMS_TOP_N,
-                    rpn_post_nms_top_n_test=common.RPN_POST_NMS_TOP_N,
-                    rpn_nms_thresh=common.RPN_NMS_THRESH,
-                    box_score_thresh=common.BOX_SCORE_THRESH, box_nms_thresh=common.BOX_NMS_THRESH,
-                    box_detections_per_img=common.DETECTIONS_PER_IMG)
+    eps = {float(m.eps) for m in model.modules() if isinstance(m, FrozenBatchNorm2d)}
+    if len(eps) != 1:
+        raise RuntimeError(f"FrozenBatchNorm2d layers with different eps: {sorted(eps)}")
+    return eps.pop()
 
 
 def run_stages(model, image: np.ndarray, rois: np.ndarray):
@@ -111,9 +135,14 @@ def run_stages(model, image: np.ndarray, rois: np.ndarray):
     return {k: v.detach().numpy() for k, v in out.items()}
 
 
-def check_against_forward(model, image: np.ndarray, stages) -> None:
+def forward_with_masks(model, image: np.ndarray, stages) -> np.ndarray:
     """The model's own forward pass (transform included) on the un-normalised image must give the
-    stage-by-stage detections: the transform is then the identity and the decomposition exact."""
+    stage-by-stage detections: the transform is then the identity and the decomposition exact.
+
+    Returns:
+        The forward pass's pasted masks (``paste_masks_in_image`` at the input size) above
+        ``common.MASK_THRESHOLD``: bool [D, H, W].
+    """
     import torch
 
     mean = np.asarray(common.IMAGE_MEAN_01, np.float32)[:, None, None]
@@ -122,6 +151,7 @@ def check_against_forward(model, image: np.ndarray, stages) -> None:
     result = model([image01])[0]
     np.testing.assert_allclose(result["boxes"].numpy(), stages["detection_boxes"], rtol=0, atol=1e-3)
     np.testing.assert_array_equal(result["labels"].numpy(), stages["detection_labels"])
+    return result["masks"][:, 0].numpy() > common.MASK_THRESHOLD
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -137,17 +167,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     torch.set_num_threads(1)  # deterministic summation order
     weights = common.parity_weights()
-    model = build_model()
-    model.load_state_dict({n: torch.from_numpy(v) for n, v in weights.items()}, strict=True)
+    model = build_model(weights)
     model.eval()
     image, rois = common.parity_image(), common.fixed_rois()
     with torch.no_grad():
         stages = run_stages(model, image, rois)
-        check_against_forward(model, image, stages)
+        masks = forward_with_masks(model, image, stages)
     stages["image"] = image
+    stages["pasted_masks"] = common.pack_masks(masks)
 
     for stage in common.SUMMARY_STAGES + common.FULL_STAGES:
-        value = stages[stage]
+        value = stages[stage].astype(np.float32)
         logger.info("%-18s %-22s std %.4g max|x| %.4g", stage, tuple(value.shape),
                     float(np.std(value)) if value.size else 0.0, float(np.abs(value).max()) if value.size else 0.0)
     summaries = {stage: common.summarise(stage, stages[stage]) for stage in common.SUMMARY_STAGES}
@@ -155,7 +185,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     meta = json.dumps({"torch": torch.__version__, "torchvision": torchvision.__version__,
                        "numpy": np.__version__, "script": "tools/make_torchvision_reference.py",
                        "num_proposals": int(len(stages["proposals"])),
-                       "num_detections": int(len(stages["detection_boxes"]))})
+                       "num_detections": int(len(stages["detection_boxes"])),
+                       "loader": "maskrcnn_resnet50_fpn(weights=MaskRCNN_ResNet50_FPN_Weights.COCO_V1)",
+                       "bn_eps": loader_bn_eps(model),
+                       "mask_pixels": int(masks.sum())})
     common.save_reference(args.out, summaries, full, meta)
     logger.info("wrote %s (%d bytes): %s", args.out, os.path.getsize(args.out), meta)
     if args.weights_out:

@@ -5,7 +5,8 @@
 ``convert_torchvision_maskrcnn`` apply the rename tables of ``src/checkpoint/names.py`` to a
 parameter dict and return a :class:`ConversionReport`; ``convert_foreign_checkpoint`` (detect +
 convert + log) is what ``convert_checkpoint.py`` runs. A converted file records the numerics
-preset its weights need (``NUMERICS_KEY``; see ``ConversionReport.numerics``).
+preset its weights need (``NUMERICS_KEY``; see ``ConversionReport.numerics``) and the BatchNorm
+epsilon they ran with (``BN_EPS_KEY``; ``ConversionReport.bn_eps``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 import numpy as np
 
 from src.checkpoint.io import CheckpointError, listing, shape_of, to_numpy
-from src.checkpoint.names import (BACKBONE_PREFIX, CONVERT_MODES, HEAD_PREFIXES, KIND_BACKBONE, KIND_FULL,
+from src.checkpoint.names import (BACKBONE_PREFIX, BN_EPS_FOR_SOURCE, BN_EPS_KEY, CONVERT_MODES, HEAD_PREFIXES, KIND_BACKBONE, KIND_FULL,
                                   KIND_TV_MASKRCNN, KIND_TV_RESNET50, KIND_ZOO_MASKRCNN, KIND_ZOO_RESNET50,
                                   NUMERICS_FOR_SOURCE, NUMERICS_KEY, RESNET50_SHAPES, TORCHVISION_BODY_PREFIX,
                                   TORCHVISION_CLASSIFIER_PREFIX, TORCHVISION_LEGACY_NAMES,
@@ -42,6 +43,8 @@ class ConversionReport:
         dropped_optimizer: optimizer / training-loop state (moments, learning_rate, global_step,
             BatchNorm num_batches_tracked...).
         unexpected: names with no entry in the table (not converted).
+        bn_eps: the BatchNorm epsilon the weights ran with at home (``BN_EPS_FOR_SOURCE``
+            unless the caller knows better, see ``convert_foreign_checkpoint``).
     """
 
     source: str
@@ -51,6 +54,11 @@ class ConversionReport:
     dropped_classifier: List[str] = field(default_factory=list)
     dropped_optimizer: List[str] = field(default_factory=list)
     unexpected: List[str] = field(default_factory=list)
+    bn_eps: Optional[float] = None
+
+    def __post_init__(self):
+        if self.bn_eps is None:
+            self.bn_eps = BN_EPS_FOR_SOURCE[self.kind]
 
     @property
     def numerics(self) -> str:
@@ -292,7 +300,8 @@ CONVERTERS = {
 
 
 def convert_foreign_checkpoint(params: Mapping[str, object], mode: Optional[str] = None,
-                               source: str = "parameters") -> Tuple[Dict[str, np.ndarray], ConversionReport]:
+                               source: str = "parameters", bn_eps: Optional[float] = None
+                               ) -> Tuple[Dict[str, np.ndarray], ConversionReport]:
     """Convert a model-zoo or torchvision parameter dict (what ``convert_checkpoint.py`` does).
 
     Args:
@@ -300,10 +309,14 @@ def convert_foreign_checkpoint(params: Mapping[str, object], mode: Optional[str]
         mode: a key of CONVERT_MODES ("resnet50", "maskrcnn", "torchvision_resnet50",
             "torchvision_maskrcnn") or None to detect the kind from the names.
         source: file name for messages.
+        bn_eps: the BatchNorm epsilon the weights were trained / evaluated with; None = the
+            source loader's (``BN_EPS_FOR_SOURCE``: 0 for torchvision's COCO Mask R-CNN, else
+            1e-5). Pass 1e-5 for a torchvision Mask R-CNN fine-tuned from an ImageNet backbone.
 
     Returns:
         (converted, report) of the kind's converter (``CONVERTERS``); the counts, the dropped /
-        unexpected names and the numerics preset the weights need are logged.
+        unexpected names, the numerics preset the weights need and their BatchNorm epsilon
+        are logged.
 
     Raises:
         CheckpointError: unknown mode; input not of the requested kind or of no known foreign
@@ -327,6 +340,8 @@ def convert_foreign_checkpoint(params: Mapping[str, object], mode: Optional[str]
         raise CheckpointError(f"{source}: not a torchvision resnet50 checkpoint: its names are those of "
                               f"a torchvision Mask R-CNN (use --mode torchvision_maskrcnn)")
     converted, report = CONVERTERS[kind](params, source=source)
+    if bn_eps is not None:
+        report.bn_eps = float(bn_eps)
     logger.info("%s", report.summary())
     if report.dropped_classifier:
         logger.info("dropped classifier: %s", ", ".join(report.dropped_classifier))
@@ -335,7 +350,16 @@ def convert_foreign_checkpoint(params: Mapping[str, object], mode: Optional[str]
     if report.unexpected:
         logger.warning("unexpected tensors, not converted: %s", ", ".join(report.unexpected))
     logger.info("these weights need the numerics preset '%s' (config key %s)", report.numerics, NUMERICS_KEY)
+    logger.info("BatchNorm eps of these weights: %r (config key %s; recorded in the output)%s", report.bn_eps,
+                BN_EPS_KEY, BN_EPS_NOTES.get(kind, "") if bn_eps is None else " (given)")
     return converted, report
+
+
+# Why a source's default epsilon is what it is (logged by convert_foreign_checkpoint).
+BN_EPS_NOTES = {
+    KIND_TV_MASKRCNN: (": torchvision's maskrcnn_resnet50_fpn(weights=COCO_V1) sets FrozenBatchNorm eps 0; "
+                       "for a model fine-tuned from an ImageNet backbone (eps 1e-5) convert with --bn_eps 1e-5"),
+}
 
 
 # The name convert_checkpoint.py used before torchvision files were supported.

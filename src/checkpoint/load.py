@@ -20,10 +20,11 @@ from mindspore import Parameter, Tensor, nn
 
 from src.checkpoint.convert import CONVERTERS, ConversionReport, detect_checkpoint_kind
 from src.checkpoint.io import CheckpointError, listing, read_checkpoint, read_weights, shape_of, to_numpy
-from src.checkpoint.names import (BACKBONE_PREFIX, CLASS_DEPENDENT_PREFIXES, FULL_MODEL_SOURCES,
+from src.checkpoint.names import (BACKBONE_PREFIX, BN_EPS_KEY, CLASS_DEPENDENT_PREFIXES, FULL_MODEL_SOURCES,
                                   GLOBAL_STEP_NAME, KIND_BACKBONE, KIND_FULL, LAST_CHECKPOINT_NAME,
                                   NUMERICS_KEY, RECOMPUTED_ON_RESUME, RESNET50_SHAPES, ZOO_RESNET50_TO_OURS,
                                   is_training_state)
+from src.maskrcnn.resnet50 import norm_eps
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class LoadReport:
         dropped: classifier (zoo ResNet50) and optimizer / training-loop state in the file, ignored.
         numerics: the numerics preset the weights need, when known (recorded by
             convert_checkpoint.py, or from the source of an on-the-fly conversion), else None.
+        bn_eps: the BatchNorm epsilon the weights ran with, known the same way, else None.
     """
 
     source: str
@@ -68,6 +70,7 @@ class LoadReport:
     left_at_init: List[str] = field(default_factory=list)
     dropped: List[str] = field(default_factory=list)
     numerics: Optional[str] = None
+    bn_eps: Optional[float] = None
 
     def summary(self) -> str:
         origin = f" converted from {self.converted_from}" if self.converted_from else ""
@@ -135,11 +138,13 @@ def load_pretrained(net: nn.Cell, ckpt_path: str, numerics: Optional[str] = None
     """
     raw, metadata = read_weights(ckpt_path)
     kind = detect_checkpoint_kind(raw.keys(), source=ckpt_path)
-    report = LoadReport(source=ckpt_path, kind=kind, numerics=metadata.get(NUMERICS_KEY))
+    report = LoadReport(source=ckpt_path, kind=kind, numerics=metadata.get(NUMERICS_KEY),
+                        bn_eps=_recorded_bn_eps(metadata, ckpt_path))
     if kind in CONVERTERS:
         logger.info("%s: %s names detected, converting to this model's names", ckpt_path, kind)
         arrays, report.conversion = CONVERTERS[kind](raw, source=ckpt_path)
         report.converted_from, report.numerics = kind, report.conversion.numerics
+        report.bn_eps = report.conversion.bn_eps
         report.kind = KIND_FULL if kind in FULL_MODEL_SOURCES else KIND_BACKBONE
     else:
         arrays = {n: to_numpy(n, v, ckpt_path) for n, v in raw.items() if not is_training_state(n)}
@@ -153,6 +158,7 @@ def load_pretrained(net: nn.Cell, ckpt_path: str, numerics: Optional[str] = None
     if numerics is None:  # Mask_Rcnn_Resnet50 keeps its preset (a Numerics) as .numerics
         numerics = getattr(getattr(net, NUMERICS_KEY, None), "name", None)
     _warn_numerics_mismatch(report, numerics)
+    _warn_bn_eps_mismatch(report, network_bn_eps(net))
 
     model_params = {p.name: p for p in net.get_parameters()}
     arrays = _file_to_model_names(arrays, report.kind, model_params)
@@ -200,6 +206,34 @@ def _warn_numerics_mismatch(report: LoadReport, net_numerics: Optional[str]) -> 
                    "uses '%s': their features and boxes will differ from the source; set "
                    "`%s: %s` to reproduce them", report.source, report.numerics, net_numerics,
                    NUMERICS_KEY, report.numerics)
+
+
+def _recorded_bn_eps(metadata: Mapping[str, str], source: str) -> Optional[float]:
+    """The BatchNorm epsilon a converted checkpoint records (``BN_EPS_KEY``), None if none."""
+    text = metadata.get(BN_EPS_KEY)
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: recorded {BN_EPS_KEY} {text!r} is not a number") from e
+
+
+def network_bn_eps(net: nn.Cell) -> Optional[float]:
+    """The epsilon of the network's first BatchNorm (all share it), None without BatchNorm."""
+    for _, cell in net.cells_and_names():
+        if isinstance(cell, nn.BatchNorm2d):
+            return norm_eps(cell)
+    return None
+
+
+def _warn_bn_eps_mismatch(report: LoadReport, net_eps: Optional[float]) -> None:
+    """Log a warning when the weights ran with another BatchNorm epsilon than the network's."""
+    if report.bn_eps is None or net_eps is None or report.bn_eps == net_eps:
+        return
+    logger.warning("%s: these weights ran with BatchNorm eps %r, but the network uses %r: the "
+                   "backbone's features will differ from the source; set `%s: %r` to reproduce them",
+                   report.source, report.bn_eps, net_eps, BN_EPS_KEY, report.bn_eps)
 
 
 def _load_checked(net: nn.Cell, model_params: Mapping[str, Parameter], arrays: Mapping[str, np.ndarray],

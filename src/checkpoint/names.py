@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Mapping, Tuple
 
+from src.maskrcnn.numerics import DEFAULT_BN_EPS
 from src.maskrcnn.numerics import NATIVE as NATIVE_NUMERICS
 from src.maskrcnn.numerics import TORCHVISION as TORCHVISION_NUMERICS
 from src.maskrcnn.numerics import ZOO as ZOO_NUMERICS
@@ -47,6 +48,17 @@ FULL_MODEL_SOURCES = (KIND_ZOO_MASKRCNN, KIND_TV_MASKRCNN)
 # native one, torchvision's pools with symmetric padding.
 NUMERICS_KEY = "numerics"  # string stored in converted checkpoints (mindspore append_dict)
 CONVERTED_FROM_KEY = "converted_from"  # string stored beside it: the source kind
+BN_EPS_KEY = "bn_eps"  # string stored beside it: the BatchNorm epsilon the weights ran with (repr of a float)
+# BatchNorm epsilon each source's own loader runs the weights with: 1e-5 (MindSpore's and torch's
+# default), except torchvision's COCO Mask R-CNN, whose builder (weights=COCO_V1) sets 0. A
+# torchvision Mask R-CNN fine-tuned from an ImageNet backbone keeps 1e-5: the converter's
+# --bn_eps records that.
+BN_EPS_FOR_SOURCE = {
+    KIND_ZOO_RESNET50: NATIVE_NUMERICS.bn_eps,
+    KIND_ZOO_MASKRCNN: ZOO_NUMERICS.bn_eps,
+    KIND_TV_RESNET50: DEFAULT_BN_EPS,
+    KIND_TV_MASKRCNN: TORCHVISION_NUMERICS.bn_eps,
+}
 NUMERICS_FOR_SOURCE = {
     KIND_ZOO_RESNET50: NATIVE_NUMERICS.name,
     KIND_ZOO_MASKRCNN: ZOO_NUMERICS.name,

@@ -237,12 +237,15 @@ class COCOEvaluator:
         label_to_cat_id: optional explicit label -> category id map (defaults to the
             ``cat_ids`` order).
         max_dets: detections per image COCOeval scores (``config.test_max_per_img``).
+        numerics: the numerics preset (``config.numerics``) whose mask paste and COCO box
+            width the results are written with (``src/evaluation/results.py``).
     """
 
     def __init__(self, coco_gt: COCO, cat_ids: Sequence[int], image_ids: Sequence[int],
                  mask_thr: float = 0.5, label_to_cat_id: Optional[Mapping[int, int]] = None,
-                 max_dets: int = DEFAULT_MAX_DETS):
+                 max_dets: int = DEFAULT_MAX_DETS, numerics: str = "native"):
         self.coco_gt = coco_gt
+        self.numerics = numerics
         self.max_dets = int(max_dets)
         self.cat_ids = [int(c) for c in cat_ids]
         unknown = [c for c in self.cat_ids if c not in coco_gt.cats]
@@ -295,7 +298,8 @@ class COCOEvaluator:
             info = self.coco_gt.imgs[image_id]
             self.results.extend(predictions_to_coco(
                 image_id, boxes[b], scores[b], labels[b], valid[b], masks[b], image_shapes[b],
-                int(info["height"]), int(info["width"]), self.label_to_cat_id, self.mask_thr))
+                int(info["height"]), int(info["width"]), self.label_to_cat_id, self.mask_thr,
+                numerics=self.numerics))
             self.seen_image_ids.add(image_id)
 
     def add_results(self, image_id: int, results: Iterable[Dict[str, object]]) -> None:

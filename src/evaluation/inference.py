@@ -86,7 +86,7 @@ def build_eval_split(config, data_root: Optional[str] = None, batch_size: Option
     sub = COCOSubDataset(root, is_training=False, config=config.replace(check_images=True))
     cat_ids = [sub.label_to_cat_id[label] for label in sorted(sub.label_to_cat_id)]
     evaluator = COCOEvaluator(sub.coco, cat_ids, sub.image_ids, config.mask_thr, sub.label_to_cat_id,
-                              max_dets=config.test_max_per_img)
+                              max_dets=config.test_max_per_img, numerics=config.numerics)
     dataset = create_eval_dataset(sub, batch_size or config.batch_size,
                                   num_parallel_workers or config.num_parallel_workers)
     return dataset, evaluator, sub

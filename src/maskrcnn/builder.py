@@ -17,7 +17,7 @@ from src.maskrcnn.fpn import FPN
 from src.maskrcnn.geometry import FEATURE_STRIDES, FPN_STRIDES
 from src.maskrcnn.mask_branch import MaskHead, MaskLoss
 from src.maskrcnn.mask_rcnn import Mask_Rcnn_Resnet50
-from src.maskrcnn.numerics import get_numerics
+from src.maskrcnn.numerics import backbone_bn_eps, get_numerics
 from src.maskrcnn.proposals import ProposalGenerator
 from src.maskrcnn.resnet50 import STAGE_OUT_CHANNELS, ResNet50
 from src.maskrcnn.roi_align import MultiLevelRoIAlign
@@ -51,11 +51,12 @@ def build_model(config, pretrained_backbone: bool = False, for_export: bool = Fa
     # The oneDNN 3x3 convolution (layers.conv2d) computes in float32 only.
     conv_kernels = NATIVE_KERNELS if config.compute_float16 else kernels
 
+    bn_eps = backbone_bn_eps(config)
     if pretrained_backbone:
         backbone = ResNet50(config.frozen_backbone_stages, norm="frozen", stem_pool=numerics.stem_pool,
-                            kernels=conv_kernels)
+                            kernels=conv_kernels, bn_eps=bn_eps)
     else:
-        backbone = ResNet50(0, norm="batch", stem_pool=numerics.stem_pool, kernels=conv_kernels)
+        backbone = ResNet50(0, norm="batch", stem_pool=numerics.stem_pool, kernels=conv_kernels, bn_eps=bn_eps)
     fpn = FPN(STAGE_OUT_CHANNELS, out_channels=channels, upsample=numerics.fpn_upsample, kernels=conv_kernels)
     rpn_head = RPNHead(channels, config.num_anchors_per_location, conv_kernels)
     box_head = BoxHead(channels, config.roi_box_size, config.box_head_channels, num_classes)
@@ -93,13 +94,16 @@ def build_model(config, pretrained_backbone: bool = False, for_export: bool = Fa
                                        max(input_size), box_plus_one=numerics.box_plus_one,
                                        clamp_below=numerics.clamp_log_ratio_below,
                                        clip_to_input=clip_to_input,
-                                       min_detection_size=numerics.min_detection_size)
+                                       min_detection_size=numerics.min_detection_size,
+                                       candidate_cap=numerics.candidate_cap,
+                                       return_sources=numerics.mask_box == "argmax_class")
     mask_loss = MaskLoss(config.mask_out_size, rcnn_targets.max_positives, config.mask_loss_weight,
                          rois_per_image=config.mask_rois_per_image)
 
     net = Mask_Rcnn_Resnet50(backbone, fpn, rpn_head, box_head, mask_head, anchors, rpn_targets,
                              proposals_train, proposals_test, rcnn_targets, box_roi_align, mask_roi_align,
-                             box_postprocess, mask_loss, numerics, compute_float16=config.compute_float16)
+                             box_postprocess, mask_loss, numerics, compute_float16=config.compute_float16,
+                             mask_box=numerics.mask_box)
     if config.compute_float16:
         for name in FLOAT16_CELLS:
             getattr(net, name).to_float(mstype.float16)

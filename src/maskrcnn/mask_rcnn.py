@@ -23,6 +23,7 @@ import mindspore.ops as ops
 from mindspore import Tensor
 
 from src.maskrcnn.mask_branch import mask_probabilities, rows_to_run
+from src.maskrcnn.numerics import MASK_BOXES, check_choice
 from src.maskrcnn.roi_heads import box_head_losses
 from src.maskrcnn.rpn import rpn_losses
 
@@ -42,14 +43,18 @@ class Mask_Rcnn_Resnet50(nn.Cell):  # pylint: disable=invalid-name  (the name us
         box_postprocess: ``roi_heads.BoxPostProcessor``.
         mask_loss: ``mask_branch.MaskLoss`` (also says how many RoI slots the mask head runs on).
         numerics: the ``numerics.Numerics`` preset the stages were built with (recorded only).
+        mask_box: ``"detection"`` (each detection's mask pooled on its own box) or
+            ``"argmax_class"`` (on its proposal decoded with that proposal's arg-max class: the
+            model zoo; ``box_postprocess`` must then return the sources), see :meth:`_mask_rois`.
         compute_float16: the image enters the backbone in float16 (the heads were set to float16
             by the builder); head outputs are cast back to float32.
     """
 
     def __init__(self, backbone, fpn, rpn_head, box_head, mask_head, anchors, rpn_targets,
                  proposals_train, proposals_test, rcnn_targets, box_roi_align, mask_roi_align,
-                 box_postprocess, mask_loss, numerics, compute_float16=False):
+                 box_postprocess, mask_loss, numerics, compute_float16=False, mask_box="detection"):
         super().__init__()
+        self.mask_box = check_choice("Mask_Rcnn_Resnet50", "mask_box", mask_box, MASK_BOXES)
         self.backbone = backbone
         self.fpn = fpn
         self.rpn_head = rpn_head
@@ -124,8 +129,23 @@ class Mask_Rcnn_Resnet50(nn.Cell):  # pylint: disable=invalid-name  (the name us
         pyramid, objectness, rpn_deltas = self._features(image)
         proposals, proposal_valid = self.proposals_test(objectness, rpn_deltas, self.anchors, image_shape)
         cls_logits, box_deltas = self._box_head(pyramid, proposals)
-        boxes, scores, labels, valid = self.box_postprocess(proposals, proposal_valid, cls_logits,
-                                                            box_deltas, image_shape)
+        detections = self.box_postprocess(proposals, proposal_valid, cls_logits, box_deltas, image_shape)
+        boxes, scores, labels, valid = detections[:4]
+        mask_rois = self._mask_rois(detections, proposals, cls_logits, box_deltas, image_shape)
         rows = rows_to_run(valid)  # the mask head runs on the real detections only
-        masks = mask_probabilities(self._mask_logits(pyramid, ops.stop_gradient(boxes), rows), labels, valid, rows)
+        masks = mask_probabilities(self._mask_logits(pyramid, ops.stop_gradient(mask_rois), rows), labels, valid, rows)
         return boxes, scores, labels, valid, masks
+
+    def _mask_rois(self, detections, proposals, cls_logits, box_deltas, image_shape):
+        """The boxes ``[B, K, 4]`` the detections' masks are pooled on.
+
+        ``mask_box="detection"``: the detections' own boxes. ``"argmax_class"`` (model zoo):
+        each detection's proposal decoded with the deltas of that proposal's arg-max class over
+        all classes, background included (the arg-max of the logits is the softmax's), clipped
+        like the detections; the mask channel read is still the detection's label.
+        """
+        if self.mask_box == "detection":
+            return detections[0]
+        argmax_class = ops.argmax(cls_logits, 1).astype(mstype.int32)
+        decoded = self.box_postprocess.decode_class(proposals, box_deltas, argmax_class, image_shape)
+        return ops.gather(decoded, detections[4], 1, batch_dims=1)

@@ -56,11 +56,45 @@ Every field, its values and which Cell argument it becomes:
 ``min_detection_size`` -> ``BoxPostProcessor(min_detection_size=...)`` (inference)
     Final detections with a side below this many pixels are removed before NMS (torchvision
     0.01; 0 = no filter).
+``bn_eps`` -> ``ResNet50(bn_eps=...)`` (config key ``bn_eps`` overrides it)
+    The backbone BatchNorm epsilon. 1e-5 (native, zoo; torchvision's ImageNet ``resnet50`` and
+    every torchvision model built from it). 0.0 (torchvision): ``maskrcnn_resnet50_fpn(weights=
+    COCO_V1)`` sets every FrozenBatchNorm2d eps to 0 (``overwrite_eps``), the eps its published
+    COCO figures were measured with. A torchvision Mask R-CNN fine-tuned from an ImageNet
+    backbone keeps 1e-5: ``convert_checkpoint.py --bn_eps 1e-5`` records that, and the config
+    then needs ``bn_eps: 1e-5``.
+``candidate_cap`` -> ``BoxPostProcessor(candidate_cap=...)`` (inference)
+    ``"fixed"``: at most ``roi_heads.TEST_PRE_NMS_CANDIDATES`` (proposal, class) candidates, the
+    best by score, enter the final NMS (native). ``"exact"``: as many as can exist above the
+    score threshold (``roi_heads.candidate_bound``: a softmax gives at most
+    ``floor(1 / test_score_thr)`` classes a score above it, so ``P * min(C - 1, that)`` holds every
+    one), i.e. no cap, as torchvision (every candidate above the threshold) and the zoo (NMS per
+    class over every proposal) do; still a static shape.
+``mask_box`` -> ``Mask_Rcnn_Resnet50(mask_box=...)`` (inference)
+    ``"detection"``: each detection's mask is pooled on its own final box (native, torchvision).
+    ``"argmax_class"``: on its proposal decoded with the deltas of that proposal's arg-max class
+    (background included), clipped like the detections; the channel of the detection's label is
+    read from there (zoo).
+``mask_paste`` -> ``src.evaluation.results.paste_masks(convention=...)`` (evaluation, prediction)
+    ``"native"``: the 28x28 mask stretched over the float box, sampled at the centres of the
+    pixels inside it, foreground where ``>= mask_thr``. ``"torchvision"``: its
+    ``paste_masks_in_image``: the mask padded by one zero cell, the box grown by 30/28 about its
+    centre and truncated to integers, the 30x30 mask resized (bilinear, half-pixel) to
+    ``x2 - x1 + 1`` by ``y2 - y1 + 1`` pixels from ``(x1, y1)``, foreground where ``> mask_thr``.
+    ``"zoo"``: the box truncated to integers, the 28x28 mask resized (bilinear, half-pixel, as
+    OpenCV) to ``x2 - x1 + 1`` by ``y2 - y1 + 1`` pixels from ``(x1, y1)``, foreground where
+    ``> mask_thr``.
+``box_plus_one`` also sets the COCO ``bbox`` width written by evaluation: ``x2 - x1 + 1`` (zoo)
+    or ``x2 - x1``.
+
+Final boxes are clipped as ``clip_to`` says: to the image, or under ``zoo`` to the padded input,
+which the zoo recipe makes 768x1280, the size the zoo hard-codes; the zoo recipe also keeps the
+zoo's 128 detections per image (``FineTune/zoo.yaml``).
 
 The same in all three (checked, so not switches): box-coder stds (1, 1, 1, 1) for the RPN and
 (0.1, 0.1, 0.2, 0.2) = weights (10, 10, 5, 5) for the heads; ``log(1000/16)`` as the clamp;
 RoIAlign sampling ratio 2; RPN NMS run per level, then the best proposals over all levels; P6 as
-a stride-2 subsample of P5; BatchNorm eps 1e-5; input normalisation (torchvision's 0..1 mean/std
+a stride-2 subsample of P5; input normalisation (torchvision's 0..1 mean/std
 times 255 equals this project's ``img_mean``/``img_std`` in 0..255 RGB, and the zoo uses the same
 RGB values).
 """
@@ -76,6 +110,11 @@ ANCHOR_LAYOUTS = ("centred", "legacy", "torchvision")
 ROI_ALIGN_MODES = ("aligned", "legacy")
 ROI_LEVEL_RULES = ("sqrt_area", "sqrt_area_plus_one", "torchvision")
 CLIP_TARGETS = ("image", "input")
+CANDIDATE_CAPS = ("fixed", "exact")
+MASK_BOXES = ("detection", "argmax_class")
+MASK_PASTES = ("native", "torchvision", "zoo")
+# The BatchNorm epsilon of MindSpore's and torch's BatchNorm layers (and of this project).
+DEFAULT_BN_EPS = 1e-5
 
 
 def check_choice(owner: str, name: str, value, allowed) -> str:
@@ -100,6 +139,10 @@ class Numerics:
     clip_to: str
     filter_small_proposals: bool
     min_detection_size: float
+    bn_eps: float
+    candidate_cap: str
+    mask_box: str
+    mask_paste: str
 
     def __post_init__(self):
         owner = f"numerics preset '{self.name}'"
@@ -109,6 +152,11 @@ class Numerics:
         check_choice(owner, "roi_align", self.roi_align, ROI_ALIGN_MODES)
         check_choice(owner, "roi_level", self.roi_level, ROI_LEVEL_RULES)
         check_choice(owner, "clip_to", self.clip_to, CLIP_TARGETS)
+        check_choice(owner, "candidate_cap", self.candidate_cap, CANDIDATE_CAPS)
+        check_choice(owner, "mask_box", self.mask_box, MASK_BOXES)
+        check_choice(owner, "mask_paste", self.mask_paste, MASK_PASTES)
+        if self.bn_eps < 0:
+            raise ValueError(f"{owner}: bn_eps must not be negative, got {self.bn_eps!r}")
         if self.min_detection_size < 0:
             raise ValueError(f"{owner}: min_detection_size must not be negative, "
                              f"got {self.min_detection_size!r}")
@@ -120,18 +168,24 @@ class Numerics:
 NATIVE = Numerics(name="native", fpn_upsample="nearest", stem_pool="same", anchor_layout="centred",
                   box_plus_one=False, clamp_log_ratio_below=True, roi_align="aligned",
                   roi_level="sqrt_area", clip_to="image", filter_small_proposals=True,
-                  min_detection_size=0.0)
+                  min_detection_size=0.0, bn_eps=DEFAULT_BN_EPS, candidate_cap="fixed",
+                  mask_box="detection", mask_paste="native")
 ZOO = Numerics(name="zoo", fpn_upsample="bilinear_legacy", stem_pool="same", anchor_layout="legacy",
                box_plus_one=True, clamp_log_ratio_below=True, roi_align="legacy",
                roi_level="sqrt_area_plus_one", clip_to="input", filter_small_proposals=False,
-               min_detection_size=0.0)
+               min_detection_size=0.0, bn_eps=DEFAULT_BN_EPS, candidate_cap="exact",
+               mask_box="argmax_class", mask_paste="zoo")
 # torchvision removes final detections with a side below 1e-2 pixels (box_ops.remove_small_boxes).
 TORCHVISION_MIN_DETECTION_SIZE = 1e-2
+# maskrcnn_resnet50_fpn(weights=COCO_V1) calls overwrite_eps(model, 0.0) after loading.
+TORCHVISION_COCO_BN_EPS = 0.0
 TORCHVISION = Numerics(name="torchvision", fpn_upsample="nearest", stem_pool="symmetric",
                        anchor_layout="torchvision", box_plus_one=False, clamp_log_ratio_below=False,
                        roi_align="legacy", roi_level="torchvision", clip_to="image",
                        filter_small_proposals=True,
-                       min_detection_size=TORCHVISION_MIN_DETECTION_SIZE)
+                       min_detection_size=TORCHVISION_MIN_DETECTION_SIZE,
+                       bn_eps=TORCHVISION_COCO_BN_EPS, candidate_cap="exact", mask_box="detection",
+                       mask_paste="torchvision")
 
 PRESETS: Dict[str, Numerics] = {preset.name: preset for preset in (NATIVE, ZOO, TORCHVISION)}
 PRESET_NAMES = tuple(PRESETS)
@@ -148,3 +202,10 @@ def get_numerics(name: str) -> Numerics:
         return PRESETS[name]
     except KeyError as e:
         raise ValueError(f"numerics: unknown preset {name!r}; valid presets: {PRESET_NAMES}") from e
+
+
+def backbone_bn_eps(config) -> float:
+    """The backbone BatchNorm epsilon of ``config``: ``config.bn_eps`` when set, else the preset's."""
+    if getattr(config, "bn_eps", None) is not None:
+        return float(config.bn_eps)
+    return get_numerics(config.numerics).bn_eps

@@ -14,7 +14,7 @@ import mindspore.nn as nn
 from mindspore.common.initializer import HeNormal, initializer
 
 from src.maskrcnn.layers import conv2d
-from src.maskrcnn.numerics import STEM_POOL_MODES, check_choice
+from src.maskrcnn.numerics import DEFAULT_BN_EPS, STEM_POOL_MODES, check_choice
 from src.maskrcnn.target import NATIVE_KERNELS, Kernels
 
 # Output channels of the four bottleneck stages and their block counts (ResNet50).
@@ -24,7 +24,11 @@ STAGE_STRIDES: Tuple[int, ...] = (1, 2, 2, 2)
 STEM_CHANNELS = 64
 BOTTLENECK_EXPANSION = 4
 NORM_MODES = ("batch", "frozen")
-BN_EPS = 1e-5
+BN_EPS = DEFAULT_BN_EPS  # the numerics presets' bn_eps may differ (torchvision's COCO loader: 0)
+# MindSpore's BatchNorm refuses eps 0 (it wants (0, 1]); eps 0 (torchvision's COCO weights) runs
+# as this stand-in instead: in float32, var + 1e-20 == var for every variance above ~2e-13, so
+# the result is eps 0's (a channel of variance exactly 0 gets a finite scale instead of inf).
+ZERO_EPS_STAND_IN = 1e-20
 BN_MOMENTUM = 0.9  # MindSpore convention: moving = momentum * moving + (1 - momentum) * batch
 
 
@@ -41,20 +45,27 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1
     return conv2d(in_channels, out_channels, kernel_size, weight, stride=stride, kernels=kernels)
 
 
-def _norm(channels: int, norm: str, zero_gamma: bool = False) -> nn.BatchNorm2d:
+def _norm(channels: int, norm: str, zero_gamma: bool = False, eps: float = BN_EPS) -> nn.BatchNorm2d:
     """BatchNorm2d: batch statistics in training ("batch") or always moving stats ("frozen").
 
     ``zero_gamma`` (random init only) starts the norm's scale at 0: used on the last norm of each
     residual branch so every block starts as the identity, which keeps a from-scratch ResNet50's
-    early gradients small. A frozen norm always gets its values from a checkpoint.
+    early gradients small. A frozen norm always gets its values from a checkpoint. ``eps`` is
+    the numerics preset's ``bn_eps`` (0 runs as ``ZERO_EPS_STAND_IN``).
     """
+    eps = float(eps) if eps > 0 else ZERO_EPS_STAND_IN
     if norm == "frozen":
-        bn = nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM, use_batch_statistics=False)
+        bn = nn.BatchNorm2d(channels, eps=eps, momentum=BN_MOMENTUM, use_batch_statistics=False)
         bn.gamma.requires_grad = False
         bn.beta.requires_grad = False
         return bn
-    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM,
+    return nn.BatchNorm2d(channels, eps=eps, momentum=BN_MOMENTUM,
                           gamma_init="zeros" if zero_gamma else "ones")
+
+
+def norm_eps(cell: nn.BatchNorm2d) -> float:
+    """The epsilon a BatchNorm of this module stands for (``ZERO_EPS_STAND_IN`` -> 0)."""
+    return 0.0 if cell.eps <= ZERO_EPS_STAND_IN else float(cell.eps)
 
 
 def stem_max_pool(stem_pool: str = "same", kernels: Kernels = NATIVE_KERNELS) -> nn.Cell:
@@ -88,23 +99,24 @@ class Bottleneck(nn.Cell):
         stride: spatial stride of the block (on the 3x3 conv and the projection).
         norm: "batch" or "frozen".
         kernels: the target's kernels for the 3x3 conv (``layers.conv2d``).
+        bn_eps: BatchNorm epsilon.
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, norm: str,
-                 kernels: Kernels = NATIVE_KERNELS):
+                 kernels: Kernels = NATIVE_KERNELS, bn_eps: float = BN_EPS):
         super().__init__()
         width = out_channels // BOTTLENECK_EXPANSION
         self.conv1 = _conv(in_channels, width, 1)
-        self.bn1 = _norm(width, norm)
+        self.bn1 = _norm(width, norm, eps=bn_eps)
         self.conv2 = _conv(width, width, 3, stride, kernels)
-        self.bn2 = _norm(width, norm)
+        self.bn2 = _norm(width, norm, eps=bn_eps)
         self.conv3 = _conv(width, out_channels, 1)
-        self.bn3 = _norm(out_channels, norm, zero_gamma=True)
+        self.bn3 = _norm(out_channels, norm, zero_gamma=True, eps=bn_eps)
         self.relu = nn.ReLU()
         self.has_projection = stride != 1 or in_channels != out_channels
         if self.has_projection:
             self.down_sample_layer = nn.SequentialCell(
-                [_conv(in_channels, out_channels, 1, stride), _norm(out_channels, norm)])
+                [_conv(in_channels, out_channels, 1, stride), _norm(out_channels, norm, eps=bn_eps)])
 
     def construct(self, x):
         """x [B, C_in, H, W] -> [B, C_out, H/stride, W/stride]."""
@@ -130,6 +142,7 @@ class ResNet50(nn.Cell):
             ``src/maskrcnn/numerics.py``.
         kernels: the target's kernels for the stem max-pool (:func:`stem_max_pool`) and the 3x3
             convolutions (``layers.conv2d``).
+        bn_eps: epsilon of every BatchNorm (the numerics preset's ``bn_eps``, 1e-5 by default).
 
     Inputs:
         image [B, 3, H, W] float, H and W multiples of 32.
@@ -140,7 +153,7 @@ class ResNet50(nn.Cell):
     """
 
     def __init__(self, frozen_stages: int = 0, norm: str = "batch", stem_pool: str = "same",
-                 kernels: Kernels = NATIVE_KERNELS):
+                 kernels: Kernels = NATIVE_KERNELS, bn_eps: float = BN_EPS):
         super().__init__()
         check_choice("ResNet50", "stem_pool", stem_pool, STEM_POOL_MODES)
         if norm not in NORM_MODES:
@@ -149,7 +162,7 @@ class ResNet50(nn.Cell):
             raise ValueError(f"ResNet50: frozen_stages must be in 0..{len(STAGE_BLOCKS)}, "
                              f"got {frozen_stages}")
         self.conv1 = _conv(3, STEM_CHANNELS, 7, stride=2)
-        self.bn1 = _norm(STEM_CHANNELS, norm)
+        self.bn1 = _norm(STEM_CHANNELS, norm, eps=bn_eps)
         self.relu = nn.ReLU()
         self.stem_pool = stem_pool
         self.maxpool = stem_max_pool(stem_pool, kernels)
@@ -158,7 +171,8 @@ class ResNet50(nn.Cell):
         for out_channels, blocks, stride in zip(STAGE_OUT_CHANNELS, STAGE_BLOCKS, STAGE_STRIDES):
             cells = []
             for i in range(blocks):
-                cells.append(Bottleneck(in_channels, out_channels, stride if i == 0 else 1, norm, kernels))
+                cells.append(Bottleneck(in_channels, out_channels, stride if i == 0 else 1, norm, kernels,
+                                        bn_eps))
                 in_channels = out_channels
             stages.append(nn.SequentialCell(cells))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages

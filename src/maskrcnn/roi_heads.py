@@ -23,6 +23,7 @@ from mindspore.common.initializer import HeUniform, Normal, initializer
 
 from src.maskrcnn.box_ops import box_iou, clip_boxes, decode_boxes, encode_boxes
 from src.maskrcnn.losses import smooth_l1_loss, softmax_cross_entropy_loss
+from src.maskrcnn.numerics import CANDIDATE_CAPS, check_choice
 from src.maskrcnn.sampling import check_sampling_args, crowd_hits, gather_rows, random_pick
 
 CLS_INIT_STD = 0.01
@@ -32,11 +33,35 @@ DELTA_INIT_STD = 0.001
 FC_KAIMING_SLOPE = math.sqrt(5)
 # Smooth-L1 transition point of the RoI-head deltas.
 RCNN_SMOOTH_L1_BETA = 1.0
-# Inference: (RoI, class) candidates kept by score before the per-class NMS. NMSWithMask on
-# Ascend handles at most a few thousand boxes; 1000 is plenty for test_max_per_img <= 100.
+# Inference, candidate_cap="fixed" (native): (RoI, class) candidates kept by score before the
+# per-class NMS. NMSWithMask on Ascend handles at most a few thousand boxes; 1000 is plenty for
+# test_max_per_img <= 100 on this project's data sets, but not exact (see candidate_bound).
 TEST_PRE_NMS_CANDIDATES = 1000
+# candidate_bound: a softmax's scores sum to 1 up to float32 rounding; this slack covers it.
+SOFTMAX_SUM_SLACK = 1e-3
 # Score given to a candidate that is not a detection (below threshold, padding, suppressed).
 INVALID_SCORE = -1.0
+
+
+def candidate_bound(num_proposals: int, num_classes: int, score_thr: float) -> int:
+    """How many (proposal, foreground class) pairs can score above ``score_thr`` at most.
+
+    The class scores of a proposal are one softmax: they sum to 1, so at most
+    ``floor((1 + SOFTMAX_SUM_SLACK) / score_thr)`` of them exceed the threshold (20 at 0.05).
+    A candidate list this long holds every candidate, so the final NMS sees all of them, as
+    torchvision's (and the model zoo's) does, with a static shape.
+
+    Args:
+        num_proposals: proposals per image ``P``; num_classes: ``C`` with background;
+        score_thr: class-score threshold (``config.test_score_thr``).
+
+    Returns:
+        ``P * min(C - 1, floor((1 + slack) / score_thr))`` (``P * (C - 1)`` when ``score_thr <= 0``).
+    """
+    per_proposal = int(num_classes) - 1
+    if score_thr > 0:
+        per_proposal = min(per_proposal, int(math.floor((1.0 + SOFTMAX_SUM_SLACK) / float(score_thr))))
+    return int(num_proposals) * per_proposal
 
 
 def _dense(in_channels: int, out_channels: int, weight_init) -> nn.Dense:
@@ -216,8 +241,9 @@ class BoxPostProcessor(nn.Cell):
 
     Every (proposal, foreground class) pair is a candidate: its class-specific box is decoded
     and clipped; pairs of invalid proposals, with a score ``<= score_thr`` or (when
-    ``min_detection_size > 0``) a side below it are dropped; the best
-    ``min(P * (C - 1), TEST_PRE_NMS_CANDIDATES)`` by score go through one NMS per class.
+    ``min_detection_size > 0``) a side below it are dropped; the best ``N`` by score go through
+    one NMS per class: ``N = min(P * (C - 1), TEST_PRE_NMS_CANDIDATES)`` with
+    ``candidate_cap="fixed"``, every candidate (``N = candidate_bound(...)``) with ``"exact"``.
 
     Args:
         num_classes: classes including background ``C``.
@@ -230,6 +256,8 @@ class BoxPostProcessor(nn.Cell):
         box_plus_one, clamp_below: box-coder conventions (``src/maskrcnn/numerics.py``).
         clip_to_input: ``(H, W)`` to clip boxes to the padded input, None to clip to the image.
         min_detection_size: smallest kept box side in pixels (0 = no filter).
+        candidate_cap: ``"fixed"`` or ``"exact"`` (see above; ``src/maskrcnn/numerics.py``).
+        return_sources: also return each detection's proposal index (for the zoo's mask box).
 
     Inputs:
         proposals ``[B, P, 4]`` f32, proposal_valid ``[B, P]`` bool, cls_logits ``[B*P, C]`` f32,
@@ -237,13 +265,16 @@ class BoxPostProcessor(nn.Cell):
 
     Outputs:
         boxes ``[B, K, 4]`` f32, scores ``[B, K]`` f32, labels ``[B, K]`` i32, valid ``[B, K]``
-        bool; padding rows are all zero (and not valid).
+        bool; padding rows are all zero (and not valid). With ``return_sources`` also
+        ``sources [B, K]`` i32, the proposal each detection was decoded from (0 for padding).
     """
 
     def __init__(self, num_classes, num_proposals, stds, score_thr, nms_thr, max_per_image,
                  max_coordinate, box_plus_one=False, clamp_below=None, clip_to_input=None,
-                 min_detection_size=0.0):
+                 min_detection_size=0.0, candidate_cap="fixed", return_sources=False):
         super().__init__()
+        check_choice("BoxPostProcessor", "candidate_cap", candidate_cap, CANDIDATE_CAPS)
+        self.return_sources = bool(return_sources)
         self.num_classes = int(num_classes)
         self.stds = tuple(float(s) for s in stds)
         self.score_thr = float(score_thr)
@@ -254,7 +285,10 @@ class BoxPostProcessor(nn.Cell):
         self.min_detection_size = float(min_detection_size)
         self.class_offset = float(max_coordinate + 1)
         self.half_extent = 0.5 * float(max_coordinate)
-        self.num_candidates = min(int(num_proposals) * (self.num_classes - 1), TEST_PRE_NMS_CANDIDATES)
+        if candidate_cap == "exact":
+            self.num_candidates = candidate_bound(num_proposals, self.num_classes, self.score_thr)
+        else:
+            self.num_candidates = min(int(num_proposals) * (self.num_classes - 1), TEST_PRE_NMS_CANDIDATES)
         # top-k needs at least K entries: pad with invalid candidates when there are fewer.
         self.candidate_pad = max(0, self.max_per_image - self.num_candidates)
         self.nms = ops.NMSWithMask(float(nms_thr))
@@ -292,15 +326,21 @@ class BoxPostProcessor(nn.Cell):
             top_scores = ops.concat((top_scores, pad_scores), 1)
             top_boxes = ops.concat((top_boxes, ops.zeros((batch, pad, 4), ms.float32)), 1)
             top_labels = ops.concat((top_labels, ops.zeros((batch, pad), ms.int32)), 1)
+            top_index = ops.concat((top_index, ops.zeros((batch, pad), ms.int32)), 1)
 
         out_boxes = ()
         out_scores = ()
         out_labels = ()
+        out_sources = ()
         for b in range(batch):
-            kept_boxes, kept_scores, kept_labels = self.class_nms(top_boxes[b], top_scores[b], top_labels[b])
+            kept_boxes, kept_scores, kept_labels, kept_rows = self.class_nms(top_boxes[b], top_scores[b],
+                                                                             top_labels[b])
             out_boxes += (kept_boxes,)
             out_scores += (kept_scores,)
             out_labels += (kept_labels,)
+            if self.return_sources:
+                # candidate row -> (proposal, class) pair -> proposal
+                out_sources += (ops.gather(top_index[b], kept_rows, 0) // fg,)
         det_boxes = ops.stack(out_boxes)
         det_scores = ops.stack(out_scores)
         det_labels = ops.stack(out_labels)
@@ -309,7 +349,26 @@ class BoxPostProcessor(nn.Cell):
         det_scores = ops.where(valid, det_scores, ops.zeros_like(det_scores))
         det_boxes = det_boxes * ops.expand_dims(valid.astype(ms.float32), -1)
         det_labels = ops.where(valid, det_labels, ops.zeros_like(det_labels))
+        if self.return_sources:
+            sources = ops.where(valid, ops.stack(out_sources), ops.zeros_like(det_labels))
+            return det_boxes, det_scores, det_labels, valid, sources
         return det_boxes, det_scores, det_labels, valid
+
+    def decode_class(self, proposals, box_deltas, class_index, image_shape):
+        """Each proposal decoded (and clipped) like the detections, with the deltas of class
+        ``class_index``.
+
+        Args:
+            proposals ``[B, P, 4]``; box_deltas ``[B*P, C, 4]``; class_index ``[B*P]`` int32;
+            image_shape ``[B, 4]``.
+
+        Returns:
+            ``[B, P, 4]`` f32 boxes.
+        """
+        onehot = ops.one_hot(class_index, self.num_classes, Tensor(1.0, ms.float32), Tensor(0.0, ms.float32))
+        deltas = (box_deltas * ops.expand_dims(onehot, -1)).sum(axis=1).reshape(proposals.shape)
+        boxes = decode_boxes(proposals, deltas, self.stds, plus_one=self.box_plus_one, clamp_below=self.clamp_below)
+        return clip_boxes(boxes, image_shape, self.clip_to_input)
 
     def class_nms(self, boxes, scores, labels):
         """Per-class NMS of one image's candidates, sorted by score (descending).
@@ -320,19 +379,27 @@ class BoxPostProcessor(nn.Cell):
 
         Returns:
             The best ``max_per_image`` kept detections: boxes [K, 4], scores [K]
-            (INVALID_SCORE for padding), labels [K] int32.
+            (INVALID_SCORE for padding), labels [K] int32, and (with ``return_sources``, else
+            None) the candidate row [K] int32 each came from.
         """
         # Shift every class into its own region so one NMS never suppresses across classes;
         # NMSWithMask returns its (sorted) input boxes, the shift also carries the label
         # through the sort, recovered below (exact: |x1 - half_extent| < offset / 2).
         shift = ops.expand_dims(labels.astype(ms.float32) * self.class_offset, -1)
         packed = ops.concat((boxes + shift, ops.expand_dims(scores, -1)), axis=-1)
-        nms_boxes, _, keep = self.nms(packed)
-        nms_scores = nms_boxes[:, 4]
-        nms_labels = ops.round((nms_boxes[:, 0] - self.half_extent) / self.class_offset)
-        nms_boxes = nms_boxes[:, :4] - ops.expand_dims(nms_labels * self.class_offset, -1)
+        sorted_packed, _, keep = self.nms(packed)
+        nms_scores = sorted_packed[:, 4]
+        nms_labels = ops.round((sorted_packed[:, 0] - self.half_extent) / self.class_offset)
+        nms_boxes = sorted_packed[:, :4] - ops.expand_dims(nms_labels * self.class_offset, -1)
         nms_scores = ops.where(keep, nms_scores, ops.full_like(nms_scores, INVALID_SCORE))
         top_scores, top_index = ops.topk(nms_scores, self.max_per_image)
         top_boxes = ops.gather(nms_boxes, top_index, 0)
         top_labels = ops.gather(nms_labels, top_index, 0).astype(ms.int32)
-        return top_boxes, top_scores, top_labels
+        rows = None
+        if self.return_sources:
+            # NMSWithMask returns its input sorted, with no index into it: find each kept
+            # detection's candidate row as the first row with the same shifted box and score.
+            kept = ops.gather(sorted_packed, top_index, 0)  # [K, 5]
+            same = ops.equal(ops.expand_dims(packed, 0), ops.expand_dims(kept, 1)).all(axis=-1)  # [K, N]
+            rows = ops.argmax(same.astype(ms.float32), dim=1).astype(ms.int32)
+        return top_boxes, top_scores, top_labels, rows

@@ -7,7 +7,7 @@ import math
 import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import Tensor, ops
+from mindspore import Tensor, nn, ops
 
 from src.config import ConfigError, load_config
 from src.maskrcnn.anchors import generate_anchors
@@ -16,7 +16,8 @@ from src.maskrcnn.box_ops import (DEFAULT_MAX_LOG_RATIO, clip_boxes, decode_boxe
 from src.maskrcnn.fpn import FPN
 from src.maskrcnn.numerics import PRESET_NAMES, PRESETS, get_numerics
 from src.maskrcnn.proposals import ProposalGenerator
-from src.maskrcnn.resnet50 import stem_max_pool
+from src.maskrcnn.resnet50 import ZERO_EPS_STAND_IN, stem_max_pool
+from src.maskrcnn.roi_heads import TEST_PRE_NMS_CANDIDATES, BoxPostProcessor, candidate_bound
 from src.maskrcnn.roi_align import MultiLevelRoIAlign, roi_levels
 from src.maskrcnn.target import CPU_KERNELS
 
@@ -42,6 +43,10 @@ def test_preset_table_is_the_documented_one():
     assert (native.box_plus_one, zoo.box_plus_one, tv.box_plus_one) == (False, True, False)
     assert (native.clip_to, zoo.clip_to, tv.clip_to) == ("image", "input", "image")
     assert (native.min_detection_size, zoo.min_detection_size, tv.min_detection_size) == (0.0, 0.0, 0.01)
+    assert (native.bn_eps, zoo.bn_eps, tv.bn_eps) == (1e-5, 1e-5, 0.0)
+    assert (native.candidate_cap, zoo.candidate_cap, tv.candidate_cap) == ("fixed", "exact", "exact")
+    assert (native.mask_box, zoo.mask_box, tv.mask_box) == ("detection", "argmax_class", "detection")
+    assert (native.mask_paste, zoo.mask_paste, tv.mask_paste) == ("native", "zoo", "torchvision")
 
 
 def test_config_key_default_recipes_and_bad_value():
@@ -409,6 +414,280 @@ def test_model_passes_the_preset_to_every_stage(preset):
     post = net.box_postprocess
     assert (post.box_plus_one, post.clamp_below, post.clip_to_input, post.min_detection_size) == \
         (n.box_plus_one, n.clamp_log_ratio_below, clip, n.min_detection_size)
+    assert post.num_candidates == (candidate_bound(cfg.rpn_post_nms_top_k_test, cfg.num_classes, cfg.test_score_thr)
+                                   if n.candidate_cap == "exact" else
+                                   min(TEST_PRE_NMS_CANDIDATES, cfg.rpn_post_nms_top_k_test * (cfg.num_classes - 1)))
+    assert net.mask_box == n.mask_box and post.return_sources == (n.mask_box == "argmax_class")
+    assert {cell.eps for _, cell in net.cells_and_names() if isinstance(cell, nn.BatchNorm2d)} == \
+        {n.bn_eps if n.bn_eps > 0 else ZERO_EPS_STAND_IN}
     expected = generate_anchors(cfg.feature_shapes, FPN_STRIDES, cfg.anchor_scales, cfg.anchor_ratios,
                                 layout=n.anchor_layout, input_size=(64, 96))
     np.testing.assert_array_equal(net.anchors.asnumpy(), expected)
+
+
+# ---- BatchNorm epsilon ---------------------------------------------------------------------
+
+def test_bn_eps_zero_normalises_without_epsilon_and_config_overrides_it():
+    """eps 0 (torchvision's COCO loader) divides by sqrt(var) exactly, even for var = 1e-5, where
+    eps 1e-5 would scale by 1/sqrt(2); ``bn_eps`` in the config overrides the preset."""
+    from src.maskrcnn.numerics import backbone_bn_eps
+    from src.maskrcnn.resnet50 import _norm, norm_eps
+
+    assert backbone_bn_eps(load_config("FineTune/torchvision.yaml")) == 0.0
+    assert backbone_bn_eps(load_config("FineTune/torchvision.yaml", {"bn_eps": 1e-5})) == 1e-5
+    assert backbone_bn_eps(load_config()) == 1e-5
+    var = np.array([1e-5, 0.3], np.float32)
+    x = np.random.default_rng(0).normal(size=(1, 2, 3, 3)).astype(np.float32)
+    for eps in (0.0, 1e-5):
+        for mode in ("frozen", "batch"):
+            bn = _norm(2, mode, eps=eps)
+            bn.moving_variance.set_data(Tensor(var))
+            bn.set_train(False)
+            assert norm_eps(bn) == eps
+            expected = x / np.sqrt(var.astype(np.float64) + eps).reshape(1, 2, 1, 1)
+            np.testing.assert_allclose(bn(Tensor(x)).asnumpy(), expected, rtol=1e-5)
+    with pytest.raises(ConfigError, match="'bn_eps' = -0.1 must be null or in"):
+        load_config(overrides={"bn_eps": -0.1})
+
+
+# ---- the final NMS sees every candidate ----------------------------------------------------
+
+def _np_torchvision_postprocess(boxes, scores, score_thr, nms_thr, max_per_image):
+    """torchvision's RoIHeads.postprocess_detections on decoded boxes [P, C-1, 4] and scores
+    [P, C-1]: every (proposal, class) above the threshold, NMS per class, the best K kept."""
+    keep = []
+    for c in range(scores.shape[1]):
+        idx = np.where(scores[:, c] > score_thr)[0]
+        idx = idx[np.argsort(-scores[idx, c], kind="stable")]
+        kept = []
+        for i in idx:
+            b = boxes[i, c]
+            ok = True
+            for j in kept:
+                o = boxes[j, c]
+                inter = max(0, min(b[2], o[2]) - max(b[0], o[0])) * max(0, min(b[3], o[3]) - max(b[1], o[1]))
+                union = (b[2] - b[0]) * (b[3] - b[1]) + (o[2] - o[0]) * (o[3] - o[1]) - inter
+                if inter / union > nms_thr:
+                    ok = False
+                    break
+            if ok:
+                kept.append(i)
+        keep += [(scores[i, c], c + 1, i) for i in kept]
+    keep.sort(key=lambda t: -t[0])
+    return keep[:max_per_image]
+
+
+def test_candidate_bound_holds_every_candidate():
+    # At most floor(1 / 0.05) = 20 softmax scores can exceed 0.05.
+    assert candidate_bound(1000, 91, 0.05) == 20000
+    assert candidate_bound(1000, 5, 0.05) == 4000 and candidate_bound(10, 5, 0.0) == 40
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0.0, 0.01, (20000, 91))  # nearly uniform: as many above 1/91 as can be
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    for thr in (0.05, 0.011, 0.3):
+        counts = (probs[:, 1:] > thr).sum(1)
+        assert counts.max() <= candidate_bound(1, 91, thr)
+
+
+def test_exact_cap_keeps_detections_a_fixed_cap_loses():
+    """1200 overlapping candidates of 4 classes outscore 20 separate boxes: a 1000-candidate cap
+    leaves 4 detections (one per class after NMS), torchvision keeps all 24; so does 'exact'."""
+    num_classes, fg = 5, 4
+    cluster = np.tile([[10.0, 10.0, 60.0, 60.0]], (300, 1)) + np.linspace(0, 1, 300)[:, None]
+    separate = np.array([[100.0 + 30 * (i % 10), 100.0 + 60 * (i // 10), 120.0 + 30 * (i % 10),
+                          140.0 + 60 * (i // 10)] for i in range(5)])
+    proposals = np.concatenate([cluster, separate]).astype(np.float32)  # P = 305
+    num = len(proposals)
+    logits = np.full((num, num_classes), 0.0, np.float32)
+    logits[:300, 1:] = 3.0 + np.linspace(0, 0.5, 300)[:, None] + np.arange(fg) * 0.01  # >= 0.247 each
+    # ~0.2 each, below every cluster candidate; no two scores tied
+    logits[300:] = 2.0 + np.arange(num_classes) * 0.01
+    logits[300:, 1:] += np.arange(5)[:, None] * 0.003
+    deltas = np.zeros((num, num_classes, 4), np.float32)
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    expected = _np_torchvision_postprocess(np.repeat(proposals[:, None], fg, 1), probs[:, 1:], 0.05, 0.5, 50)
+    assert len(expected) == 4 + 5 * fg
+    image_shape = Tensor(np.array([[512.0, 512.0, 1.0, 1.0]], np.float32))
+    for cap, count in (("fixed", 4), ("exact", len(expected))):
+        post = BoxPostProcessor(num_classes, num, (0.1, 0.1, 0.2, 0.2), 0.05, 0.5, 50, 512, clamp_below=False,
+                                candidate_cap=cap)
+        boxes, scores, labels, valid = (o.asnumpy()[0] for o in post(
+            Tensor(proposals[None]), Tensor(np.ones((1, num), bool)), Tensor(logits), Tensor(deltas), image_shape))
+        assert int(valid.sum()) == count, cap
+    np.testing.assert_allclose(scores[valid], [t[0] for t in expected], rtol=1e-5)
+    np.testing.assert_array_equal(labels[valid], [t[1] for t in expected])
+    np.testing.assert_allclose(boxes[valid], proposals[[t[2] for t in expected]], atol=1e-3)
+
+
+# ---- the zoo's mask box --------------------------------------------------------------------
+
+def test_zoo_pools_each_mask_on_its_proposals_argmax_class_box():
+    """Under 'zoo' a detection's mask is pooled on its proposal decoded with that proposal's
+    arg-max class over all classes (background included), clipped to the input; under the
+    others on the detection's own box (``_mask_rois``: the boxes ``_detect`` hands the mask
+    RoIAlign)."""
+    from src.maskrcnn.builder import build_model
+
+    rng = np.random.default_rng(3)
+    num_props, num_classes = 12, 4
+    proposals = np.sort(rng.uniform(0, 60, (num_props, 2, 2)), axis=1).reshape(num_props, 4)  # x1 y1 x2 y2
+    logits = rng.normal(0, 2.0, (num_props, num_classes)).astype(np.float32)
+    logits[:4, 0] += 5.0  # some proposals whose arg-max class is the background
+    deltas = rng.normal(0, 1.0, (num_props, num_classes, 4)).astype(np.float32)
+    image_shape = np.array([[64.0, 96.0, 1.0, 1.0]], np.float32)
+    for preset in ("zoo", "native"):
+        cfg = load_config(overrides={"numerics": preset, "img_height": 64, "img_width": 96,
+                                     "coco_classes": ["background", "a", "b", "c"], "test_score_thr": 0.01,
+                                     "rpn_post_nms_top_k_test": num_props})
+        net = build_model(cfg)
+        n = get_numerics(preset)
+        detections = net.box_postprocess(Tensor(proposals[None].astype(np.float32)), Tensor(np.ones((1, num_props), bool)),
+                                          Tensor(logits), Tensor(deltas), Tensor(image_shape))
+        rois = net._mask_rois(detections, Tensor(proposals[None].astype(np.float32)), Tensor(logits),
+                              Tensor(deltas), Tensor(image_shape)).asnumpy()[0]
+        boxes, _, labels, valid = (d.asnumpy()[0] for d in detections[:4])
+        assert valid.sum() >= 8
+        if preset == "native":
+            np.testing.assert_array_equal(rois, boxes)
+            continue
+        sources = detections[4].asnumpy()[0]
+        stds = (0.1, 0.1, 0.2, 0.2)
+        for k in np.where(valid)[0]:
+            p = sources[k]
+            own = _np_decode(proposals[p][None], deltas[p, labels[k]][None], stds, True, True)[0]
+            np.testing.assert_allclose(boxes[k], np.clip(own, 0, [96, 64, 96, 64]), atol=1e-3)  # the right proposal
+            argmax_box = _np_decode(proposals[p][None], deltas[p, np.argmax(logits[p])][None], stds, n.box_plus_one,
+                                    True)[0]
+            np.testing.assert_allclose(rois[k], np.clip(argmax_box, 0, [96, 64, 96, 64]), atol=1e-3)
+        assert (np.argmax(logits[sources[valid]], 1) != labels[valid]).any()  # the boxes differ somewhere
+
+
+# ---- mask paste ----------------------------------------------------------------------------
+
+def test_mask_paste_conventions_on_a_box_of_ones():
+    """A 10x10 box of ones: 100 pixels natively, 121 under torchvision (the box grown by 30/28
+    and truncated to [0, 10], x2 - x1 + 1 = 11 pixels per side), 121 under the zoo (11 x 11 at
+    the truncated corner); every pasted pixel is where the convention says."""
+    from src.evaluation.results import paste_masks
+
+    ones = np.ones((1, 28, 28), np.float32)
+    box = np.array([[0.0, 0.0, 10.0, 10.0]], np.float32)
+    pasted = {c: paste_masks(ones, box, 40, 50, 0.5, convention=c)[0] for c in ("native", "torchvision", "zoo")}
+    assert pasted["native"].sum() == 100 and pasted["native"][:10, :10].all()
+    assert pasted["torchvision"].sum() == 121 and pasted["torchvision"][:11, :11].all()
+    assert pasted["zoo"].sum() == 121 and pasted["zoo"][:11, :11].all()
+    # A box away from the origin: torchvision's centre 17.5, half-width 5 * 30 / 28 -> [12, 22].
+    shifted = paste_masks(ones, box + 12.5, 40, 50, 0.5, convention="torchvision")[0]
+    cols = np.where(shifted.any(0))[0]
+    assert (cols.min(), cols.max()) == (int(17.5 - 5 * 30 / 28), int(17.5 + 5 * 30 / 28))
+
+
+def test_zoo_paste_is_opencv_resize_of_the_truncated_box():
+    """The zoo's paste: int(box), w = x2 - x1 + 1 cut at the image, cv2.resize (INTER_LINEAR) of
+    the 28x28 mask, foreground above the threshold."""
+    import cv2
+
+    from src.evaluation.results import paste_masks
+
+    rng = np.random.default_rng(5)
+    masks = rng.uniform(0, 1, (3, 28, 28)).astype(np.float32)
+    boxes = np.array([[2.7, 3.2, 30.9, 17.99], [40.2, 20.0, 63.5, 39.9], [0.0, 0.0, 5.0, 70.0]], np.float32)
+    height, width = 40, 60
+    pasted = paste_masks(masks, boxes, height, width, 0.5, convention="zoo")
+    for k in range(3):
+        x1, y1, x2, y2 = boxes[k].astype(np.int32)
+        w = max(min(max(x2 - x1 + 1, 1), width - x1), 1)
+        h = max(min(max(y2 - y1 + 1, 1), height - y1), 1)
+        expected = np.zeros((height, width), np.uint8)
+        expected[y1:y1 + h, x1:x1 + w] = cv2.resize(masks[k], (w, h), interpolation=cv2.INTER_LINEAR) > 0.5
+        assert (pasted[k] != expected).sum() <= 2  # OpenCV's fixed-point weights at exact ties
+
+
+def test_coco_box_width_follows_the_preset():
+    from src.evaluation.results import predictions_to_coco
+
+    masks = np.ones((1, 28, 28), np.float32)
+    shape = [40.0, 50.0, 1.0, 1.0]
+    args = (np.array([[1.0, 2.0, 11.0, 7.0]]), np.array([0.9]), np.array([1]), np.array([True]), masks, shape, 40, 50,
+            {1: 7}, 0.5)
+    assert predictions_to_coco(3, *args)[0]["bbox"] == [1.0, 2.0, 10.0, 5.0]
+    assert predictions_to_coco(3, *args, numerics="zoo")[0]["bbox"] == [1.0, 2.0, 11.0, 6.0]
+
+
+# ---- MindSpore's ROIAlign skips RoIs at x = 0 ----------------------------------------------
+
+class _RecordingPool(nn.Cell):
+    """Stands in for the pooling op: records the canvas RoIs it is handed (PyNative)."""
+
+    def __init__(self, pool):
+        super().__init__()
+        self.pool = pool
+        self.rois = []
+
+    def construct(self, canvas, rois):
+        self.rois.append(rois.asnumpy())
+        return self.pool(canvas, rois)
+
+
+@pytest.mark.parametrize("alignment", ["aligned", "legacy"])
+def test_no_roi_near_x_zero_reaches_the_native_roi_align(alignment):
+    """MindSpore's ROIAlign kernel (CPU and GPU source) skips a RoI with |x1| < 0.001 and
+    |x2| < 0.001 and leaves its output unwritten. The multi-level RoIAlign maps RoIs into a canvas
+    where every level's cell 0 starts at column >= 1, so x1 >= 0.5 (aligned) or >= 1 (legacy)
+    whatever the box: padding rows of zeros, boxes at x = 0 of zero or tiny width, negative ones,
+    on every level (a 400x250 box goes to P5, the coarsest block, at the canvas's left edge)."""
+    from src.maskrcnn.target import NATIVE_KERNELS
+
+    rng = np.random.default_rng(2)
+    features = tuple(Tensor(rng.normal(size=(1, 2, 64 // s, 96 // s)).astype(np.float32)) for s in (4, 8, 16, 32))
+    rois = np.array([[0, 0, 0, 0], [0, 0, 0.0005, 30], [-5, -5, 0, 0], [0, 10, 0.0009, 500],
+                     [0, 0, 400, 250], [0, 0, 1e-4, 1e-4], [0.0004, 3, 0.0008, 9]], np.float32)
+    for level_rule in ("sqrt_area", "sqrt_area_plus_one", "torchvision"):
+        align = MultiLevelRoIAlign(7, 2, alignment=alignment, level_rule=level_rule, kernels=NATIVE_KERNELS)
+        align.pool = _RecordingPool(align.pool)
+        out = align(features, Tensor(rois[None])).asnumpy()
+        canvas_rois = align.pool.rois[-1]
+        x1, x2 = canvas_rois[:, 1], canvas_rois[:, 3] + 1.0  # roi_end_mode=1 is handed end - 1
+        skipped = (np.abs(canvas_rois[:, 1]) < 1e-3) & (np.abs(canvas_rois[:, 3]) < 1e-3)
+        assert not skipped.any() and x1.min() >= 0.5 and (x2 >= x1).all()
+        assert np.isfinite(out).all()
+
+
+# ---- each recipe's evaluation protocol -----------------------------------------------------
+
+@pytest.mark.parametrize("recipe", ["torchvision", "zoo"])
+def test_recipe_evaluation_protocol_canvas_and_resize_rule(recipe):
+    """torchvision: shorter side 800, longer at most 1333 (scale min(800 / short, 1333 / long)),
+    in a 1344x1344 input that holds either orientation, counts 1000 / 1000 / 100. Zoo: fit into
+    its 768x1280 input (scale min(768 / h, 1280 / w)), counts 1000 / 1000 / 128."""
+    from src.transforms import preprocess_eval
+
+    cfg = load_config(f"FineTune/{recipe}.yaml")
+    counts = (cfg.rpn_pre_nms_top_k_test, cfg.rpn_post_nms_top_k_test, cfg.test_max_per_img)
+    if recipe == "torchvision":
+        assert (cfg.img_height, cfg.img_width, counts) == (1344, 1344, (1000, 1000, 100))
+    else:
+        assert (cfg.img_height, cfg.img_width, counts) == (768, 1280, (1000, 1000, 128))
+    assert cfg.test_score_thr == 0.05 and cfg.test_nms_thr == 0.5 and cfg.rpn_nms_thr == 0.7
+    np.testing.assert_allclose(cfg.img_mean, np.array([0.485, 0.456, 0.406]) * 255)
+    np.testing.assert_allclose(cfg.img_std, np.array([0.229, 0.224, 0.225]) * 255)
+    for height, width in ((480, 640), (640, 480), (300, 1200), (1200, 300), (500, 500)):
+        if recipe == "torchvision":
+            scale = min(800 / min(height, width), 1333 / max(height, width))
+        else:
+            scale = min(768 / height, 1280 / width)
+        image, shape = preprocess_eval(np.zeros((height, width, 3), np.uint8), cfg.img_height, cfg.img_width,
+                                       cfg.img_mean, cfg.img_std, cfg.keep_ratio, cfg.resize_to)
+        assert image.shape == (3, cfg.img_height, cfg.img_width)
+        np.testing.assert_allclose(shape[2:], [scale, scale], rtol=2e-3)  # after rounding to whole pixels
+        assert tuple(shape[:2]) == (round(height * scale), round(width * scale))
+
+
+def test_resize_to_needs_an_input_that_holds_both_orientations():
+    with pytest.raises(ConfigError, match=r"'resize_to' = \[800, 1333\] does not fit the input 1344x1280 in both "
+                                          r"orientations \(img_height and img_width must be >= 1333\)"):
+        load_config("FineTune/torchvision.yaml", {"img_width": 1280})
+    with pytest.raises(ConfigError, match=r"'resize_to' = \[1333, 800\] must be \[\] or \[short, long\]"):
+        load_config("FineTune/torchvision.yaml", {"resize_to": [1333, 800]})
+    with pytest.raises(ConfigError, match="'resize_to' = \\[800, 1333\\] needs keep_ratio: true"):
+        load_config("FineTune/torchvision.yaml", {"keep_ratio": False})
