@@ -194,7 +194,7 @@ def _breakdown_table_html(iou_type: str, breakdown: Mapping[str, object]) -> str
     kinds = ("ap50",) + ea.ERROR_KINDS
     head = "".join(f"<th>{'AP50' if k == 'ap50' else 'lost: ' + k}</th>" for k in kinds)
     counts_head = "<th>found</th><th>mislocalised</th><th>confused</th><th>on background</th><th>missed</th>"
-    rows = [f'<tr class="all"><td>all classes</td>'
+    rows = ['<tr class="all"><td>all classes</td>'
             + "".join(_cell(f"{iou_type}/all/{k}", breakdown["all"][k]) for k in kinds) + "<td colspan=5></td></tr>"]
     for name, errors in breakdown["per_class"].items():
         values = dict(errors["lost"], ap50=errors["ap50"])
