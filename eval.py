@@ -7,7 +7,8 @@
 Writes ``OUT/detections_<split>.json`` (COCO results: bbox [x, y, w, h] in original pixels, score,
 category_id of the annotation file, RLE segmentation) and ``OUT/metrics.json``, and prints the
 12-line COCO summaries for bbox and segm plus a per-class AP table.
-Exit codes: 0 done, 2 bad input (checkpoint that does not fit the config, bad data, bad option).
+Exit codes: 0 done, 2 bad input (checkpoint that does not fit the config, bad data, bad option),
+3 environment or I/O error (a full disk, an unwritable folder).
 """
 
 import argparse
@@ -18,7 +19,7 @@ import sys
 import tempfile
 from typing import Optional, Sequence
 
-from src.cli import (add_inference_weights_arguments, bad_input_errors, inference_network, missing_weights_message,
+from src.cli import (add_inference_weights_arguments, cli_errors, inference_network, missing_weights_message, report_error,
                      with_device_override)
 from src.config import add_config_arguments, config_from_cli, resolve_path
 from src.engine.runtime import EXIT_BAD_INPUT, EXIT_OK
@@ -128,9 +129,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with compile_cache(cached_config, "eval", entry_file=__file__):
             run_eval(config, args.ckpt, args.data_path, args.ann_file, out_dir, progress=not args.no_progress,
                      report_dir=args.report, mindir=args.mindir)
-    except bad_input_errors(FileNotFoundError) as e:
-        logger.error("%s", e)
-        return EXIT_BAD_INPUT
+    except cli_errors(FileNotFoundError) as e:
+        return report_error(logger, e)
     return EXIT_OK
 
 

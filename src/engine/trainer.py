@@ -25,18 +25,24 @@ logger = logging.getLogger("train")
 
 
 def write_run_config(config: Config, run_dir: str) -> None:
-    """The resolved config as ``run_dir/config.yaml`` (the folder is created).
+    """The resolved config as ``run_dir/config.yaml`` (the folder is created), written whole or
+    not at all (a temporary file renamed over it).
 
     Raises:
         EnvironmentFailure: the file cannot be written (a full disk); the message names it.
     """
     path = os.path.join(run_dir, "config.yaml")
+    partial = f"{path}.{os.getpid()}.partial"
     try:
         os.makedirs(run_dir, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as handle:
+        with open(partial, "w", encoding="utf-8") as handle:
             yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
+        os.replace(partial, path)
     except OSError as e:
         raise EnvironmentFailure(f"{path}: cannot write the run's config: {e.strerror or e}") from e
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
 
 
 def start_run_folder(config: Config, run_dir: str, resume_step: Optional[int]) -> None:
