@@ -17,10 +17,6 @@ from conftest import REPO_ROOT
 from src.engine.runtime import EXIT_BAD_INPUT
 
 
-def _error_lines(text):
-    return [line for line in text.splitlines() if " ERROR " in line]
-
-
 def _usage_error(main, argv, capsys):
     """Run a CLI whose config is refused by argparse; returns its one 'error:' line."""
     with pytest.raises(SystemExit) as exit_info:

@@ -16,6 +16,7 @@ import pytest
 
 import train
 from conftest import REPO_ROOT
+from helpers import error_lines
 from src.checkpoint.io import save_checkpoint_atomic
 from src.engine.callbacks import CheckpointCallback, LossCallBack
 from src.engine.run_folder import LOCK_NAME, RunFolderError, RunLock
@@ -27,10 +28,6 @@ HOLD_LOCK = ("import sys, time; sys.path.insert(0, sys.argv[1]); from src.engine
 
 def _digests(folder):
     return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in sorted(os.listdir(folder))}
-
-
-def _error_lines(text):
-    return [line for line in text.splitlines() if " ERROR " in line]
 
 
 @pytest.fixture
@@ -65,7 +62,7 @@ def test_a_new_run_in_a_used_folder_is_refused_and_changes_nothing(used_run_dir,
     before = _digests(used_run_dir)
     code = train.main(["--run_dir", str(used_run_dir)])
     assert code == EXIT_BAD_INPUT
-    errors = _error_lines(capsys.readouterr().err)
+    errors = error_lines(capsys.readouterr().err)
     last = used_run_dir / "last.ckpt"
     assert len(errors) == 1 and errors[0].endswith(
         f"{used_run_dir}: holds the files of an earlier run (config.yaml, last.ckpt, losses.csv, train.log); "
@@ -82,7 +79,7 @@ def test_a_refused_resume_leaves_the_run_folder_unchanged(used_run_dir, capsys):
     before = _digests(used_run_dir)
     code = train.main(["--run_dir", str(used_run_dir), "--resume", str(last), "--base_lr", "0.5"])
     assert code == EXIT_BAD_INPUT
-    errors = _error_lines(capsys.readouterr().err)
+    errors = error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and errors[0].endswith(
         "the file was damaged after it was written; use another checkpoint") and str(last) in errors[0], errors
     assert _digests(used_run_dir) == before  # config.yaml still holds the earlier run's base_lr
@@ -93,7 +90,7 @@ def test_a_second_run_while_one_runs_gets_one_line_naming_the_process(lock_holde
     before = _digests(folder)
     code = train.main(["--run_dir", str(folder)])
     assert code == EXIT_BAD_INPUT
-    errors = _error_lines(capsys.readouterr().err)
+    errors = error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and errors[0].endswith(
         f"{folder}: another train.py (process {process.pid}) is running in this folder; wait for it to end, or "
         f"choose another --run_dir"), errors
@@ -175,7 +172,7 @@ def test_a_full_disk_while_writing_config_yaml_is_an_environment_error(tmp_path,
     code = train.main(["--coco_root", str(tmp_path / "data"), "--run_dir", str(run_dir), "--img_height", "64",
                        "--img_width", "64", "--batch_size", "1", "--fpn_channels", "32", "--num_parallel_workers", "1"])
     assert code == EXIT_ENVIRONMENT
-    errors = _error_lines(capsys.readouterr().err)
+    errors = error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and errors[0].endswith(
         f"{run_dir / 'config.yaml'}: cannot write the run's config: No space left on device"), errors
     assert not run_dir.exists()  # nothing half-written left, not even the folder
