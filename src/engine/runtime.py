@@ -48,17 +48,22 @@ def setup_logging(log_file: Optional[str] = None, level: int = logging.INFO, hol
     logging.basicConfig(level=level, format=LOG_FORMAT, handlers=handlers, force=True)
 
 
-def add_log_file(log_file: str) -> None:
+def add_log_file(log_file: Optional[str]) -> None:
     """Log to ``log_file`` (appended) from now on, after the records held since
-    ``setup_logging(hold_for_file=True)``."""
+    ``setup_logging(hold_for_file=True)``; None drops the held records (a process that writes
+    no log file, e.g. a data-parallel rank other than 0)."""
     root = logging.getLogger()
-    file_handler = logging.FileHandler(log_file, encoding="utf-8")
-    file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    file_handler = None
+    if log_file is not None:
+        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
     for held in [h for h in root.handlers if isinstance(h, logging.handlers.MemoryHandler)]:
         held.setTarget(file_handler)
         held.flush()
         root.removeHandler(held)
-    root.addHandler(file_handler)
+        held.close()
+    if file_handler is not None:
+        root.addHandler(file_handler)
 
 
 

@@ -249,6 +249,8 @@ def _train_in_locked_folder(config: Config, pre_trained: str, resume: str, log_e
             return EXIT_OK
     if writer:
         start_run_folder(config, run_dir, start_step if resume else None)
+    else:
+        runtime.add_log_file(None)
 
     callbacks, loss_cb, signal_stop, show_bar = build_callbacks(config, net, run_dir, writer, steps_per_epoch, lr,
                                                                 start_step, log_every)
