@@ -1,16 +1,22 @@
 """Training runs stopped from outside, as users stop them: SIGKILL in the middle of a checkpoint
-write, SIGTERM and SIGINT (Ctrl-C) during a step, and a second Ctrl-C; each time --resume.
+write, SIGTERM and SIGINT (Ctrl-C) during a step, and a second Ctrl-C; then --resume.
 
 train.py runs in a subprocess (as a user runs it) on a tiny set: 64x64 input, batch 1, three
 steps per epoch, a checkpoint every epoch. One run goes through three processes: the first is
-killed (SIGKILL) while a checkpoint after its first one is being written, having logged steps
+killed (SIGKILL) while the second epoch's checkpoint is being written, having logged steps
 beyond that checkpoint (rows the resumed run must not duplicate); the second resumes it, must
-remove what the killed write left, and gets a SIGTERM during a step of the last epoch: it must
-save ``last.ckpt`` of that step (mid-epoch), exit 130 and log one line with the ``--resume``
+remove what the killed write left, and gets a SIGTERM during a step of the third epoch: it must
+save ``last.ckpt`` of that step (as a rule mid-epoch), exit 130 and log one line with the ``--resume``
 command; the third runs that command and must finish with every step exactly once in
 ``losses.csv`` (the input of the loss plot) and only checkpoints that load. A SIGINT behaves as
 the SIGTERM; a second SIGINT ends the process at once. One graph compile in all (the compile
 cache serves the other processes).
+
+The stopped and resumed run logs the losses of the same run uninterrupted, digit for digit: the
+data stream, the weights, the optimizer state and the learning rate continue exactly. The
+sampling sizes take every anchor and every RoI candidate, because the random keys of the graph's
+anchor and RoI sampling (``ops.UniformReal`` in src/maskrcnn) come from a kernel state that a new
+process starts afresh; with every candidate taken they only order the samples.
 """
 
 import csv
@@ -32,7 +38,7 @@ from src.engine.runtime import EXIT_INTERRUPTED, EXIT_OK
 from src.synthetic import generate
 
 TRAIN_IMAGES = 3  # all with objects (the synthetic set leaves every 25th image empty)
-EPOCHS = 3
+EPOCHS = 4  # the SIGTERM comes in epoch 3, well before the end
 STEPS_PER_EPOCH = TRAIN_IMAGES  # batch 1
 TOTAL_STEPS = EPOCHS * STEPS_PER_EPOCH
 # Generous: a graph compile on a loaded 2-core machine.
@@ -45,9 +51,10 @@ def _args(data_dir, run_dir):
             "--batch_size", "1", "--epoch_size", str(EPOCHS), "--save_checkpoint_epochs", "1",
             "--keep_checkpoint_max", "10", "--num_parallel_workers", "1", "--flip_ratio", "0.0",
             "--fpn_channels", "32", "--box_head_channels", "64", "--mask_head_channels", "32",
-            "--rpn_pre_nms_top_k_train", "100", "--rpn_post_nms_top_k_train", "50", "--rcnn_num_samples", "32",
-            "--rpn_num_samples", "64", "--max_instance_count", "8", "--warmup_steps", "2",
-            "--base_lr", "0.005"]
+            "--rpn_pre_nms_top_k_train", "100", "--rpn_post_nms_top_k_train", "50",
+            # every candidate sampled (see the module docstring): 1023 anchors, 50 proposals + 8 boxes
+            "--rpn_num_samples", "1024", "--rcnn_num_samples", "128", "--rcnn_pos_fraction", "0.5",
+            "--max_instance_count", "8", "--warmup_steps", "2", "--base_lr", "0.005"]
 
 
 def _train_command(data_dir, run_dir, *extra):
@@ -138,11 +145,13 @@ def stopped_three_times(tmp_path_factory, data_dir):
     run_dir = str(root / "run")
     last = os.path.join(run_dir, "last.ckpt")
 
-    def writing_a_later_checkpoint():
-        return os.path.exists(last) and _last_logged(run_dir) > STEPS_PER_EPOCH and bool(_partial_files(run_dir))
+    def writing_the_second_checkpoint():
+        # (the second run's SIGTERM below waits for rows beyond those the killed run logged)
+        return (os.path.exists(last) and STEPS_PER_EPOCH < _last_logged(run_dir) <= 2 * STEPS_PER_EPOCH
+                and bool(_partial_files(run_dir)))
 
     killed = _stop_record(run_dir, *_run_and_signal(_train_command(data_dir, run_dir), root / "killed.log",
-                                                    writing_a_later_checkpoint, [signal.SIGKILL]))
+                                                    writing_the_second_checkpoint, [signal.SIGKILL]))
     resume = _train_command(data_dir, run_dir, "--resume", last)
     terminated = _stop_record(run_dir, *_run_and_signal(
         resume, root / "terminated.log", lambda: _last_logged(run_dir) > 2 * STEPS_PER_EPOCH, [signal.SIGTERM]))
@@ -170,6 +179,31 @@ def test_the_next_start_removes_the_leftovers_and_names_them(stopped_three_times
     assert f"resumed from {run_dir}/last.ckpt at global step {killed['checkpoint_step']}" in terminated["output"]
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_losses(tmp_path_factory, data_dir):
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    result = subprocess.run(_train_command(data_dir, run_dir), cwd=REPO_ROOT, env=_env(), capture_output=True,
+                            text=True, timeout=RUN_TIMEOUT_S)
+    assert result.returncode == EXIT_OK, result.stderr[-3000:]
+    return _loss_rows(run_dir)
+
+
+def _loss_rows(run_dir):
+    """losses.csv without the step times (the one column that differs between equal runs)."""
+    with open(os.path.join(run_dir, "losses.csv"), newline="", encoding="utf-8") as handle:
+        return [{k: v for k, v in row.items() if k != "step_seconds"} for row in csv.DictReader(handle)]
+
+
+def test_the_stopped_and_resumed_run_logs_the_uninterrupted_losses_digit_for_digit(stopped_three_times,
+                                                                                  uninterrupted_losses):
+    run_dir, _, _, finished = stopped_three_times
+    assert finished.returncode == EXIT_OK, finished.stderr[-3000:]
+    resumed = _loss_rows(run_dir)
+    assert len(resumed) == len(uninterrupted_losses) == TOTAL_STEPS
+    for got, want in zip(resumed, uninterrupted_losses):
+        assert got == want
+
+
 def _check_interrupted(run_dir, record, name):
     """A run stopped by signal ``name`` during a step of epoch ``epoch``: status 130, last.ckpt of
     the last logged step, one line with the --resume command, no traceback, no temporary file."""
@@ -192,7 +226,7 @@ def _check_interrupted(run_dir, record, name):
 def test_sigterm_during_a_step_saves_that_step_and_logs_the_resume_command(stopped_three_times):
     run_dir, _, terminated, _ = stopped_three_times
     stopped_at = _check_interrupted(run_dir, terminated, "SIGTERM")
-    assert stopped_at > 2 * STEPS_PER_EPOCH  # a step of the last epoch: the checkpoint is mid-epoch
+    assert stopped_at > 2 * STEPS_PER_EPOCH  # after the first step of epoch 3: as a rule mid-epoch
 
 
 def test_the_logged_command_finishes_the_run_with_every_step_logged_once(stopped_three_times):
