@@ -23,7 +23,8 @@ output, so that loading it into a network of another preset warns; so is the Bat
 the weights ran with at home (``bn_eps``: 0 for torchvision's COCO Mask R-CNN, whose loader sets
 it so; 1e-5 otherwise; ``--bn_eps 1e-5`` for a torchvision Mask R-CNN fine-tuned from an
 ImageNet backbone, where torchvision keeps 1e-5). The output is written
-atomically. Exit codes: 0 done, 2 the input is missing, unreadable or not of the expected kind.
+atomically. Exit codes: 0 done, 2 the input is missing, unreadable or not of the expected kind,
+3 environment or I/O error (writing failed: a full disk, an unwritable folder).
 """
 
 import argparse
@@ -32,7 +33,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from src.engine.runtime import EXIT_BAD_INPUT, EXIT_OK
+from src.cli import cli_errors, report_error
+from src.engine.runtime import EXIT_OK
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CKPT_FILE = os.path.join(REPO_ROOT, "FineTune", "resnet50.ckpt")
@@ -76,7 +78,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging()
     # MindSpore is imported only once the arguments are known to be valid.
     from src.checkpoint.convert import convert_foreign_checkpoint
-    from src.checkpoint.io import CheckpointError, read_weights, save_checkpoint_atomic
+    from src.checkpoint.io import read_weights, save_checkpoint_atomic
     from src.checkpoint.names import BN_EPS_KEY, CONVERTED_FROM_KEY, CONVERT_MODES, NUMERICS_KEY
 
     try:
@@ -88,9 +90,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         save_checkpoint_atomic(converted, output_file,
                                append_dict={NUMERICS_KEY: report.numerics, CONVERTED_FROM_KEY: report.kind,
                                             BN_EPS_KEY: repr(report.bn_eps)})
-    except CheckpointError as e:
-        logger.error("%s", e)
-        return EXIT_BAD_INPUT
+    except cli_errors() as e:
+        return report_error(logger, e)
     logger.info("wrote %d tensors to %s", len(converted), output_file)
     # Printed too: the one thing the user must put in the recipe.
     print(f"{output_file}: train and evaluate these weights with `{NUMERICS_KEY}: {report.numerics}` "

@@ -10,7 +10,8 @@ cleaned annotations the results are scored against, as training reads them: src/
 and ``OUT/metrics.json`` (with the counts of dropped/repaired annotations), and prints the
 12-line COCO summaries for bbox and segm plus a per-class AP table. The val split is
 ``val_ann_file``/``val_image_dir`` when set, else ``<data_path>/<val split>``.
-Exit codes: 0 done, 2 bad input (checkpoint that does not fit the config, bad data, bad option).
+Exit codes: 0 done, 2 bad input (checkpoint that does not fit the config, bad data, bad option),
+3 environment or I/O error (a full disk, an unwritable folder).
 """
 
 import argparse
@@ -20,7 +21,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from src.cli import (add_inference_weights_arguments, bad_input_errors, inference_network, missing_weights_message,
+from src.cli import (add_inference_weights_arguments, cli_errors, inference_network, missing_weights_message, report_error,
                      with_device_override)
 from src.config import add_config_arguments, config_from_cli, resolve_path
 from src.engine.runtime import EXIT_BAD_INPUT, EXIT_OK
@@ -138,9 +139,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with compile_cache(cached_config, "eval", entry_file=__file__):
             run_eval(config, args.ckpt, args.data_path, args.ann_file, out_dir, progress=not args.no_progress,
                      report_dir=args.report, mindir=args.mindir)
-    except bad_input_errors(FileNotFoundError) as e:
-        logger.error("%s", e)
-        return EXIT_BAD_INPUT
+    except cli_errors(FileNotFoundError) as e:
+        return report_error(logger, e)
     return EXIT_OK
 
 

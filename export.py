@@ -11,7 +11,8 @@ network's (see ``src/maskrcnn/mask_rcnn.py``). RoIAlign is the native ``ops.ROIA
 exported graph (the CPU training kernel is a Python op that a file cannot hold).
 ``predict.py --mindir FILE`` and ``eval.py --mindir FILE`` run the file with the same pre- and
 post-processing (:func:`load_exported`).
-Exit codes: 0 done, 2 bad input or a format the graph's ops cannot be written to.
+Exit codes: 0 done, 2 bad input or a format the graph's ops cannot be written to, 3 environment or
+I/O error (a full disk, an unwritable folder).
 """
 
 import argparse
@@ -20,7 +21,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from src.cli import bad_input_errors
+from src.cli import cli_errors, report_error
 from src.config import add_config_arguments, config_from_cli
 from src.engine.mindir import FILE_FORMATS, export_network
 from src.engine.runtime import EXIT_BAD_INPUT, EXIT_OK
@@ -43,23 +44,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args, config = config_from_cli(parser, argv)
     if args.export_batch <= 0:
         parser.error(f"--export_batch must be positive, got {args.export_batch}")
-    from src.engine.runtime import set_mindspore_context, setup_logging
+    from src.engine.runtime import ensure_writable_folder, set_mindspore_context, setup_logging
 
     setup_logging()
     if not os.path.isfile(args.ckpt):
         logger.error("checkpoint file not found: %s", args.ckpt)
         return EXIT_BAD_INPUT
-    set_mindspore_context(config.device_target, seed=config.seed)
-    from src.checkpoint.load import load_inference_checkpoint
-    from src.maskrcnn.builder import build_model
-
     try:
+        ensure_writable_folder(os.path.dirname(os.path.abspath(args.out)), "out")
+        set_mindspore_context(config.device_target, seed=config.seed)
+        from src.checkpoint.load import load_inference_checkpoint
+        from src.maskrcnn.builder import build_model
+
         net = build_model(config, for_export=True)
         load_inference_checkpoint(net, args.ckpt)
         path = export_network(net, config, args.out, args.file_format, args.export_batch)
-    except bad_input_errors() as e:
-        logger.error("%s", e)
-        return EXIT_BAD_INPUT
+    except cli_errors() as e:
+        return report_error(logger, e)
     logger.info("exported %s (%s, input %dx%d, batch %d)", path, args.file_format, config.img_height,
                 config.img_width, args.export_batch)
     print(path)

@@ -19,7 +19,7 @@ For every image ``NAME.ext`` the output folder receives
 
 A video (.mp4, .avi, .mov, .mkv) becomes ``NAME_splash.mp4`` (colour splash of every frame,
 mp4v) plus ``NAME.json`` with the boxes of every frame.
-Exit codes: 0 done, 2 bad input.
+Exit codes: 0 done, 2 bad input, 3 environment or I/O error (a full disk, an unwritable folder).
 """
 
 import argparse
@@ -28,10 +28,10 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from src.cli import add_inference_weights_arguments, bad_input_errors, inference_network, missing_weights_message, \
+from src.cli import add_inference_weights_arguments, cli_errors, inference_network, missing_weights_message, report_error, \
     with_device_override
 from src.config import add_config_arguments, config_from_cli
-from src.engine.runtime import EXIT_BAD_INPUT, EXIT_OK
+from src.engine.runtime import EXIT_OK
 from src.predictor import (AUTO_THRESHOLD, DEFAULT_SCORE_THR, VIDEO_EXTENSIONS, PredictError, Predictor, list_inputs,
                            parse_classes, predict_image, predict_video)
 
@@ -100,9 +100,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     predict_video(predictor, path, args.out, config.coco_classes, args.max_frames)
                 else:
                     predict_image(predictor, path, args.out, config.coco_classes)
-    except bad_input_errors(PredictError) as e:
-        logger.error("%s", e)
-        return EXIT_BAD_INPUT
+    except cli_errors(PredictError) as e:
+        return report_error(logger, e)
     return EXIT_OK
 
 

@@ -7,24 +7,29 @@ The run directory (``run_dir`` in the config) receives the resolved config, ``tr
 ``losses.csv`` (every loss component per step) and the checkpoints, written atomically:
 ``last.ckpt`` (weights, optimizer state and global step: the file ``--resume`` takes), numbered
 ``maskrcnn-<epoch>_<step>.ckpt`` (weights only; ``keep_checkpoint_max`` of them, 0 = none) and,
-with ``--eval_interval K``, ``best.ckpt`` by segm AP (weights only).
-Exit codes: 0 done, 1 training stopped (non-finite loss), 2 bad input.
+with ``--eval_interval K``, ``best.ckpt`` by segm AP (weights only). One run per folder: a second
+train.py in a folder in use is refused, and so is a new run (without ``--resume``) in a folder
+that holds another run's files. Ctrl-C or SIGTERM stops at the next step boundary and saves
+``last.ckpt`` (a second one stops at once).
+Exit codes: 0 done, 1 training stopped (non-finite loss), 2 bad input, 3 environment or I/O
+error (a full disk, an unwritable folder), 130 stopped by SIGINT/SIGTERM with a checkpoint.
 """
 
 import argparse
 import logging
-import os
 import sys
 from typing import Optional, Sequence
 
-from src.cli import bad_input_errors
+from src.cli import cli_errors, report_error
 from src.config import add_config_arguments, config_from_cli, resolve_path
-from src.engine.runtime import EXIT_BAD_INPUT, EXIT_OK
-from src.engine.trainer import EXIT_TRAINING_STOPPED, train
+from src.engine.runtime import (EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_OK,
+                                EXIT_TRAINING_STOPPED)
+from src.engine.trainer import train
 
 logger = logging.getLogger("train")
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_OK", "EXIT_TRAINING_STOPPED", "build_parser", "main", "train"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_ENVIRONMENT", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TRAINING_STOPPED",
+           "build_parser", "main", "train"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,22 +51,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, config = config_from_cli(parser, argv)
-    from src.engine.distributed import init_data_parallel, is_writer
+    if args.log_every is not None and args.log_every <= 0:
+        parser.error(f"--log_every must be a positive number of steps, got {args.log_every}")
     from src.engine.runtime import ensure_writable_folder, set_mindspore_context, setup_logging
 
-    setup_logging()  # stderr only until the run folder is known to be writable
+    # stderr only, and held in memory: train.log is written once the inputs are checked (the
+    # writing rank; others log to the console only, which msrun keeps in msrun_logs/).
+    setup_logging(hold_for_file=True)
     try:
         ensure_writable_folder(resolve_path(config.run_dir), "run_dir")
         set_mindspore_context(config.device_target, seed=config.seed)
-        rank, _ = init_data_parallel()
-        # Other ranks log to the console only (msrun keeps it in msrun_logs/worker_<rank>.log).
-        if is_writer(rank):
-            setup_logging(os.path.join(resolve_path(config.run_dir), "train.log"))
-        return train(config, pre_trained=args.pre_trained, resume=args.resume, log_every=args.log_every)
-    except bad_input_errors() as e:
-        logger.error("%s", e)
-        return EXIT_BAD_INPUT
+        return train(config, pre_trained=args.pre_trained, resume=args.resume, log_every=args.log_every,
+                     argv=argv)
+    except cli_errors() as e:
+        return report_error(logger, e)
 
 
 if __name__ == "__main__":

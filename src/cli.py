@@ -1,11 +1,13 @@
 """What the command-line tools share: the inference weights options, the device override, and the
-errors that mean bad input (exit code ``EXIT_BAD_INPUT``, one line, no traceback).
+mapping of errors to exit codes (one line, no traceback; the table is in src/engine/runtime.py).
 
-Each CLI (``train.py``, ``eval.py``, ``predict.py``, ``export.py``) parses its options, calls the
-library and maps errors to exit codes with :func:`bad_input_errors`; no CLI imports another.
+Each CLI (``train.py``, ``eval.py``, ``predict.py``, ``export.py``, ``convert_checkpoint.py``)
+parses its options, calls the library, catches :func:`cli_errors` and returns
+:func:`report_error`'s code; no CLI imports another.
 """
 
 import argparse
+import logging
 import os
 from typing import Optional, Tuple, Type
 
@@ -24,6 +26,37 @@ def bad_input_errors(*extra: Type[BaseException]) -> Tuple[Type[BaseException], 
 
     return (ConfigError, CheckpointError, DatasetError, SetupError, ExportError, EvaluationError,
             ReportError) + tuple(extra)
+
+
+def environment_errors() -> Tuple[Type[BaseException], ...]:
+    """The exception classes that mean the machine failed, not the input (exit EXIT_ENVIRONMENT):
+    a full disk, an unwritable folder, any other failed read or write."""
+    from src.checkpoint.io import CheckpointWriteError
+    from src.engine.runtime import EnvironmentFailure
+
+    return (EnvironmentFailure, CheckpointWriteError, OSError)
+
+
+def cli_errors(*extra_bad_input: Type[BaseException]) -> Tuple[Type[BaseException], ...]:
+    """Everything a CLI reports as one line with an exit code: environment and bad-input errors."""
+    return environment_errors() + bad_input_errors(*extra_bad_input)
+
+
+def error_line(error: BaseException) -> str:
+    """The one line that reports ``error``: an OSError as ``FILE: reason``, anything else as is."""
+    if isinstance(error, OSError) and error.strerror:
+        where = error.filename if error.filename is not None else ""
+        return f"{where}: {error.strerror}" if where else error.strerror
+    return " ".join(str(error).split("\n")) or type(error).__name__
+
+
+def report_error(logger: logging.Logger, error: BaseException) -> int:
+    """Log ``error`` as one ERROR line and return its exit code (environment errors first: a
+    checkpoint write that failed on a full disk is EXIT_ENVIRONMENT, not bad input)."""
+    from src.engine.runtime import EXIT_BAD_INPUT, EXIT_ENVIRONMENT
+
+    logger.error("%s", error_line(error))
+    return EXIT_ENVIRONMENT if isinstance(error, environment_errors()) else EXIT_BAD_INPUT
 
 
 def add_inference_weights_arguments(parser: argparse.ArgumentParser) -> None:

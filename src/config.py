@@ -288,6 +288,8 @@ def _check_type(key: str, value: Any, hint: Any, source: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: key '{key}' must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{source}: key '{key}' must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -296,10 +298,62 @@ def _check_type(key: str, value: Any, hint: Any, source: str) -> Any:
     raise ConfigError(f"{source}: key '{key}' has an unsupported type {hint}")
 
 
+@dataclass(frozen=True)
+class ValueRule:
+    """A range a numeric key (or every item of a numeric list key) must lie in."""
+
+    message: str  # what the error says after "key 'K' = VALUE", e.g. "must be positive"
+    holds: typing.Callable[[float], bool]
+
+
+POSITIVE = ValueRule("must be positive", lambda v: v > 0)
+NOT_NEGATIVE = ValueRule("must not be negative", lambda v: v >= 0)
+FRACTION = ValueRule("must be between 0 and 1", lambda v: 0 <= v <= 1)
+# The range of every numeric key. Every float must also be finite (``_check_type``: NaN and Inf
+# are refused for every key, listed here or not); a key of a list type is checked item by item.
+VALUE_RULES: Dict[str, ValueRule] = {
+    **{key: POSITIVE for key in (
+        "max_instance_count", "batch_size", "epoch_size", "rpn_num_samples", "rcnn_num_samples",
+        "rpn_pre_nms_top_k_train", "rpn_post_nms_top_k_train", "rpn_pre_nms_top_k_test",
+        "rpn_post_nms_top_k_test", "test_max_per_img", "roi_box_size", "roi_mask_size", "roi_sampling_ratio",
+        "fpn_channels", "box_head_channels", "mask_head_channels", "num_parallel_workers",
+        "save_checkpoint_epochs", "base_lr", "loss_scale", "lr_step_gamma", "img_std", "anchor_scales",
+        "anchor_ratios", "box_target_stds", "scale_jitter_range", "scale_jitter_list")},
+    **{key: NOT_NEGATIVE for key in (
+        "warmup_steps", "eval_interval", "seed", "weight_decay", "mask_loss_weight", "rpn_min_box_size")},
+    **{key: FRACTION for key in (
+        "flip_ratio", "rpn_pos_fraction", "rcnn_pos_fraction", "rpn_pos_iou_thr", "rpn_neg_iou_thr",
+        "rpn_min_pos_iou", "rcnn_pos_iou_thr", "rcnn_neg_iou_thr", "rpn_nms_thr", "test_nms_thr",
+        "test_score_thr", "mask_thr", "warmup_ratio", "crop_prob")},
+    "momentum": ValueRule("must be in [0, 1)", lambda v: 0 <= v < 1),
+    "crop_min_side": ValueRule("must be in (0, 1]", lambda v: 0 < v <= 1),
+    "lr_step_ratios": ValueRule("must be increasing fractions between 0 and 1", lambda v: 0 < v < 1),
+    "grad_clip_norm": ValueRule("must not be negative (0 = no clipping)", lambda v: v >= 0),
+    "keep_checkpoint_max": ValueRule("must not be negative (0 = no numbered checkpoints, last.ckpt only)",
+                                     lambda v: v >= 0),
+    "frozen_backbone_stages": ValueRule("must be between 0 and 4", lambda v: 0 <= v <= 4),
+}
+# List keys that need at least one value.
+NON_EMPTY_LISTS = ("anchor_scales", "anchor_ratios", "coco_classes")
+
+
+def _check_ranges(cfg: Config, source: str) -> None:
+    """Every key of VALUE_RULES within its range (every item, for a list), non-empty lists."""
+    for key in NON_EMPTY_LISTS:
+        if not getattr(cfg, key):
+            raise ConfigError(f"{source}: key '{key}' = [] must not be empty")
+    for key, rule in VALUE_RULES.items():
+        value = getattr(cfg, key)
+        values = value if isinstance(value, list) else [value]
+        if any(v is not None and not rule.holds(v) for v in values):
+            raise ConfigError(f"{source}: key '{key}' = {value!r} {rule.message}")
+
+
 def _validate(cfg: Config, source: str) -> None:
     def bad(key: str, why: str) -> ConfigError:
         return ConfigError(f"{source}: key '{key}' = {getattr(cfg, key)!r} {why}")
 
+    _check_ranges(cfg, source)
     for key in ("img_height", "img_width"):
         value = getattr(cfg, key)
         if value <= 0 or value % INPUT_SIZE_MULTIPLE:
@@ -327,24 +381,8 @@ def _validate(cfg: Config, source: str) -> None:
     for key in ("img_mean", "img_std"):
         if len(getattr(cfg, key)) != 3:
             raise bad(key, "must have 3 values (R, G, B)")
-    if any(s <= 0 for s in cfg.img_std):
-        raise bad("img_std", "must be positive")
     if len(cfg.box_target_stds) != 4:
         raise bad("box_target_stds", "must have 4 values (dx, dy, dw, dh)")
-    positive_ints = ("max_instance_count", "batch_size", "epoch_size", "rpn_num_samples",
-                     "rcnn_num_samples", "rpn_pre_nms_top_k_train", "rpn_post_nms_top_k_train",
-                     "rpn_pre_nms_top_k_test", "rpn_post_nms_top_k_test", "test_max_per_img",
-                     "roi_box_size", "roi_mask_size", "roi_sampling_ratio", "fpn_channels",
-                     "box_head_channels", "mask_head_channels", "num_parallel_workers",
-                     "save_checkpoint_epochs")
-    for key in positive_ints:
-        if getattr(cfg, key) <= 0:
-            raise bad(key, "must be positive")
-    for key in ("flip_ratio", "rpn_pos_fraction", "rcnn_pos_fraction", "rpn_pos_iou_thr",
-                "rpn_neg_iou_thr", "rpn_min_pos_iou", "rcnn_pos_iou_thr", "rcnn_neg_iou_thr",
-                "rpn_nms_thr", "test_nms_thr", "test_score_thr", "mask_thr", "warmup_ratio"):
-        if not 0.0 <= getattr(cfg, key) <= 1.0:
-            raise bad(key, "must be between 0 and 1")
     if cfg.rpn_neg_iou_thr > cfg.rpn_pos_iou_thr:
         raise bad("rpn_neg_iou_thr", "must not exceed rpn_pos_iou_thr")
     if cfg.rcnn_neg_iou_thr > cfg.rcnn_pos_iou_thr:
@@ -356,18 +394,6 @@ def _validate(cfg: Config, source: str) -> None:
     if cfg.mask_rois_per_image is not None and not 1 <= cfg.mask_rois_per_image <= max_positives:
         raise bad("mask_rois_per_image", f"must be null or between 1 and int(rcnn_num_samples * "
                                          f"rcnn_pos_fraction) = {max_positives}")
-    if not 0 <= cfg.frozen_backbone_stages <= 4:
-        raise bad("frozen_backbone_stages", "must be between 0 and 4")
-    if cfg.base_lr <= 0:
-        raise bad("base_lr", "must be positive")
-    if cfg.grad_clip_norm < 0:
-        raise bad("grad_clip_norm", "must not be negative (0 = no clipping)")
-    if cfg.loss_scale <= 0:
-        raise bad("loss_scale", "must be positive")
-    if cfg.keep_checkpoint_max < 0:
-        raise bad("keep_checkpoint_max", "must not be negative (0 = no numbered checkpoints, last.ckpt only)")
-    if cfg.warmup_steps < 0 or cfg.eval_interval < 0:
-        raise bad("warmup_steps" if cfg.warmup_steps < 0 else "eval_interval", "must not be negative")
     if cfg.lr_scaling not in LR_SCALING_RULES:
         raise bad("lr_scaling", "must be 'linear' or 'none'")
     if cfg.compute_dtype not in ("auto", "float16", "float32"):
@@ -376,18 +402,10 @@ def _validate(cfg: Config, source: str) -> None:
         raise bad("instance_set", "must contain '{}' where the split name goes")
     if cfg.scale_jitter_range and cfg.scale_jitter_list:
         raise bad("scale_jitter_list", "cannot be combined with scale_jitter_range (pick one)")
-    jitter = cfg.scale_jitter_range or cfg.scale_jitter_list
-    if any(f <= 0 for f in jitter):
-        raise bad("scale_jitter_range" if cfg.scale_jitter_range else "scale_jitter_list",
-                  "must hold positive factors of the input size")
     if cfg.scale_jitter_range and (len(cfg.scale_jitter_range) != 2
                                    or cfg.scale_jitter_range[0] > cfg.scale_jitter_range[1]):
         raise bad("scale_jitter_range", "must be [lo, hi] with lo <= hi")
-    if not 0.0 <= cfg.crop_prob <= 1.0:
-        raise bad("crop_prob", "must be between 0 and 1")
-    if not 0.0 < cfg.crop_min_side <= 1.0:
-        raise bad("crop_min_side", "must be in (0, 1]")
-    if sorted(cfg.lr_step_ratios) != cfg.lr_step_ratios or any(not 0 < r < 1 for r in cfg.lr_step_ratios):
+    if sorted(cfg.lr_step_ratios) != cfg.lr_step_ratios:
         raise bad("lr_step_ratios", "must be increasing fractions between 0 and 1")
 
 
@@ -439,6 +457,13 @@ def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] 
             values = _load_yaml(handle) or {}
     except FileNotFoundError as e:
         raise ConfigError(f"config file not found: {path}") from e
+    except IsADirectoryError as e:
+        raise ConfigError(f"{path}: is a folder, not a YAML config file") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.start} is {e.object[e.start:e.start + 1]!r}); "
+                          f"save the recipe as UTF-8") from e
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(values, dict):

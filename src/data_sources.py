@@ -25,10 +25,20 @@ if TYPE_CHECKING:  # src.dataset imports this module
 class EpochSampler:
     """Shuffled training order that tells the source the epoch of every item.
 
-    Each pass yields ``epoch * len(dataset) + index`` for a permutation of this shard's indices
-    drawn from ``(seed, epoch)``; the source splits that back into (epoch, index) and augments
-    the item with ``augment.sample_rng(seed, epoch, index)``. So the order and the augmentation
-    of every item depend only on the seed, never on which worker process handles it.
+    Each epoch's order is a permutation of this shard's indices drawn from ``(seed, epoch)``, and
+    each item is yielded as ``epoch * len(dataset) + index``; the source splits that back into
+    (epoch, index) and augments the item with ``augment.sample_rng(seed, epoch, index)``. So the
+    order and the augmentation of every item depend only on the seed, never on which worker
+    process handles it.
+
+    The items a run trains on form one stream: the first ``steps_per_epoch * batch_size`` items
+    of each epoch's order (the pipeline drops an incomplete last batch), epoch after epoch. Every
+    pass (MindSpore's epoch) yields the next ``steps_per_epoch * batch_size`` of them, then the
+    rest of that epoch's order, which the batcher drops (MindSpore wants ``len()`` items per
+    pass). A resumed run (``start_step``) starts the stream where the interrupted one stopped,
+    mid-epoch too: it trains on exactly the items, in the same order and with the same
+    augmentation, as the uninterrupted run; its passes then end mid-epoch (the training
+    callbacks count epochs from the global step).
 
     Args:
         size: number of items of the whole dataset.
@@ -36,29 +46,43 @@ class EpochSampler:
         shuffle: permute the order each epoch (else 0..size-1).
         num_shards, shard_id: data-parallel training: this shard's share of each permutation
             (the permutation is padded by wrapping so that every shard has the same length).
+        start_step: global step (batches of ``batch_size``, over all epochs) already trained.
+        batch_size: items per step.
     """
 
-    def __init__(self, size: int, seed: int, shuffle: bool = True, num_shards: int = 1, shard_id: int = 0):
+    def __init__(self, size: int, seed: int, shuffle: bool = True, num_shards: int = 1, shard_id: int = 0,
+                 start_step: int = 0, batch_size: int = 1):
         self.size = size
         self.seed = seed
         self.shuffle = shuffle
         self.num_shards = num_shards
         self.shard_id = shard_id
-        self.epoch = 0
+        # items of each epoch that reach a batch (at least one, so that the stream advances)
+        self.used_per_epoch = max(1, len(self) // batch_size * batch_size)
+        self.position = start_step * batch_size  # in the stream of used items
 
     def __len__(self) -> int:
         return int(math.ceil(self.size / self.num_shards))
 
-    def __iter__(self):
-        # A generator: MindSpore calls iter() while building the pipeline without consuming it,
-        # so the epoch only advances when a pass really starts. Epochs count from the start of
-        # this process (a resumed run starts again at epoch 0 of the augmentation streams).
-        epoch = self.epoch
-        self.epoch += 1
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """This shard's indices in the order of ``epoch``."""
         order = (np.random.default_rng([self.seed, epoch]).permutation(self.size) if self.shuffle
                  else np.arange(self.size))
-        padded = np.resize(order, len(self) * self.num_shards)
-        for index in padded[self.shard_id::self.num_shards]:
+        return np.resize(order, len(self) * self.num_shards)[self.shard_id::self.num_shards]
+
+    def __iter__(self):
+        # A generator: MindSpore calls iter() while building the pipeline without consuming it,
+        # so the stream only advances when a pass really starts.
+        start = self.position
+        self.position += self.used_per_epoch
+        orders = {}
+        epoch = start // self.used_per_epoch
+        for position in range(start, start + self.used_per_epoch):
+            epoch, offset = divmod(position, self.used_per_epoch)
+            order = orders.setdefault(epoch, self.epoch_order(epoch))
+            yield int(epoch * self.size + order[offset])
+        # The rest of the pass, dropped by the batcher: the unused tail of the last epoch's order.
+        for index in orders.get(epoch, self.epoch_order(epoch))[self.used_per_epoch:]:
             yield int(epoch * self.size + index)
 
 

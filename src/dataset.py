@@ -286,7 +286,8 @@ class COCOSubDataset:
 
 
 def create_new_dataset(dataset_root: Optional[str], batch_size: int, is_training: bool,
-                       num_parallel_workers: Optional[int], config: Config, shuffle: Optional[bool] = None, num_shards: int = 1, shard_id: int = 0):
+                       num_parallel_workers: Optional[int], config: Config, shuffle: Optional[bool] = None, num_shards: int = 1, shard_id: int = 0,
+                       start_step: int = 0):
     """Build the MindSpore input pipeline.
 
     Args:
@@ -302,6 +303,8 @@ def create_new_dataset(dataset_root: Optional[str], batch_size: int, is_training
         shuffle: override the default (True for training, False for eval).
         num_shards, shard_id: data-parallel training reads the ``shard_id``-th of ``num_shards``
             disjoint parts of the set.
+        start_step: training: the global step a resumed run starts from (the order and the
+            augmentation continue from there, see EpochSampler).
 
     Returns:
         mindspore.dataset.Dataset of batches with static shapes (see src/batch.py).
@@ -319,7 +322,7 @@ def create_new_dataset(dataset_root: Optional[str], batch_size: int, is_training
                                f"batch_size={batch_size}")
         # The sampler shuffles and shards, and carries the epoch to the workers' augmentations.
         sampler = EpochSampler(len(dataset), cfg.seed, True if shuffle is None else shuffle,
-                               num_shards, shard_id)
+                               num_shards, shard_id, start_step=start_step, batch_size=batch_size)
         pipeline = ds.GeneratorDataset(TrainSource(dataset, cfg), column_names=list(TRAIN_COLUMNS),
                                        sampler=sampler, num_parallel_workers=workers,
                                        python_multiprocessing=workers > 1)

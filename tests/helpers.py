@@ -142,3 +142,8 @@ def tiny_config(**values):
                 coco_classes=["background", "book", "disc"])
     base.update(values)
     return Config().replace(**base)
+
+
+def error_lines(text):
+    """The ERROR log lines of a tool's stderr (what the user reads when a run is refused)."""
+    return [line for line in text.splitlines() if " ERROR " in line]

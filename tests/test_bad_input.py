@@ -23,10 +23,9 @@ from src.checkpoint.load import load_pretrained, load_train_state
 from src.config import REPO_ROOT, ConfigError, load_config
 from src.annotations import DatasetError, load_coco_json
 from src.engine.loss_log import drop_rows_after_step
-from src.engine.runtime import DeviceUnavailableError, OutputFolderError, ensure_writable_folder, set_mindspore_context
+from src.engine.runtime import (EXIT_BAD_INPUT, EXIT_ENVIRONMENT, DeviceUnavailableError, OutputFolderError,
+                                ensure_writable_folder, set_mindspore_context)
 
-# The exit code train.py, eval.py and predict.py return for bad input (argparse's too).
-EXIT_BAD_INPUT = 2
 CHANNELS = 4
 
 
@@ -156,7 +155,7 @@ def test_convert_checkpoint_refuses_a_poisoned_zoo_file(tmp_path, capsys):
     save_checkpoint_atomic({"conv1.weight": np.ones((2, 3, 1, 1), np.float32),
                             "bn1.moving_variance": np.array([-1.0, 1.0], np.float32)}, path)
     out = tmp_path / "out.ckpt"
-    assert convert_checkpoint.main(["--ckpt_file", path, "--output_file", str(out)]) == convert_checkpoint.EXIT_BAD_INPUT
+    assert convert_checkpoint.main(["--ckpt_file", path, "--output_file", str(out)]) == EXIT_BAD_INPUT
     errors = _error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and "negative BatchNorm moving variance in 1 tensors: bn1.moving_variance" in errors[0]
     assert path in errors[0] and not out.exists()
@@ -294,8 +293,10 @@ def test_output_folder_that_cannot_be_written(tmp_path):
     assert not (tmp_path / "new").exists()  # the check creates nothing
 
 
-@pytest.mark.parametrize("cli", ["train", "eval", "predict"])
+@pytest.mark.parametrize("cli", ["train", "eval", "predict", "export"])
 def test_clis_refuse_an_unwritable_output_folder_before_any_work(cli, tmp_path, capsys):
+    import export
+
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     out = str(blocker / "out")
@@ -308,10 +309,13 @@ def test_clis_refuse_an_unwritable_output_folder_before_any_work(cli, tmp_path, 
     elif cli == "eval":
         code = eval_cli.main(["--ckpt", ckpt, "--out", out])
         what = "out"
-    else:
+    elif cli == "predict":
         code = predict.main(["--ckpt", ckpt, "--input", str(image), "--out", out])
         what = "out"
-    assert code == EXIT_BAD_INPUT
+    else:
+        code = export.main(["--ckpt", ckpt, "--out", os.path.join(out, "model")])
+        what = "out"
+    assert code == EXIT_ENVIRONMENT
     errors = _error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and errors[0].endswith(
         f"{out}: cannot write the {what} folder there ({blocker} is not a folder); choose a writable folder "

@@ -4,14 +4,18 @@
 (needs torch, at conversion time only); every file read is refused with a one-line
 :class:`CheckpointError` when it holds NaN/Inf or a negative BatchNorm variance
 (``check_checkpoint_values``). ``save_checkpoint_atomic`` never leaves a half-written ``.ckpt``
-where the last good one was. The small helpers ``listing``, ``shape_of`` and ``to_numpy`` are
+where the last good one was, and writes a CRC32 that every read of a ``.ckpt`` verifies
+(``verify_checksum``); ``remove_interrupted_writes`` clears what a killed write left. The small helpers ``listing``, ``shape_of`` and ``to_numpy`` are
 shared by the conversion and loading modules.
 """
 
 from __future__ import annotations
 
+import binascii
+import logging
 import os
 import pickle
+import re
 import uuid
 import zipfile
 from typing import Dict, Mapping, Optional, Sequence, Tuple
@@ -25,10 +29,81 @@ from src.checkpoint.names import is_training_state
 CKPT_SUFFIX = ".ckpt"
 # How many offending names an error message shows before "(+N more)".
 MAX_LISTED = 5
+# mindspore.save_checkpoint(crc_check=True) ends the file with this marker and the CRC32 of
+# everything before it (10 bytes, big-endian).
+CRC_MARKER = b"crc_num"
+CRC_TRAILER_SIZE = len(CRC_MARKER) + 10
+# The temporary files of save_checkpoint_atomic: ".<name>.<pid>.<8 hex>.partial.ckpt" and the
+# ".<name>.<pid>.<8 hex>.partial.tmp" mindspore.save_checkpoint writes first.
+PARTIAL_FILE = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.partial(\.ckpt|\.tmp)$")
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, of the wrong kind or does not fit the model."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """Writing a checkpoint failed (a full disk, an unwritable folder): an environment error, not
+    bad input (exit EXIT_ENVIRONMENT); the previous file is kept."""
+
+
+def verify_checksum(path: str) -> bool:
+    """Check the CRC32 that ``save_checkpoint_atomic`` stores at the end of a ``.ckpt``.
+
+    Returns:
+        True when the file holds a checksum and it matches; False for a file written without
+        one (older files, other tools), which is logged as a one-line note.
+
+    Raises:
+        CheckpointError: the checksum does not match (the file changed after it was written).
+    """
+    crc = 0
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        if size >= CRC_TRAILER_SIZE:
+            handle.seek(size - CRC_TRAILER_SIZE)
+            trailer = handle.read(CRC_TRAILER_SIZE)
+        else:
+            trailer = b""
+        if not trailer.startswith(CRC_MARKER):
+            logger.info("%s: written without a checksum (an older file or another tool): loaded unverified", path)
+            return False
+        handle.seek(0)
+        remaining = size - CRC_TRAILER_SIZE
+        while remaining > 0:
+            block = handle.read(min(remaining, 1 << 24))
+            if not block:
+                break
+            crc = binascii.crc32(block, crc)
+            remaining -= len(block)
+    stored = int.from_bytes(trailer[len(CRC_MARKER):], byteorder="big")
+    if crc != stored:
+        raise CheckpointError(f"{path}: checksum mismatch (CRC32 stored {stored:08x}, computed {crc:08x}): the file "
+                              f"was damaged after it was written; use another checkpoint")
+    return True
+
+
+def remove_interrupted_writes(directory: str) -> list:
+    """Delete the temporary files of checkpoint writes that were killed in ``directory``.
+
+    Only names of :data:`PARTIAL_FILE`'s pattern are touched (never a ``.ckpt`` a user can load);
+    call it while holding the folder's run lock, so that no live write is among them.
+
+    Returns:
+        the names removed (also logged in one line).
+    """
+    try:
+        names = sorted(n for n in os.listdir(directory) if PARTIAL_FILE.match(n))
+    except FileNotFoundError:
+        return []
+    for name in names:
+        os.remove(os.path.join(directory, name))
+    if names:
+        logger.info("%s: removed %d files left by interrupted checkpoint writes: %s", directory, len(names),
+                    listing(names))
+    return names
 
 
 def listing(items: Sequence[str], limit: Optional[int] = MAX_LISTED) -> str:
@@ -69,6 +144,10 @@ def read_checkpoint_with_metadata(path: str) -> Tuple[Dict[str, Parameter], Dict
         raise CheckpointError(f"checkpoint file not found: {path}")
     if not path.endswith(CKPT_SUFFIX):
         raise CheckpointError(f"{path}: a MindSpore checkpoint file name must end with {CKPT_SUFFIX}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: the file is empty (0 bytes): a copy or a write that did not finish; "
+                              f"use another checkpoint")
+    verify_checksum(path)
     try:
         loaded = ms.load_checkpoint(path)
     except (ValueError, RuntimeError, TypeError, OSError) as e:
@@ -248,8 +327,10 @@ def save_checkpoint_atomic(net_or_params, path: str, append_dict: Optional[dict]
     ``mindspore.save_checkpoint`` deletes an existing target before writing, so it is pointed at a
     unique temporary file in the same folder; that file is fsync'ed and then renamed over
     ``path`` with ``os.replace`` (atomic within one file system), and the folder is fsync'ed.
-    On any failure (including KeyboardInterrupt) the temporary files are removed and ``path`` is
-    untouched.
+    The file ends with a CRC32 of its content, which every read verifies. On any failure
+    (including KeyboardInterrupt) the temporary files are removed and ``path`` is untouched; a
+    process killed mid-write leaves them, and the next run in that folder removes them
+    (:func:`remove_interrupted_writes`).
 
     Args:
         net_or_params: a Cell, a list (of Parameters or {'name', 'data'} dicts) or a dict
@@ -258,7 +339,8 @@ def save_checkpoint_atomic(net_or_params, path: str, append_dict: Optional[dict]
         append_dict: extra scalars to store (passed to ``mindspore.save_checkpoint``).
 
     Raises:
-        CheckpointError: bad file name or object, or writing failed (the message names ``path``).
+        CheckpointError: bad file name or object.
+        CheckpointWriteError: writing failed (the message names ``path``).
     """
     if not path.endswith(CKPT_SUFFIX):
         raise CheckpointError(f"{path}: a MindSpore checkpoint file name must end with {CKPT_SUFFIX}")
@@ -267,22 +349,22 @@ def save_checkpoint_atomic(net_or_params, path: str, append_dict: Optional[dict]
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as e:
-        raise CheckpointError(f"{path}: cannot create the folder of the checkpoint: {e}") from e
+        raise CheckpointWriteError(f"{path}: cannot create the folder of the checkpoint: {e}") from e
     stem = os.path.basename(path)[: -len(CKPT_SUFFIX)]
     tmp_path = os.path.join(directory, f".{stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial{CKPT_SUFFIX}")
     # mindspore.save_checkpoint writes "<name>.tmp" first and renames it to its target.
     ms_tmp_path = tmp_path[: -len(CKPT_SUFFIX)] + ".tmp"
     try:
-        ms.save_checkpoint(save_obj, tmp_path, append_dict=append_dict)
+        ms.save_checkpoint(save_obj, tmp_path, append_dict=append_dict, crc_check=True)
         if not os.path.isfile(tmp_path):
-            raise CheckpointError(f"{path}: mindspore.save_checkpoint did not produce {tmp_path}")
+            raise CheckpointWriteError(f"{path}: mindspore.save_checkpoint did not produce {tmp_path}")
         _fsync_path(tmp_path)
         os.replace(tmp_path, path)
     except CheckpointError:
         raise
     except (OSError, RuntimeError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: writing the checkpoint failed, the previous file (if any) is "
-                              f"kept: {e}") from e
+        raise CheckpointWriteError(f"{path}: writing the checkpoint failed, the previous file (if any) is "
+                                   f"kept: {e}") from e
     finally:
         for leftover in (tmp_path, ms_tmp_path):
             if os.path.lexists(leftover):
@@ -290,4 +372,4 @@ def save_checkpoint_atomic(net_or_params, path: str, append_dict: Optional[dict]
     try:  # make the rename itself durable
         _fsync_path(directory, directory=True)
     except OSError as e:
-        raise CheckpointError(f"{path}: written, but syncing its folder to disk failed: {e}") from e
+        raise CheckpointWriteError(f"{path}: written, but syncing its folder to disk failed: {e}") from e

@@ -254,7 +254,29 @@ def _load_checked(net: nn.Cell, model_params: Mapping[str, Parameter], arrays: M
                               f"that should have loaded: {listing(failed, None)}")
 
 
-def load_train_state(train_cell: nn.Cell, ckpt_path: str) -> int:
+def read_train_state(ckpt_path: str) -> Tuple[Dict[str, Parameter], int]:
+    """Read a training checkpoint written by ``train.py`` (``last.ckpt``) before anything is built.
+
+    Returns:
+        ``(params, global_step)``: what :func:`load_train_state` loads (the per-step learning
+        rates left out: they are rebuilt from the current config, so a resumed run may change
+        epoch_size or the schedule; global_step indexes into them), and the step it was saved at.
+
+    Raises:
+        CheckpointError: unreadable or damaged file, or a weights-only file (no ``global_step``:
+            the message names the run's ``last.ckpt`` and ``--pre_trained``).
+    """
+    raw = {n: v for n, v in read_checkpoint(ckpt_path).items() if n not in RECOMPUTED_ON_RESUME}
+    if GLOBAL_STEP_NAME not in raw:
+        last = os.path.join(os.path.dirname(ckpt_path), LAST_CHECKPOINT_NAME)
+        raise CheckpointError(f"{ckpt_path}: holds weights only (no optimizer state, no '{GLOBAL_STEP_NAME}'), "
+                              f"it cannot be resumed: resume from the run's {LAST_CHECKPOINT_NAME} ({last}), "
+                              f"or start a new run from these weights with --pre_trained")
+    return raw, int(np.asarray(to_numpy(GLOBAL_STEP_NAME, raw[GLOBAL_STEP_NAME], ckpt_path)).reshape(-1)[0])
+
+
+def load_train_state(train_cell: nn.Cell, ckpt_path: str,
+                     state: Optional[Tuple[Dict[str, Parameter], int]] = None) -> int:
     """Restore a training checkpoint written by ``train.py`` (weights, optimizer state, loss scale).
 
     Every parameter of ``train_cell`` must be in the file with the same shape; the file may not
@@ -264,24 +286,16 @@ def load_train_state(train_cell: nn.Cell, ckpt_path: str) -> int:
     Args:
         train_cell: the ``TrainOneStepCell`` (network + optimizer) to restore.
         ckpt_path: ``.ckpt`` saved from such a cell.
+        state: what :func:`read_train_state` returned for it, when already read.
 
     Returns:
         The global step stored in the file.
 
     Raises:
-        CheckpointError: unreadable file, a weights-only file (no ``global_step``: the message
-            names the run's ``last.ckpt`` and ``--pre_trained``), or the file does not match the
-            cell (every missing / extra / mismatched name listed).
+        CheckpointError: as :func:`read_train_state`, or the file does not match the cell (every
+            missing / extra / mismatched name listed).
     """
-    raw = read_checkpoint(ckpt_path)
-    # The per-step learning rates are rebuilt from the current config (so a resumed run may
-    # change epoch_size or the schedule); global_step indexes into them.
-    raw = {n: v for n, v in raw.items() if n not in RECOMPUTED_ON_RESUME}
-    if GLOBAL_STEP_NAME not in raw:
-        last = os.path.join(os.path.dirname(ckpt_path), LAST_CHECKPOINT_NAME)
-        raise CheckpointError(f"{ckpt_path}: holds weights only (no optimizer state, no '{GLOBAL_STEP_NAME}'), "
-                              f"it cannot be resumed: resume from the run's {LAST_CHECKPOINT_NAME} ({last}), "
-                              f"or start a new run from these weights with --pre_trained")
+    raw, global_step = state if state is not None else read_train_state(ckpt_path)
     model_params = {p.name: p for p in train_cell.get_parameters() if p.name not in RECOMPUTED_ON_RESUME}
     missing = [n for n in model_params if n not in raw]
     extra = [n for n in raw if n not in model_params]
@@ -292,7 +306,7 @@ def load_train_state(train_cell: nn.Cell, ckpt_path: str) -> int:
     if problems:
         raise CheckpointError(f"{ckpt_path}: does not match the training set-up: " + " | ".join(problems))
     _load_checked(train_cell, model_params, {n: to_numpy(n, v, ckpt_path) for n, v in raw.items()}, ckpt_path)
-    return int(np.asarray(to_numpy(GLOBAL_STEP_NAME, raw[GLOBAL_STEP_NAME], ckpt_path)).reshape(-1)[0])
+    return global_step
 
 
 def load_inference_checkpoint(net, ckpt_path: str):

@@ -1,4 +1,5 @@
-"""Training callbacks: the per-step loss log (console, CSV, NaN guard) and the checkpoints.
+"""Training callbacks: the per-step loss log (console, CSV, NaN guard), the checkpoints and the
+clean stop on SIGINT / SIGTERM.
 
 They read the outputs of ``src.engine.train_step.TrainOneStepCell``: the total and the named
 losses, the finite-gradient flag and the loss scale.
@@ -8,6 +9,8 @@ import csv
 import logging
 import math
 import os
+import re
+import signal
 import time
 from typing import Callable, List, Optional
 
@@ -17,6 +20,7 @@ from mindspore.train.callback import Callback
 
 from src.batch import LOSS_NAMES
 from src.checkpoint.names import LAST_CHECKPOINT_NAME
+from src.engine.runtime import EnvironmentFailure
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +35,8 @@ class LossCallBack(Callback):
     A non-finite total loss stops training: the error is kept in ``self.error`` (the weights
     were not updated on that step and the last checkpoint on disk is the last good one).
     ``step_offset`` is the global step a resumed run starts from (``Model.train`` counts steps
-    from 0 again even with ``initial_epoch``). ``csv_path`` None writes no CSV (data-parallel
+    from 0 again even with ``initial_epoch``); epochs are counted from the global step, and the
+    run stops after the schedule's last step. ``csv_path`` None writes no CSV (data-parallel
     ranks other than 0).
 
     Sink mode: on Ascend/GPU ``Model.train(dataset_sink_mode=True)`` runs a whole epoch (the sink)
@@ -76,15 +81,21 @@ class LossCallBack(Callback):
         finite_grads = bool(outputs[1 + len(LOSS_NAMES)].asnumpy())
         scale = float(outputs[2 + len(LOSS_NAMES)].asnumpy())
         step = self.step_offset + int(params.cur_step_num)
-        epoch = int(params.cur_epoch_num)
+        # From the global step: a resumed run's passes may end mid-epoch (src/data_sources.py).
+        epoch = (step - 1) // self.steps_per_epoch + 1
         # Steps this call covers: 1, or the sink size in sink mode.
         steps_covered = max(1, int(params.cur_step_num) - self._last_step_num)
         self._last_step_num = int(params.cur_step_num)
         seconds = (time.time() - self._step_start) / steps_covered
         lr = float(self.lr_schedule[min(step - 1, len(self.lr_schedule) - 1)]) if self.lr_schedule is not None else float("nan")
         if self._writer is not None:
-            self._writer.writerow([epoch, step, *[f"{v:.6f}" for v in values], f"{lr:.6g}", scale, f"{seconds:.3f}"])
-            self._csv.flush()
+            try:
+                self._writer.writerow([epoch, step, *[f"{v:.6f}" for v in values], f"{lr:.6g}", scale,
+                                       f"{seconds:.3f}"])
+                self._csv.flush()
+            except OSError as e:  # a full disk: the machine's fault, not the input's
+                raise EnvironmentFailure(f"{self.csv_path}: cannot append the losses of step {step}: "
+                                         f"{e.strerror or e}") from e
         record = dict(zip(("total",) + LOSS_NAMES, values), step=step, epoch=epoch, seconds=seconds,
                       steps_covered=steps_covered)
         self.history.append(record)
@@ -103,10 +114,15 @@ class LossCallBack(Callback):
             parts = " ".join(f"{n}={v:.4f}" for n, v in zip(LOSS_NAMES, values[1:]))
             logger.info("epoch %d/%d step %d/%d loss=%.4f %s lr=%.5f %.2fs/step", epoch, self.total_epochs,
                         step, total_steps, values[0], parts, lr, seconds)
+        if step >= self.steps_per_epoch * self.total_epochs:  # a resumed run's last pass ends early
+            run_context.request_stop()
 
     def on_train_end(self, run_context):
         if self._csv is not None:
-            self._csv.close()
+            try:
+                self._csv.close()
+            except OSError as e:
+                raise EnvironmentFailure(f"{self.csv_path}: cannot write the losses: {e.strerror or e}") from e
 
 
 class CheckpointCallback(Callback):
@@ -116,13 +132,15 @@ class CheckpointCallback(Callback):
     receives the weights of ``weights_network`` only (what eval.py, predict.py, export.py and
     ``train.py --pre_trained`` read), then ``last.ckpt`` the whole train cell: weights, optimizer
     state (momentum) and global step, what ``train.py --resume`` needs. At most ``keep_max``
-    numbered files are kept (the oldest are deleted); ``keep_max`` 0 writes none, ``last.ckpt``
-    only. Nothing is saved after a non-finite loss (``loss_callback.error``).
+    numbered files are kept (the oldest are deleted), counting those already in the folder (a
+    resumed run); ``keep_max`` 0 writes none, ``last.ckpt`` only. A run stopped mid-epoch (a
+    signal) saves ``last.ckpt`` only: numbered files mark whole epochs. Nothing is saved after a
+    non-finite loss (``loss_callback.error``).
     """
 
     def __init__(self, save_fn: Callable[[nn.Cell, str], None], weights_network: nn.Cell, directory: str,
                  prefix: str, every_epochs: int, keep_max: int, loss_callback: Optional[LossCallBack] = None,
-                 step_offset: int = 0):
+                 step_offset: int = 0, steps_per_epoch: int = 1):
         """
         Args:
             save_fn: ``save_fn(cell, path)`` writes the parameters of ``cell`` to ``path``
@@ -135,8 +153,10 @@ class CheckpointCallback(Callback):
             keep_max: numbered checkpoints kept, >= 0.
             loss_callback: the run's LossCallBack; its ``error`` stops all saving.
             step_offset: global step at which this run started (``--resume``).
+            steps_per_epoch: steps of a whole epoch.
         """
         super().__init__()
+        self.steps_per_epoch = steps_per_epoch
         self.step_offset = step_offset
         self.save_fn = save_fn
         self.weights_network = weights_network
@@ -145,21 +165,30 @@ class CheckpointCallback(Callback):
         self.every_epochs = every_epochs
         self.keep_max = keep_max
         self.loss_callback = loss_callback
-        self.saved: List[str] = []
+        self.saved: List[str] = self.numbered_checkpoints(directory, prefix)
         self.last_saved_step: Optional[int] = None
+
+    @staticmethod
+    def numbered_checkpoints(directory: str, prefix: str) -> List[str]:
+        """The ``<prefix>-<epoch>_<step>.ckpt`` files in ``directory``, oldest (lowest step) first."""
+        pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)_(\d+)\.ckpt$")
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return []
+        found = sorted((int(m.group(2)), name) for name in names for m in [pattern.match(name)] if m)
+        return [os.path.join(directory, name) for _, name in found]
 
     def _save(self, run_context, force: bool = False):
         params = run_context.original_args()
-        epoch = int(params.cur_epoch_num)
         if self.loss_callback is not None and self.loss_callback.error is not None:
             return
-        if not force and epoch % self.every_epochs:
-            return
         step = self.step_offset + int(params.cur_step_num)
-        if step == self.last_saved_step:
+        epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
+        if step == self.last_saved_step or (not force and (step_in_epoch or epoch % self.every_epochs)):
             return
         written = []
-        if self.keep_max > 0:
+        if self.keep_max > 0 and not step_in_epoch:
             path = os.path.join(self.directory, f"{self.prefix}-{epoch}_{step}.ckpt")
             self.save_fn(self.weights_network, path)
             self.saved.append(path)
@@ -174,8 +203,55 @@ class CheckpointCallback(Callback):
             if os.path.exists(old):
                 os.remove(old)
 
-    def on_train_epoch_end(self, run_context):
+    def on_train_step_end(self, run_context):
+        # At the end of every save_checkpoint_epochs-th epoch, counted from the global step (in
+        # sink mode, the one call per sunk epoch).
         self._save(run_context)
 
     def on_train_end(self, run_context):
         self._save(run_context, force=True)
+
+
+class SignalStopCallback(Callback):
+    """SIGINT (Ctrl-C) and SIGTERM end training at the next step boundary.
+
+    :meth:`install` (before ``Model.train``, so that a signal during the graph compile counts
+    too) replaces the handlers of both signals; the first signal only sets :attr:`received`, and
+    the next step end asks ``Model.train`` to stop, after which the CheckpointCallback saves
+    ``last.ckpt`` of that step. The first signal also restores the default action of both, so a
+    second one ends the process at once (no new checkpoint; every file on disk is whole, since
+    checkpoints are written to a temporary file and renamed). :meth:`restore` puts the previous
+    handlers back.
+
+    MindSpore installs its own SIGINT handler while a graph runs, which sends the process a
+    SIGTERM: a Ctrl-C during a step arrives here as SIGTERM, hence one treatment for both.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        super().__init__()
+        self.received: Optional[str] = None
+        self._previous = {}
+
+    def install(self) -> None:
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum, frame):  # pylint: disable=unused-argument
+        if self.received is not None:
+            return
+        self.received = signal.Signals(signum).name
+        for sig in self.SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        logger.warning("%s received: training stops after this step and saves last.ckpt; a second Ctrl-C or "
+                       "SIGTERM stops at once, without a new checkpoint", self.received)
+
+    def on_train_step_end(self, run_context):
+        if self.received is not None:
+            run_context.request_stop()

@@ -4,6 +4,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import logging.handlers
 import os
 import shutil
 import sys
@@ -12,22 +13,57 @@ from typing import Iterator, List, Optional, Sequence
 from src.maskrcnn.target import DEVICE_TARGETS, kernel_build_state
 
 # Exit codes of every command-line tool (train.py, eval.py, predict.py, export.py,
-# convert_checkpoint.py and the ``python -m src.*`` tools). Bad input (a config key, data,
-# checkpoint, option or device that cannot work) is EXIT_BAD_INPUT, the same status argparse
-# gives a usage error; train.py alone adds 1 for a run stopped by a non-finite loss.
+# convert_checkpoint.py, the ``python -m src.*`` tools and the shell scripts): the one table,
+# quoted in README.md ("Reliability") and docs/bad_input.md. src/cli.py maps errors to them.
 EXIT_OK = 0
+# train.py: the loss became NaN/Inf; the last good checkpoint is kept.
+EXIT_TRAINING_STOPPED = 1
+# Bad input: a config value, data, checkpoint, option or device that cannot work (also argparse's
+# usage errors). Change the input and run again.
 EXIT_BAD_INPUT = 2
+# The machine, not the input: a full disk, an unwritable folder, a failed read or write.
+EXIT_ENVIRONMENT = 3
+# train.py stopped by SIGINT (Ctrl-C) or SIGTERM at a step boundary, after saving last.ckpt:
+# continue with --resume (the log line gives the command). A second signal ends the process at
+# once, by that signal (status 130 / 143 in a shell), without a new checkpoint.
+EXIT_INTERRUPTED = 130
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def setup_logging(log_file: Optional[str] = None, level: int = logging.INFO) -> None:
-    """Log to stderr and, when given, to ``log_file`` (appended)."""
+def setup_logging(log_file: Optional[str] = None, level: int = logging.INFO, hold_for_file: bool = False) -> None:
+    """Log to stderr and, when given, to ``log_file`` (appended).
+
+    Args:
+        hold_for_file: also keep every record in memory until :func:`add_log_file` names the
+            file (train.py: ``train.log`` is only written once the inputs are checked, and then
+            holds the lines from the start).
+    """
     handlers = [logging.StreamHandler(sys.stderr)]
     if log_file:
         os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
         handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    if hold_for_file:
+        handlers.append(logging.handlers.MemoryHandler(capacity=1 << 30, flushLevel=logging.CRITICAL + 1))
     logging.basicConfig(level=level, format=LOG_FORMAT, handlers=handlers, force=True)
+
+
+def add_log_file(log_file: Optional[str]) -> None:
+    """Log to ``log_file`` (appended) from now on, after the records held since
+    ``setup_logging(hold_for_file=True)``; None drops the held records (a process that writes
+    no log file, e.g. a data-parallel rank other than 0)."""
+    root = logging.getLogger()
+    file_handler = None
+    if log_file is not None:
+        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    for held in [h for h in root.handlers if isinstance(h, logging.handlers.MemoryHandler)]:
+        held.setTarget(file_handler)
+        held.flush()
+        root.removeHandler(held)
+        held.close()
+    if file_handler is not None:
+        root.addHandler(file_handler)
 
 
 
@@ -40,7 +76,12 @@ class DeviceUnavailableError(SetupError):
     """The configured ``device_target`` cannot run with this MindSpore install on this machine."""
 
 
-class OutputFolderError(SetupError):
+class EnvironmentFailure(RuntimeError):
+    """The machine cannot do what was asked (a full disk, an unwritable folder); the
+    message is one line naming the file. Exit code EXIT_ENVIRONMENT."""
+
+
+class OutputFolderError(EnvironmentFailure):
     """An output folder cannot be created or written to."""
 
 

@@ -1,44 +1,87 @@
-"""The fine-tuning run, as named builders a reader follows top to bottom: data, model, optimizer,
-train step, resume, callbacks, then ``Model.train`` (:func:`train`).
+"""The fine-tuning run, as named builders a reader follows top to bottom: the run folder's lock,
+the resume checkpoint, data, model, optimizer, train step, resume, the run folder, callbacks, then
+``Model.train`` (:func:`train`).
 
 ``train.py`` parses the command line and calls :func:`train`; the run directory
 (``config.run_dir``) receives the resolved config, ``losses.csv`` and the checkpoints (see
-``train.py``'s help). In data-parallel runs rank 0 alone writes it (``src/engine/distributed.py``).
+``train.py``'s help), and nothing before every input (data, checkpoints) has been read and
+checked. In data-parallel runs rank 0 alone writes it (``src/engine/distributed.py``).
 """
 
+import contextlib
 import functools
 import logging
 import os
+import shlex
 import time
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
-import numpy as np
 import yaml
 
 from src.config import Config, ConfigError, resolve_path
-from src.engine.runtime import EXIT_OK
+from src.engine.runtime import EXIT_INTERRUPTED, EXIT_OK, EXIT_TRAINING_STOPPED, EnvironmentFailure
 
 logger = logging.getLogger("train")
 
-# Exit code of a run stopped by a non-finite loss (the last good checkpoint is kept).
-EXIT_TRAINING_STOPPED = 1
-
 
 def write_run_config(config: Config, run_dir: str) -> None:
-    """The resolved config as ``run_dir/config.yaml`` (the folder is created)."""
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as handle:
-        yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
+    """The resolved config as ``run_dir/config.yaml`` (the folder is created), written whole or
+    not at all (a temporary file renamed over it).
+
+    Raises:
+        EnvironmentFailure: the file cannot be written (a full disk); the message names it.
+    """
+    path = os.path.join(run_dir, "config.yaml")
+    partial = f"{path}.{os.getpid()}.partial"
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        with open(partial, "w", encoding="utf-8") as handle:
+            yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
+        os.replace(partial, path)
+    except OSError as e:
+        raise EnvironmentFailure(f"{path}: cannot write the run's config: {e.strerror or e}") from e
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
 
 
-def build_training_data(config: Config, rank: int, group_size: int):
-    """The training pipeline of this rank's shard; returns ``(dataset, steps_per_epoch)``."""
+def start_run_folder(config: Config, run_dir: str, resume_step: Optional[int]) -> None:
+    """Once every input is checked: clear what killed checkpoint writes left, write
+    ``config.yaml``, log to ``train.log``, and (``--resume``) drop the rows the interrupted run
+    logged after ``resume_step``."""
+    from src.checkpoint.io import remove_interrupted_writes
+    from src.engine.loss_log import drop_rows_after_step
+    from src.engine.runtime import add_log_file
+
+    remove_interrupted_writes(run_dir)
+    write_run_config(config, run_dir)
+    add_log_file(os.path.join(run_dir, "train.log"))
+    if resume_step is not None:
+        drop_rows_after_step(os.path.join(run_dir, "losses.csv"), resume_step)
+
+
+def resume_command(argv: Sequence[str], last_ckpt: str) -> str:
+    """The command that continues this run: ``argv`` (train.py's arguments) with ``--resume last_ckpt``."""
+    args, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--resume":
+            skip = True
+        elif not arg.startswith("--resume="):
+            args.append(arg)
+    return shlex.join(["python", "train.py", *args, "--resume", last_ckpt])
+
+
+def build_training_data(config: Config, rank: int, group_size: int, start_step: int = 0):
+    """The training pipeline of this rank's shard, continuing after ``start_step`` steps (a resumed
+    run); returns ``(dataset, steps_per_epoch)``."""
     from src.dataset import create_new_dataset
 
     image_dir, _ = config.split_paths(config.train_data_type)
     dataset = create_new_dataset(resolve_path(config.coco_root), config.batch_size, is_training=True,
                                  num_parallel_workers=config.num_parallel_workers, config=config,
-                                 num_shards=group_size, shard_id=rank)
+                                 num_shards=group_size, shard_id=rank, start_step=start_step)
     steps_per_epoch = dataset.get_dataset_size()
     if steps_per_epoch == 0:
         raise ConfigError(f"{image_dir}: fewer training images than batch_size={config.batch_size}")
@@ -99,39 +142,39 @@ def build_train_step(config: Config, net, optimizer):
     return train_cell
 
 
-def restore_train_state(train_cell, optimizer, resume: str, steps_per_epoch: int) -> Tuple[int, int]:
-    """Load ``resume`` (``last.ckpt``) into the train step; returns ``(start_epoch, start_step)``.
+def restore_train_state(train_cell, resume: str, state, steps_per_epoch: int, sink_mode: bool) -> Tuple[int, int]:
+    """Load the ``--resume`` checkpoint (``state``: read by ``read_train_state``) into the train
+    step; returns ``(start_epoch, start_step)``.
 
-    A checkpoint saved mid-epoch (e.g. the batch size or the data changed) restarts that epoch,
-    and the LR schedule with it.
+    A checkpoint saved mid-epoch (a run stopped by a signal) continues mid-epoch: the data
+    pipeline skips the steps already taken (``build_training_data(start_step=...)``).
+
+    Raises:
+        ConfigError: a mid-epoch checkpoint with ``dataset_sink_mode`` (a sunk epoch cannot start
+            mid-way).
     """
-    from mindspore import Tensor
-
     from src.checkpoint.load import load_train_state
 
-    global_step = load_train_state(train_cell, resume)
+    global_step = load_train_state(train_cell, resume, state)
+    if sink_mode and global_step % steps_per_epoch:
+        raise ConfigError(f"{resume}: saved mid-epoch (step {global_step}, {steps_per_epoch} steps per epoch); "
+                          f"resume it with --dataset_sink_mode false (a sunk epoch cannot start mid-way)")
     start_epoch = global_step // steps_per_epoch
-    start_step = start_epoch * steps_per_epoch
-    if global_step != start_step:
-        logger.warning("%s was saved mid-epoch (step %d): the run restarts at the start of epoch %d",
-                       resume, global_step, start_epoch + 1)
-        step_param = optimizer.global_step
-        step_param.set_data(Tensor(np.full(step_param.shape, start_step), step_param.dtype))
     logger.info("resumed from %s at global step %d (epoch %d)", resume, global_step, start_epoch)
-    return start_epoch, start_step
+    return start_epoch, global_step
 
 
 def build_callbacks(config: Config, net, run_dir: str, writer: bool, steps_per_epoch: int, lr,
-                    start_step: int, log_every: Optional[int]) -> Tuple[List, object, bool]:
-    """Loss log (+ progress bar on a terminal), checkpoints and evaluation; the latter two on the
-    writing rank only.
+                    start_step: int, log_every: Optional[int]) -> Tuple[List, object, object, bool]:
+    """Loss log (+ progress bar on a terminal), checkpoints and evaluation (the latter two on the
+    writing rank only), and the stop on SIGINT / SIGTERM (last: it stops after the step is logged).
 
     Returns:
-        ``(callbacks, loss_callback, show_bar)``.
+        ``(callbacks, loss_callback, signal_stop, show_bar)``.
     """
     from src.checkpoint.io import save_checkpoint_atomic
     from src.checkpoint.names import NUMERICS_KEY
-    from src.engine.callbacks import CheckpointCallback, LossCallBack
+    from src.engine.callbacks import CheckpointCallback, LossCallBack, SignalStopCallback
     from src.engine.progress import ProgressBarCallback, console_mode
 
     show_bar, log_every = console_mode(log_every, steps_per_epoch)
@@ -146,59 +189,97 @@ def build_callbacks(config: Config, net, run_dir: str, writer: bool, steps_per_e
     if writer:
         callbacks.append(CheckpointCallback(save_fn, net, run_dir, "maskrcnn",
                                             config.save_checkpoint_epochs, config.keep_checkpoint_max, loss_cb,
-                                            step_offset=start_step))
+                                            step_offset=start_step, steps_per_epoch=steps_per_epoch))
         if config.eval_interval:
             from src.evaluation.hook import EvalCallback
 
             callbacks.append(EvalCallback(net, config, run_dir, config.eval_interval, save_fn))
-    return callbacks, loss_cb, show_bar
+    signal_stop = SignalStopCallback()
+    callbacks.append(signal_stop)
+    return callbacks, loss_cb, signal_stop, show_bar
 
 
-def train(config: Config, pre_trained: str = "", resume: str = "", log_every: Optional[int] = None) -> int:
-    """Run the fine-tuning described by ``config``; returns the process exit code."""
-    from mindspore.train import Model
+def train(config: Config, pre_trained: str = "", resume: str = "", log_every: Optional[int] = None,
+          argv: Sequence[str] = ()) -> int:
+    """Run the fine-tuning described by ``config``; returns the process exit code.
 
-    from src.engine import runtime
-    from src.engine.distributed import init_data_parallel, is_writer, log_parameter_digest
-    from src.engine.loss_log import drop_rows_after_step
-    from src.engine.progress import redirect_logging
+    Args:
+        argv: train.py's command-line arguments, for the ``--resume`` command logged when a
+            signal stops the run.
+    """
+    from src.engine.distributed import init_data_parallel, is_writer
+    from src.engine.run_folder import RunLock
 
     rank, group_size = init_data_parallel()
     writer = is_writer(rank)
     run_dir = resolve_path(config.run_dir)
-    if writer:
-        write_run_config(config, run_dir)
+    # One run per folder: the lock first, before anything is read or written.
+    with RunLock(run_dir) if writer else contextlib.nullcontext():
+        return _train_in_locked_folder(config, pre_trained, resume, log_every, argv, run_dir, writer, rank,
+                                       group_size)
 
-    dataset, steps_per_epoch = build_training_data(config, rank, group_size)
+
+def _train_in_locked_folder(config: Config, pre_trained: str, resume: str, log_every: Optional[int],
+                            argv: Sequence[str], run_dir: str, writer: bool, rank: int, group_size: int) -> int:
+    from mindspore.train import Model
+
+    from src.checkpoint.load import read_train_state
+    from src.checkpoint.names import LAST_CHECKPOINT_NAME
+    from src.engine import runtime
+    from src.engine.distributed import log_parameter_digest
+    from src.engine.progress import redirect_logging
+    from src.engine.run_folder import check_fresh_folder
+
+    if writer and not resume:
+        check_fresh_folder(run_dir)
+    resume_state = read_train_state(resume) if resume else None
+    dataset, steps_per_epoch = build_training_data(config, rank, group_size,
+                                                   start_step=resume_state[1] if resume_state else 0)
     net = build_training_model(config, pre_trained)
     optimizer, lr = build_optimizer(config, net, steps_per_epoch, rank, group_size)
     train_cell = build_train_step(config, net, optimizer)
 
     start_epoch = start_step = 0
     if resume:
-        start_epoch, start_step = restore_train_state(train_cell, optimizer, resume, steps_per_epoch)
+        start_epoch, start_step = restore_train_state(train_cell, resume, resume_state, steps_per_epoch,
+                                                      config.dataset_sink_mode)
+        resume_state = None  # the tensors are in the network now
         if start_epoch >= config.epoch_size:
             logger.info("nothing to do: the checkpoint is already at epoch %d of %d", start_epoch, config.epoch_size)
             return EXIT_OK
-        if writer:
-            # The interrupted run may have logged steps after the checkpoint; they are run again.
-            drop_rows_after_step(os.path.join(run_dir, "losses.csv"), start_step)
+    if writer:
+        start_run_folder(config, run_dir, start_step if resume else None)
+    else:
+        runtime.add_log_file(None)
 
-    callbacks, loss_cb, show_bar = build_callbacks(config, net, run_dir, writer, steps_per_epoch, lr, start_step,
-                                                   log_every)
+    callbacks, loss_cb, signal_stop, show_bar = build_callbacks(config, net, run_dir, writer, steps_per_epoch, lr,
+                                                                start_step, log_every)
     model = Model(train_cell)
     started = time.time()
     # The graph holds the LR schedule as a [steps] parameter: its length (data size, batch, epochs,
     # ranks) shapes the graph, its values do not; a sunk epoch runs steps_per_epoch steps in one
     # call. A pre-trained backbone freezes stages: another graph.
     graph_inputs = {"pretrained_backbone": bool(pre_trained), "lr_steps": len(lr), "steps_per_epoch": steps_per_epoch}
-    with runtime.compile_cache(config, "train", graph_inputs), redirect_logging(show_bar):
-        model.train(config.epoch_size, dataset, callbacks=callbacks, dataset_sink_mode=config.dataset_sink_mode,
-                    initial_epoch=start_epoch)
+    signal_stop.install()  # after MindSpore's start-up, before the compile: a signal then counts too
+    try:
+        with runtime.compile_cache(config, "train", graph_inputs), redirect_logging(show_bar):
+            model.train(config.epoch_size, dataset, callbacks=callbacks, dataset_sink_mode=config.dataset_sink_mode,
+                        initial_epoch=start_epoch)
+    finally:
+        signal_stop.restore()
     logger.info("training took %.1f s", time.time() - started)
     if group_size > 1:
         log_parameter_digest(train_cell, rank, group_size)
     if loss_cb.error is not None:
         logger.error("training stopped: %s", loss_cb.error)
         return EXIT_TRAINING_STOPPED
+    last_step = loss_cb.history[-1]["step"] if loss_cb.history else start_step
+    if signal_stop.received is not None and last_step < steps_per_epoch * config.epoch_size:
+        last = os.path.join(run_dir, LAST_CHECKPOINT_NAME)
+        epoch, step_in_epoch = divmod(last_step, steps_per_epoch)
+        logger.warning("interrupted (%s) after step %d of %d (epoch %d, step %d of %d), saved in %s; "
+                       "continue with: %s", signal_stop.received, last_step, steps_per_epoch * config.epoch_size,
+                       epoch + (1 if step_in_epoch else 0), step_in_epoch or steps_per_epoch, steps_per_epoch,
+                       last, resume_command(argv, last))
+        return EXIT_INTERRUPTED
     return EXIT_OK

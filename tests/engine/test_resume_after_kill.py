@@ -1,14 +1,28 @@
-"""A training run killed with SIGKILL after its first checkpoint, then resumed with --resume.
+"""Training runs stopped from outside, as users stop them: SIGKILL in the middle of a checkpoint
+write, SIGTERM and SIGINT (Ctrl-C) during a step, and a second Ctrl-C; then --resume.
 
 train.py runs in a subprocess (as a user runs it) on a tiny set: 64x64 input, batch 1, three
-steps per epoch, a checkpoint every epoch. The run is killed once its first checkpoint exists and
-it has logged a step beyond it (the rows the resumed run must not duplicate). The resumed run
-must finish, ``losses.csv`` (the input of the loss plot) must hold every step exactly once in
-order, and every checkpoint left in the run directory must load. Two graph compiles in all.
+steps per epoch, a checkpoint every epoch. One run goes through three processes: the first is
+killed (SIGKILL) while the second epoch's checkpoint is being written, having logged steps
+beyond that checkpoint (rows the resumed run must not duplicate); the second resumes it, must
+remove what the killed write left, and gets a SIGTERM during a step of the third epoch: it must
+save ``last.ckpt`` of that step (as a rule mid-epoch), exit 130 and log one line with the ``--resume``
+command; the third runs that command and must finish with every step exactly once in
+``losses.csv`` (the input of the loss plot) and only checkpoints that load. A SIGINT behaves as
+the SIGTERM; a second SIGINT ends the process at once. One graph compile in all (the compile
+cache serves the other processes).
+
+The stopped and resumed run logs the losses of the same run uninterrupted, digit for digit: the
+data stream, the weights, the optimizer state and the learning rate continue exactly. The
+sampling sizes take every anchor and every RoI candidate, because the random keys of the graph's
+anchor and RoI sampling (``ops.UniformReal`` in src/maskrcnn) come from a kernel state that a new
+process starts afresh; with every candidate taken they only order the samples.
 """
 
 import csv
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -16,17 +30,18 @@ import time
 
 import pytest
 
-from src.checkpoint.io import CKPT_SUFFIX, read_checkpoint
+from src.checkpoint.io import CKPT_SUFFIX, PARTIAL_FILE, read_checkpoint
 from src.checkpoint.load import load_pretrained
 from src.checkpoint.names import GLOBAL_STEP_NAME
 from src.config import REPO_ROOT, load_config, parse_overrides
+from src.engine.runtime import EXIT_INTERRUPTED, EXIT_OK
 from src.synthetic import generate
 
 TRAIN_IMAGES = 3  # all with objects (the synthetic set leaves every 25th image empty)
-EPOCHS = 3
+EPOCHS = 4  # the SIGTERM comes in epoch 3, well before the end
 STEPS_PER_EPOCH = TRAIN_IMAGES  # batch 1
 TOTAL_STEPS = EPOCHS * STEPS_PER_EPOCH
-# Generous: two graph compiles on a loaded 2-core machine.
+# Generous: a graph compile on a loaded 2-core machine.
 RUN_TIMEOUT_S = 600
 POLL_S = 0.05
 
@@ -36,9 +51,10 @@ def _args(data_dir, run_dir):
             "--batch_size", "1", "--epoch_size", str(EPOCHS), "--save_checkpoint_epochs", "1",
             "--keep_checkpoint_max", "10", "--num_parallel_workers", "1", "--flip_ratio", "0.0",
             "--fpn_channels", "32", "--box_head_channels", "64", "--mask_head_channels", "32",
-            "--rpn_pre_nms_top_k_train", "100", "--rpn_post_nms_top_k_train", "50", "--rcnn_num_samples", "32",
-            "--rpn_num_samples", "64", "--max_instance_count", "8", "--warmup_steps", "2",
-            "--base_lr", "0.005"]
+            "--rpn_pre_nms_top_k_train", "100", "--rpn_post_nms_top_k_train", "50",
+            # every candidate sampled (see the module docstring): 1023 anchors, 50 proposals + 8 boxes
+            "--rpn_num_samples", "1024", "--rcnn_num_samples", "128", "--rcnn_pos_fraction", "0.5",
+            "--max_instance_count", "8", "--warmup_steps", "2", "--base_lr", "0.005"]
 
 
 def _train_command(data_dir, run_dir, *extra):
@@ -65,71 +81,196 @@ def _global_step(ckpt_path):
     return int(read_checkpoint(ckpt_path)[GLOBAL_STEP_NAME].asnumpy().reshape(-1)[0])
 
 
-def _kill_after_first_checkpoint(command, run_dir, log_path):
-    """Start ``command``; SIGKILL it once last.ckpt exists and a later step is logged.
+def _partial_files(run_dir):
+    return sorted(n for n in os.listdir(run_dir) if PARTIAL_FILE.match(n)) if os.path.isdir(run_dir) else []
+
+
+def _last_logged(run_dir):
+    return max(_logged_steps(os.path.join(run_dir, "losses.csv")), default=0)
+
+
+def _run_and_signal(command, log_path, ready, signals):
+    """Start ``command``; once ``ready()`` holds, send ``signals`` one after the other (each next
+    one once the run has logged that it received the previous one) and wait for the end.
 
     Returns:
-        (steps logged at the kill, global step of last.ckpt at the kill).
+        (exit status, the process's output).
     """
-    last = os.path.join(run_dir, "last.ckpt")
-    csv_path = os.path.join(run_dir, "losses.csv")
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + RUN_TIMEOUT_S
     try:
-        while time.time() < deadline and process.poll() is None:
-            if os.path.exists(last) and max(_logged_steps(csv_path), default=0) > STEPS_PER_EPOCH:
-                break
+        while time.time() < deadline and process.poll() is None and not ready():
             time.sleep(POLL_S)
-        assert process.poll() is None, f"the run ended before it could be killed:\n{open(log_path).read()}"
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=60)
+        assert process.poll() is None, f"the run ended before the signal:\n{open(log_path).read()[-3000:]}"
+        for number, sig in enumerate(signals):
+            if number:
+                while process.poll() is None and "received: training stops" not in open(log_path).read():
+                    time.sleep(POLL_S)
+            process.send_signal(sig)
+        process.wait(timeout=RUN_TIMEOUT_S)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode == -signal.SIGKILL
-    return _logged_steps(csv_path), _global_step(last)
+    return process.returncode, open(log_path).read()
+
+
+def _stop_record(run_dir, returncode, output):
+    """What a stopped process left: status, output, steps logged, last.ckpt's step, temporary files."""
+    last = os.path.join(run_dir, "last.ckpt")
+    return {"returncode": returncode, "output": output, "steps": _logged_steps(os.path.join(run_dir, "losses.csv")),
+            "checkpoint_step": _global_step(last) if os.path.exists(last) else None,
+            "leftovers": _partial_files(run_dir)}
+
+
+def _resume_command_of(output):
+    """The command an interrupted run logged, runnable here (the same Python)."""
+    match = re.search(r"continue with: (python train\.py .*)$", output, re.MULTILINE)
+    assert match, output[-3000:]
+    return [sys.executable, os.path.join(REPO_ROOT, "train.py"), *shlex.split(match.group(1))[2:]]
 
 
 @pytest.fixture(scope="module")
-def killed_and_resumed(tmp_path_factory):
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    generate(str(folder), TRAIN_IMAGES, 1, seed=5, style="solid")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def stopped_three_times(tmp_path_factory, data_dir):
+    """The run of the module docstring: SIGKILL during a checkpoint write, resume + SIGTERM, resume."""
     root = tmp_path_factory.mktemp("kill")
-    data_dir, run_dir = root / "data", root / "run"
-    generate(str(data_dir), TRAIN_IMAGES, 1, seed=5, style="solid")
-    steps_at_kill, resumed_step = _kill_after_first_checkpoint(_train_command(data_dir, run_dir), str(run_dir),
-                                                               str(root / "killed.log"))
-    resumed = subprocess.run(_train_command(data_dir, run_dir, "--resume", str(run_dir / "last.ckpt")),
-                             cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
-    return run_dir, steps_at_kill, resumed_step, resumed
+    run_dir = str(root / "run")
+    last = os.path.join(run_dir, "last.ckpt")
+
+    def writing_the_second_checkpoint():
+        # (the second run's SIGTERM below waits for rows beyond those the killed run logged)
+        return (os.path.exists(last) and STEPS_PER_EPOCH < _last_logged(run_dir) <= 2 * STEPS_PER_EPOCH
+                and bool(_partial_files(run_dir)))
+
+    killed = _stop_record(run_dir, *_run_and_signal(_train_command(data_dir, run_dir), root / "killed.log",
+                                                    writing_the_second_checkpoint, [signal.SIGKILL]))
+    resume = _train_command(data_dir, run_dir, "--resume", last)
+    terminated = _stop_record(run_dir, *_run_and_signal(
+        resume, root / "terminated.log", lambda: _last_logged(run_dir) > 2 * STEPS_PER_EPOCH, [signal.SIGTERM]))
+    finished = subprocess.run(_resume_command_of(terminated["output"]), cwd=REPO_ROOT, env=_env(),
+                              capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    return run_dir, killed, terminated, finished
 
 
-def test_the_kill_left_rows_after_the_checkpoint(killed_and_resumed):
-    """The set-up is the case that matters: the killed run had logged steps that its last checkpoint does not hold."""
-    _, steps_at_kill, resumed_step, _ = killed_and_resumed
+def test_the_kill_left_rows_after_the_checkpoint_and_a_partial_write(stopped_three_times):
+    """The set-up is the case that matters: the killed run logged steps its last checkpoint does not
+    hold, and its checkpoint write was cut."""
+    _, killed, _, _ = stopped_three_times
+    assert killed["returncode"] == -signal.SIGKILL
+    resumed_step = killed["checkpoint_step"]
     assert resumed_step % STEPS_PER_EPOCH == 0 and resumed_step < TOTAL_STEPS
-    assert steps_at_kill[:resumed_step] == list(range(1, resumed_step + 1))
-    assert max(steps_at_kill) > resumed_step, steps_at_kill
+    assert killed["steps"][:resumed_step] == list(range(1, resumed_step + 1))
+    assert max(killed["steps"]) > resumed_step, killed["steps"]
+    assert killed["leftovers"], "the kill did not come during a checkpoint write"
 
 
-def test_resumed_run_finishes_with_every_step_logged_once(killed_and_resumed):
-    run_dir, _, resumed_step, resumed = killed_and_resumed
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resumed from {run_dir / 'last.ckpt'} at global step {resumed_step}" in resumed.stderr
-    assert _logged_steps(run_dir / "losses.csv") == list(range(1, TOTAL_STEPS + 1))
-    assert _global_step(str(run_dir / "last.ckpt")) == TOTAL_STEPS
+def test_the_next_start_removes_the_leftovers_and_names_them(stopped_three_times):
+    run_dir, killed, terminated, _ = stopped_three_times
+    assert (f"{run_dir}: removed {len(killed['leftovers'])} files left by interrupted checkpoint writes: "
+            in terminated["output"])
+    assert f"resumed from {run_dir}/last.ckpt at global step {killed['checkpoint_step']}" in terminated["output"]
 
 
-def test_every_checkpoint_in_the_run_directory_loads(killed_and_resumed):
+@pytest.fixture(scope="module")
+def uninterrupted_losses(tmp_path_factory, data_dir):
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    result = subprocess.run(_train_command(data_dir, run_dir), cwd=REPO_ROOT, env=_env(), capture_output=True,
+                            text=True, timeout=RUN_TIMEOUT_S)
+    assert result.returncode == EXIT_OK, result.stderr[-3000:]
+    return _loss_rows(run_dir)
+
+
+def _loss_rows(run_dir):
+    """losses.csv without the step times (the one column that differs between equal runs)."""
+    with open(os.path.join(run_dir, "losses.csv"), newline="", encoding="utf-8") as handle:
+        return [{k: v for k, v in row.items() if k != "step_seconds"} for row in csv.DictReader(handle)]
+
+
+def test_the_stopped_and_resumed_run_logs_the_uninterrupted_losses_digit_for_digit(stopped_three_times,
+                                                                                  uninterrupted_losses):
+    run_dir, _, _, finished = stopped_three_times
+    assert finished.returncode == EXIT_OK, finished.stderr[-3000:]
+    resumed = _loss_rows(run_dir)
+    assert len(resumed) == len(uninterrupted_losses) == TOTAL_STEPS
+    for got, want in zip(resumed, uninterrupted_losses):
+        assert got == want
+
+
+def _check_interrupted(run_dir, record, name):
+    """A run stopped by signal ``name`` during a step of epoch ``epoch``: status 130, last.ckpt of
+    the last logged step, one line with the --resume command, no traceback, no temporary file."""
+    assert record["returncode"] == EXIT_INTERRUPTED == 130, record["output"][-3000:]
+    stopped_at = max(record["steps"])
+    assert record["checkpoint_step"] == stopped_at < TOTAL_STEPS
+    epoch, step_in_epoch = (stopped_at - 1) // STEPS_PER_EPOCH + 1, (stopped_at - 1) % STEPS_PER_EPOCH + 1
+    lines = [line for line in record["output"].splitlines() if "interrupted (" in line]
+    assert len(lines) == 1 and re.search(
+        rf"WARNING train: interrupted \(SIG(INT|TERM)\) after step {stopped_at} of {TOTAL_STEPS} \(epoch {epoch}, "
+        rf"step {step_in_epoch} of {STEPS_PER_EPOCH}\), saved in {run_dir}/last\.ckpt; continue with: "
+        rf"python train\.py .*--run_dir {run_dir} .* --resume {run_dir}/last\.ckpt$", lines[0]), lines
+    assert lines[0].count("--resume") == 1  # the resumed run's own --resume is replaced
+    assert f"{name} received: training stops after this step" in record["output"] or name == "SIGINT"
+    assert "Traceback" not in record["output"]
+    assert not record["leftovers"]
+    return stopped_at
+
+
+def test_sigterm_during_a_step_saves_that_step_and_logs_the_resume_command(stopped_three_times):
+    run_dir, _, terminated, _ = stopped_three_times
+    stopped_at = _check_interrupted(run_dir, terminated, "SIGTERM")
+    assert stopped_at > 2 * STEPS_PER_EPOCH  # after the first step of epoch 3: as a rule mid-epoch
+
+
+def test_the_logged_command_finishes_the_run_with_every_step_logged_once(stopped_three_times):
+    run_dir, _, terminated, finished = stopped_three_times
+    assert finished.returncode == EXIT_OK, finished.stderr[-3000:]
+    assert f"resumed from {run_dir}/last.ckpt at global step {max(terminated['steps'])}" in finished.stderr
+    assert _logged_steps(os.path.join(run_dir, "losses.csv")) == list(range(1, TOTAL_STEPS + 1))
+    assert _global_step(os.path.join(run_dir, "last.ckpt")) == TOTAL_STEPS
+
+
+def test_every_checkpoint_in_the_run_directory_loads(stopped_three_times):
     from src.maskrcnn.builder import build_model
 
-    run_dir, _, _, resumed = killed_and_resumed
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    ckpts = sorted(n for n in os.listdir(run_dir) if n.endswith(CKPT_SUFFIX))
-    # every epoch's checkpoint (the killed run's and the resumed run's) and last.ckpt, no partial files
+    run_dir, _, _, finished = stopped_three_times
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    names = os.listdir(run_dir)
+    ckpts = sorted(n for n in names if n.endswith(CKPT_SUFFIX))
+    # every epoch's checkpoint (of the killed and the resumed runs) and last.ckpt; no temporary
+    # file, no lock
     assert ckpts == sorted(["last.ckpt"] + [f"maskrcnn-{e}_{e * STEPS_PER_EPOCH}.ckpt" for e in range(1, EPOCHS + 1)])
+    assert not [n for n in names if n.startswith(".")], names
     config = load_config(None, parse_overrides(_args("unused", run_dir)))
     net = build_model(config)
     for name in ckpts:
-        report = load_pretrained(net, str(run_dir / name))
+        report = load_pretrained(net, os.path.join(run_dir, name))
         assert not report.skipped and not report.left_at_init, name
+
+
+def test_sigint_during_a_step_saves_that_step_and_exits_130(tmp_path, data_dir):
+    run_dir = str(tmp_path / "run")
+    record = _stop_record(run_dir, *_run_and_signal(_train_command(data_dir, run_dir), tmp_path / "train.log",
+                                                    lambda: _last_logged(run_dir) > STEPS_PER_EPOCH, [signal.SIGINT]))
+    _check_interrupted(run_dir, record, "SIGINT")
+
+
+def test_a_second_sigint_stops_at_once_and_leaves_loadable_checkpoints(tmp_path, data_dir):
+    run_dir = str(tmp_path / "run")
+    returncode, output = _run_and_signal(_train_command(data_dir, run_dir), tmp_path / "train.log",
+                                         lambda: _last_logged(run_dir) > STEPS_PER_EPOCH, [signal.SIGINT, signal.SIGINT])
+    # Ended by the signal itself (MindSpore turns a SIGINT during a step into a SIGTERM), before
+    # the run could finish.
+    assert returncode in (-signal.SIGINT, -signal.SIGTERM), output[-3000:]
+    assert _last_logged(run_dir) < TOTAL_STEPS
+    assert "interrupted (" not in output
+    for name in os.listdir(run_dir):
+        if name.endswith(CKPT_SUFFIX) and not PARTIAL_FILE.match(name):
+            read_checkpoint(os.path.join(run_dir, name))
