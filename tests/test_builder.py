@@ -53,3 +53,29 @@ def test_float16_config_converts_the_documented_cells():
     config = _config(compute_dtype="float16")
     assert built_dtypes(build_model(config)) == planned_dtypes(config)
     assert set(built_dtypes(build_model(_config())).values()) == {"float32"}
+
+
+@pytest.mark.parametrize("device, for_export, mask_rows, static", [
+    ("CPU", False, "auto", False), ("CPU", True, "auto", True), ("Ascend", False, "auto", True),
+    ("GPU", False, "auto", True), ("Ascend", False, "dynamic", False), ("CPU", False, "static", True)])
+def test_mask_rows_are_static_off_the_cpu_and_for_export_unless_the_recipe_says(device, for_export, mask_rows,
+                                                                              static):
+    net = build_model(_config(device_target=device, mask_rows=mask_rows), for_export=for_export)
+    assert net.static_mask_rows == static
+    # Training: static rows run every positive slot (null bound); dynamic keeps the real positives.
+    assert net.mask_loss.rois_per_image == (net.mask_loss.max_positives if static else None)
+    # A bound the recipe sets is static either way and stays.
+    bounded = build_model(_config(device_target=device, mask_rows=mask_rows, mask_rois_per_image=3),
+                          for_export=for_export)
+    assert bounded.mask_loss.rois_per_image == 3
+
+
+def test_the_mask_rows_choice_is_logged_once_naming_target_and_choice(caplog):
+    from src.maskrcnn import target
+
+    target._LOGGED_MASK_ROWS.discard(("GPU", "static"))  # pylint: disable=protected-access
+    with caplog.at_level("INFO", logger="src.maskrcnn.target"):
+        build_model(_config(device_target="GPU"))
+        build_model(_config(device_target="GPU"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "src.maskrcnn.target"]
+    assert lines == ["mask rows on GPU: static (mask_rows: auto)"]
