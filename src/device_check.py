@@ -17,8 +17,8 @@ backend pass) and every node of the IR is inspected. A node is refused when
 - its primitive is not documented as supported on Ascend: the "Supported Platforms" section of
   the primitive's docstring in the installed MindSpore package (MindSpore's documentation),
   followed to the ``mindspore.ops`` function its class refers to where the class has none; a
-  gradient primitive (``XGrad``, ``XBackprop...``) counts as documented when its forward
-  primitive is; graph-only primitives with no docstring are listed in ``GRAPH_PRIMITIVES``, and
+  gradient primitive (``XGrad``, ``XBackprop...``, ``XGradWithArgmax``) counts as documented
+  when its forward primitive (``X``, ``XWithArgmax``, ``XV2``) is; graph-only primitives with no docstring are listed in ``GRAPH_PRIMITIVES``, and
   anything else is refused as undocumented.
 
 ``--mindir FILE`` inspects an exported MindIR the same way (loaded and compiled as a graph).
@@ -185,7 +185,11 @@ def ascend_verdict(name: str) -> Optional[str]:
     platforms = documented_platforms(name)
     if platforms is None:
         gradient = GRADIENT_NAME.match(name)
-        if gradient and ascend_verdict(gradient.group("forward")) is None:
+        forwards = [gradient.group("forward")] if gradient else []
+        if "Grad" in name[1:]:  # e.g. MaxPool3DGradWithArgmax -> MaxPool3DWithArgmax
+            forwards.append(name.replace("Grad", "", 1))
+        forwards += [forward + "V2" for forward in forwards]  # ResizeBilinearGrad -> ResizeBilinearV2
+        if any(ascend_verdict(forward) is None for forward in forwards):
             return None
         return "no documentation of its supported platforms in MindSpore"
     if "Ascend" not in platforms:
@@ -223,17 +227,27 @@ def inspect_ir(name: str, text: str) -> GraphReport:
     return report
 
 
-def compiled_ir(cell, inputs: Sequence) -> str:
-    """Compile ``cell`` on ``inputs`` (graph mode, current device) and return the text of the IR
-    MindSpore dumps after its ``validate`` pass."""
+def compiled_ir(cell, inputs: Sequence, backend: bool = False) -> str:
+    """Compile ``cell`` on ``inputs`` (graph mode) and return the text of the IR MindSpore dumps
+    after its ``validate`` pass (the front end's finished graph, what a backend receives).
+
+    Args:
+        backend: also build the CPU kernels (``cell.compile``: a later call of ``cell`` on inputs
+            of these shapes runs without compiling again); False stops after the front end, as
+            ``ms.export`` does (about half the time).
+    """
     import mindspore as ms
+    from mindspore.common.api import _cell_graph_executor
 
     previous_filter = os.environ.get("MS_DEV_DUMP_IR_PASSES")
     os.environ["MS_DEV_DUMP_IR_PASSES"] = "validate"
     with tempfile.TemporaryDirectory(prefix="device_check_ir_") as folder:
         ms.set_context(save_graphs=1, save_graphs_path=folder)
         try:
-            cell.compile(*inputs)
+            if backend:
+                cell.compile(*inputs)
+            else:  # an "export" phase runs the front end only (MindSpore's own ms.export does this)
+                _cell_graph_executor.compile(cell, *inputs, phase=f"export.device_check.{id(cell)}", do_convert=False)
         finally:
             ms.set_context(save_graphs=0)
             if previous_filter is None:
@@ -271,13 +285,14 @@ def zero_batch(config, training: bool) -> Tuple:
     return tuple(ms.Tensor(a) for a in arrays)
 
 
-def training_cell(config):
-    """The device recipe's ``TrainOneStepCell`` (Momentum, the recipe's loss scale), as train.py
-    builds it: ``src/engine/trainer.py``'s builders, one step per epoch."""
+def training_cell(config, steps_per_epoch: int = 1):
+    """The device recipe's ``TrainOneStepCell`` (Momentum over the LR schedule of
+    ``steps_per_epoch`` x ``epoch_size`` steps, the recipe's loss scale), as train.py builds it:
+    ``src/engine/trainer.py``'s builders."""
     from src.engine.trainer import build_optimizer, build_train_step, build_training_model
 
     net = build_training_model(config, "")
-    optimizer, _ = build_optimizer(config, net, 1, 0, 1)
+    optimizer, _ = build_optimizer(config, net, steps_per_epoch, 0, 1)
     return build_train_step(config, net, optimizer)
 
 
