@@ -20,7 +20,7 @@
   ``mask_rois_per_image`` bound, every positive slot when it is null; inference on all
   ``test_max_per_img`` detection slots): MindSpore's default on Ascend (``jit_level`` O2,
   CANN's GraphEngine) and the deployment toolchains compile static shapes only. Same losses and
-  detections either way (``tests/maskrcnn/test_mask_rows.py``); the dynamic form only saves work.
+  detections either way (``tests/test_mask_rcnn.py``); the dynamic form only saves work.
 - Loss scale: ``loss_scale`` (static) and ``dynamic_loss_scale`` drive ``TrainOneStepCell``,
   which skips the update of a step with a non-finite gradient and, when dynamic, halves the
   scale (see ``src/engine/train_step.py``).
@@ -60,9 +60,7 @@ def mask_rows(config, for_export: bool = False) -> str:
     target = "export" if for_export else config.device_target
     if (target, choice) not in _LOGGED_MASK_ROWS:
         _LOGGED_MASK_ROWS.add((target, choice))
-        logger.info("mask rows on %s: %s (mask_rows: %s)%s", target, choice, config.mask_rows,
-                    "" if choice == "static" else ", a dynamic shape (ops.nonzero) that Ascend's static graph "
-                                                  "compiler and the deployment toolchains refuse")
+        logger.info("mask rows on %s: %s (mask_rows: %s)", target, choice, config.mask_rows)
     return choice
 
 
