@@ -18,8 +18,9 @@ backend pass) and every node of the IR is inspected. A node is refused when
   the primitive's docstring in the installed MindSpore package (MindSpore's documentation),
   followed to the ``mindspore.ops`` function its class refers to where the class has none; a
   gradient primitive (``XGrad``, ``XBackprop...``, ``XGradWithArgmax``) counts as documented
-  when its forward primitive (``X``, ``XWithArgmax``, ``XV2``) is; graph-only primitives with no docstring are listed in ``GRAPH_PRIMITIVES``, and
-  anything else is refused as undocumented.
+  when its forward primitive (``X``, ``XWithArgmax``, ``XV2``) is; graph-only primitives with no
+  docstring are listed in ``GRAPH_PRIMITIVES`` (and front-end substitutes in ``STANDS_FOR``),
+  and anything else is refused as undocumented.
 
 ``--mindir FILE`` inspects an exported MindIR the same way (loaded and compiled as a graph).
 Prints per graph the primitive counts and one line per refusal (primitive, output, and the line
