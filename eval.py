@@ -21,8 +21,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from src.cli import (add_inference_weights_arguments, cli_errors, inference_network, missing_weights_message, report_error,
-                     with_device_override)
+from src.cli import (add_inference_weights_arguments, cli_errors, inference_network, missing_weights_message,
+                     report_error, with_device_override, with_mindir_metadata)
 from src.config import add_config_arguments, config_from_cli, resolve_path
 from src.engine.runtime import EXIT_BAD_INPUT, EXIT_OK
 
@@ -71,14 +71,17 @@ def write_ground_truth(out_dir: str, sub) -> str:
 
 def run_eval(config, ckpt: str, data_root: Optional[str], ann_file: Optional[str], out_dir: str,
              progress: bool = True, report_dir: Optional[str] = None, mindir: Optional[str] = None) -> dict:
-    """Build the model, load ``ckpt`` (or run the exported ``mindir``, batch 1), evaluate the val
-    split, write the results (and the report page in ``report_dir``); returns the metrics."""
+    """Build the model, load ``ckpt`` (or run the exported ``mindir``, at the batch of its
+    metadata), evaluate the val split, write the results (and the report page in ``report_dir``);
+    returns the metrics."""
     from src.evaluation.inference import build_eval_split, evaluate_model
 
     net, report = inference_network(config, ckpt, mindir)
     eval_batch = None
     if mindir:
-        eval_batch = 1  # the exported graph's static batch (export.py --export_batch default)
+        from src.engine.mindir import read_metadata
+
+        eval_batch = read_metadata(mindir)["batch"]  # the exported graph's static batch
         ckpt = mindir
     else:
         logger.info("loaded %s: %d parameters", ckpt, len(report.loaded))
@@ -132,6 +135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_BAD_INPUT
 
     try:
+        config, _ = with_mindir_metadata(config, args)
         ensure_writable_folder(out_dir, "out")
         set_mindspore_context(config.device_target, seed=config.seed)
         # An exported MindIR is its own graph: only the network built from the config is cached.

@@ -15,7 +15,10 @@ For every image ``NAME.ext`` the output folder receives
   class name, RLE mask).
 
 ``--score_thr auto`` takes each class's best-F1 threshold from the ``report.json`` of
-``eval.py --report DIR`` (``--report_json``, default ``<run_dir>/eval/report/report.json``).
+``eval.py --report DIR`` (``--report_json``, default ``<run_dir>/eval/report/report.json``;
+with ``--mindir``, default the thresholds stored in the graph's metadata when it has them).
+``--mindir FILE`` needs no ``--config_path``: classes, input size and normalisation come from
+``FILE.json``, written by ``export.py`` beside the graph.
 
 A video (.mp4, .avi, .mov, .mkv) becomes ``NAME_splash.mp4`` (colour splash of every frame,
 mp4v) plus ``NAME.json`` with the boxes of every frame.
@@ -28,9 +31,10 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from src.cli import add_inference_weights_arguments, cli_errors, inference_network, missing_weights_message, report_error, \
-    with_device_override
+from src.cli import (add_inference_weights_arguments, cli_errors, inference_network, missing_weights_message,
+                     report_error, with_device_override, with_mindir_metadata)
 from src.config import add_config_arguments, config_from_cli
+from src.engine.mindir import metadata_score_thresholds
 from src.engine.runtime import EXIT_OK
 from src.predictor import (AUTO_THRESHOLD, DEFAULT_SCORE_THR, VIDEO_EXTENSIONS, PredictError, Predictor, list_inputs,
                            parse_classes, predict_image, predict_video)
@@ -72,9 +76,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from src.evaluation.report_data import DEFAULT_REPORT_JSON, load_score_thresholds
 
     try:
+        config, metadata = with_mindir_metadata(config, args)
         labels = parse_classes(args.classes, config.coco_classes)
         inputs = list_inputs(args.input)
-        if args.score_thr == AUTO_THRESHOLD:
+        stored = metadata_score_thresholds(metadata) if metadata and not args.report_json else None
+        if args.score_thr == AUTO_THRESHOLD and stored:
+            args.score_thr = stored
+            logger.info("score thresholds from %s.json: %s", args.mindir, ", ".join(
+                f"{config.coco_classes[l]} {t:.3f}" for l, t in sorted(stored.items())))
+        elif args.score_thr == AUTO_THRESHOLD:
             from src.config import resolve_path
 
             report_json = args.report_json or os.path.join(resolve_path(config.run_dir), DEFAULT_REPORT_JSON)

@@ -63,7 +63,8 @@ def add_inference_weights_arguments(parser: argparse.ArgumentParser) -> None:
     """``--ckpt`` | ``--mindir`` (one of them, required) and ``--device_target``."""
     weights = parser.add_mutually_exclusive_group(required=True)
     weights.add_argument("--ckpt", help="checkpoint of this model written by train.py")
-    weights.add_argument("--mindir", help="graph written by export.py (batch 1, the config's input size)")
+    weights.add_argument("--mindir", help="graph written by export.py; its metadata file (FILE.json) gives the "
+                                          "classes, input size and normalisation, so no --config_path is needed")
     parser.add_argument("--device_target", default=None, choices=DEVICE_TARGETS,
                         help="overrides the config's device_target")
 
@@ -71,6 +72,25 @@ def add_inference_weights_arguments(parser: argparse.ArgumentParser) -> None:
 def with_device_override(config, args: argparse.Namespace):
     """``config`` with ``--device_target`` applied when given."""
     return config.replace(device_target=args.device_target) if args.device_target else config
+
+
+def with_mindir_metadata(config, args: argparse.Namespace):
+    """``config`` with the metadata of ``--mindir``'s graph applied (classes, input size,
+    normalisation, ...: ``src.engine.mindir.config_with_metadata``), so that no ``--config_path``
+    is needed; unchanged for ``--ckpt`` or a missing file (:func:`missing_weights_message`).
+
+    Returns:
+        ``(config, metadata or None)``.
+
+    Raises:
+        ExportError: the graph's metadata file is missing or unreadable (names it).
+    """
+    if not args.mindir or not os.path.isfile(args.mindir):
+        return config, None
+    from src.engine.mindir import config_with_metadata, read_metadata
+
+    metadata = read_metadata(args.mindir)
+    return config_with_metadata(config, metadata), metadata
 
 
 def missing_weights_message(args: argparse.Namespace) -> Optional[str]:

@@ -21,7 +21,7 @@ import yaml
 
 from src.maskrcnn.geometry import FPN_STRIDES, INPUT_SIZE_MULTIPLE, MASK_HEAD_UPSAMPLE
 from src.maskrcnn.numerics import PRESET_NAMES as NUMERICS_PRESETS
-from src.maskrcnn.target import DEVICE_TARGETS
+from src.maskrcnn.target import DEVICE_TARGETS, MASK_ROWS_CHOICES
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG_PATH = os.path.join(REPO_ROOT, "FineTune", "default.yaml")
@@ -130,14 +130,23 @@ class Config:
     box_head_channels: int = 1024  # width of the two fully connected layers
     mask_head_channels: int = 256
     mask_loss_weight: float = 1.0
-    # Training: null = the mask head runs on the batch's real positives only, however many
-    # there are (a shape that changes every step; the loss is the one of every slot). K = a
+    # Training, with dynamic mask rows (mask_rows below): null = the mask head runs on the
+    # batch's real positives only, however many there are (a shape that changes every step; the
+    # loss is the one of every slot); with static mask rows null = every positive slot. K = a
     # static bound: batch_size * K RoI slots, shared by the images of the batch and given to
     # real positives first (in turns: every image's first, then its second, ...); real positives
     # beyond it are left out of the mask loss (the box losses keep them). K = P_max =
     # int(rcnn_num_samples * rcnn_pos_fraction) runs every positive slot, padding included, for
     # backends where dynamic shapes are unsupported or slow. See MaskLoss.select.
     mask_rois_per_image: Optional[int] = None
+    # Which rows the mask head runs on (src/maskrcnn/target.py decides): "dynamic" = only the
+    # real ones (training: the batch's real positives when mask_rois_per_image is null;
+    # inference: the real detections), row counts that change from call to call (ops.nonzero),
+    # fast on the CPU; "static" = fixed counts (training: the mask_rois_per_image bound, every
+    # positive slot when null; inference: all test_max_per_img slots), a fully static graph as
+    # Ascend (jit_level O2) and the deployment toolchains need. "auto" = dynamic on the CPU,
+    # static on Ascend/GPU and in exported graphs. Same losses and detections either way.
+    mask_rows: str = "auto"
 
     # ---- inference ------------------------------------------------------------------------
     test_score_thr: float = 0.05
@@ -396,6 +405,8 @@ def _validate(cfg: Config, source: str) -> None:
                                          f"rcnn_pos_fraction) = {max_positives}")
     if cfg.lr_scaling not in LR_SCALING_RULES:
         raise bad("lr_scaling", "must be 'linear' or 'none'")
+    if cfg.mask_rows not in MASK_ROWS_CHOICES:
+        raise bad("mask_rows", f"must be one of {', '.join(repr(c) for c in MASK_ROWS_CHOICES)}")
     if cfg.compute_dtype not in ("auto", "float16", "float32"):
         raise bad("compute_dtype", "must be 'auto', 'float16' or 'float32'")
     if "{}" not in cfg.instance_set:

@@ -4,8 +4,8 @@ Every stage Cell is built here from explicit arguments (so each can also be buil
 without a Config), in a fixed order (the random initialisation of the layers depends on it),
 then :class:`~src.maskrcnn.mask_rcnn.Mask_Rcnn_Resnet50` wires them. The numerics preset
 (``config.numerics``, ``src/maskrcnn/numerics.py``) is resolved here and each stage gets its
-part; the device-dependent choices (compute dtype, op kernels) come from
-``src/maskrcnn/target.py``.
+part; the device-dependent choices (compute dtype, op kernels, static or dynamic mask rows)
+come from ``src/maskrcnn/target.py``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from src.maskrcnn.resnet50 import STAGE_OUT_CHANNELS, ResNet50
 from src.maskrcnn.roi_align import MultiLevelRoIAlign
 from src.maskrcnn.roi_heads import BoxHead, BoxPostProcessor, RCNNTargets
 from src.maskrcnn.rpn import RPN_BOX_STDS, RPNHead, RPNTargets
-from src.maskrcnn.target import FLOAT16_CELLS, NATIVE_KERNELS, kernels_for
+from src.maskrcnn.target import FLOAT16_CELLS, NATIVE_KERNELS, kernels_for, mask_rows
 
 
 def build_model(config, pretrained_backbone: bool = False, for_export: bool = False) -> Mask_Rcnn_Resnet50:
@@ -34,7 +34,8 @@ def build_model(config, pretrained_backbone: bool = False, for_export: bool = Fa
         pretrained_backbone: True when a pretrained ResNet50 will be loaded: frozen BatchNorm
             (moving statistics, not trained) and the stem + ``config.frozen_backbone_stages``
             stages frozen. False (random init): trainable BatchNorm with batch statistics.
-        for_export: only graph-exportable kernels (see ``src.maskrcnn.target.op_kernels``).
+        for_export: only graph-exportable kernels and static shapes (see
+            ``src.maskrcnn.target.op_kernels`` and ``mask_rows``).
 
     Returns:
         ``Mask_Rcnn_Resnet50``; with ``config.compute_float16`` the cells of
@@ -48,6 +49,7 @@ def build_model(config, pretrained_backbone: bool = False, for_export: bool = Fa
     # The model zoo clips decoded boxes to the padded input, the others to the image.
     clip_to_input = input_size if numerics.clip_to == "input" else None
     kernels = kernels_for(config, for_export)
+    static_mask_rows = mask_rows(config, for_export) == "static"
     # The oneDNN 3x3 convolution (layers.conv2d) computes in float32 only.
     conv_kernels = NATIVE_KERNELS if config.compute_float16 else kernels
 
@@ -60,7 +62,7 @@ def build_model(config, pretrained_backbone: bool = False, for_export: bool = Fa
     fpn = FPN(STAGE_OUT_CHANNELS, out_channels=channels, upsample=numerics.fpn_upsample, kernels=conv_kernels)
     rpn_head = RPNHead(channels, config.num_anchors_per_location, conv_kernels)
     box_head = BoxHead(channels, config.roi_box_size, config.box_head_channels, num_classes)
-    # The mask head keeps MindSpore's convolutions. In training its RoI count is a dynamic shape,
+    # The mask head keeps MindSpore's convolutions. In training its RoI count may be a dynamic shape,
     # which an aot op follows only with a C++ shape function and a CustomRegOp registration (a
     # Python out_shape fails at run time); built that way on oneDNN 3 it was no faster in the
     # step on trained weights (BENCHMARKS.md, "The mask head's convolutions on oneDNN 3").
@@ -97,13 +99,17 @@ def build_model(config, pretrained_backbone: bool = False, for_export: bool = Fa
                                        min_detection_size=numerics.min_detection_size,
                                        candidate_cap=numerics.candidate_cap,
                                        return_sources=numerics.mask_box == "argmax_class")
+    # Static rows without a bound: every positive slot (MaskLoss passes them all through).
+    rois_per_image = config.mask_rois_per_image
+    if static_mask_rows and rois_per_image is None:
+        rois_per_image = rcnn_targets.max_positives
     mask_loss = MaskLoss(config.mask_out_size, rcnn_targets.max_positives, config.mask_loss_weight,
-                         rois_per_image=config.mask_rois_per_image)
+                         rois_per_image=rois_per_image)
 
     net = Mask_Rcnn_Resnet50(backbone, fpn, rpn_head, box_head, mask_head, anchors, rpn_targets,
                              proposals_train, proposals_test, rcnn_targets, box_roi_align, mask_roi_align,
                              box_postprocess, mask_loss, numerics, compute_float16=config.compute_float16,
-                             mask_box=numerics.mask_box)
+                             mask_box=numerics.mask_box, static_mask_rows=static_mask_rows)
     if config.compute_float16:
         for name in FLOAT16_CELLS:
             getattr(net, name).to_float(mstype.float16)

@@ -260,7 +260,8 @@ def mask_probabilities(mask_logits, labels, valid, rows):
     Args:
         mask_logits: ``[T, C, M, M]`` float32, the mask head on the detection slots ``rows``.
         labels: ``[B, K]`` int32 detected classes; valid: ``[B, K]`` bool.
-        rows: ``[T]`` int32 flat slots ``b * K + k`` the logits belong to (:func:`rows_to_run`).
+        rows: ``[T]`` int32 flat slots ``b * K + k`` the logits belong to (:func:`rows_to_run`),
+            or None: every slot (``T = B * K``, static shapes).
 
     Returns:
         ``[B, K, M, M]`` float32 sigmoid of channel ``labels[b, k]``; all zero where not valid
@@ -268,9 +269,12 @@ def mask_probabilities(mask_logits, labels, valid, rows):
     """
     batch, count = labels.shape
     num_classes, size = mask_logits.shape[1], mask_logits.shape[-1]
-    labels, valid = ops.gather(labels.reshape(-1), rows, 0), ops.gather(valid.reshape(-1), rows, 0)
+    labels, valid = labels.reshape(-1), valid.reshape(-1)
+    if rows is not None:
+        labels, valid = ops.gather(labels, rows, 0), ops.gather(valid, rows, 0)
     onehot = ops.one_hot(labels, num_classes, Tensor(1.0, ms.float32), Tensor(0.0, ms.float32))
     chosen = (mask_logits * onehot.reshape(-1, num_classes, 1, 1)).sum(axis=1)
     masks = ops.sigmoid(chosen) * valid.astype(ms.float32).reshape(-1, 1, 1)
-    masks = ops.scatter_nd(rows.reshape(-1, 1), masks, (batch * count, size, size))
+    if rows is not None:
+        masks = ops.scatter_nd(rows.reshape(-1, 1), masks, (batch * count, size, size))
     return masks.reshape(batch, count, size, size)

@@ -48,11 +48,15 @@ class Mask_Rcnn_Resnet50(nn.Cell):  # pylint: disable=invalid-name  (the name us
             model zoo; ``box_postprocess`` must then return the sources), see :meth:`_mask_rois`.
         compute_float16: the image enters the backbone in float16 (the heads were set to float16
             by the builder); head outputs are cast back to float32.
+        static_mask_rows: inference computes the masks of all ``K`` detection slots (static
+            shapes); False: of the real detections only (``rows_to_run``, a dynamic shape).
+            Training's rows are ``mask_loss``'s (``src/maskrcnn/target.py: mask_rows`` decides both).
     """
 
     def __init__(self, backbone, fpn, rpn_head, box_head, mask_head, anchors, rpn_targets,
                  proposals_train, proposals_test, rcnn_targets, box_roi_align, mask_roi_align,
-                 box_postprocess, mask_loss, numerics, compute_float16=False, mask_box="detection"):
+                 box_postprocess, mask_loss, numerics, compute_float16=False, mask_box="detection",
+                 static_mask_rows=False):
         super().__init__()
         self.mask_box = check_choice("Mask_Rcnn_Resnet50", "mask_box", mask_box, MASK_BOXES)
         self.backbone = backbone
@@ -71,6 +75,7 @@ class Mask_Rcnn_Resnet50(nn.Cell):  # pylint: disable=invalid-name  (the name us
         self.mask_loss = mask_loss
         self.numerics = numerics
         self.compute_float16 = bool(compute_float16)
+        self.static_mask_rows = bool(static_mask_rows)
         self.num_classes = box_head.num_classes
 
     def _features(self, image):
@@ -132,7 +137,8 @@ class Mask_Rcnn_Resnet50(nn.Cell):  # pylint: disable=invalid-name  (the name us
         detections = self.box_postprocess(proposals, proposal_valid, cls_logits, box_deltas, image_shape)
         boxes, scores, labels, valid = detections[:4]
         mask_rois = self._mask_rois(detections, proposals, cls_logits, box_deltas, image_shape)
-        rows = rows_to_run(valid)  # the mask head runs on the real detections only
+        # Dynamic rows: the mask head runs on the real detections only.
+        rows = None if self.static_mask_rows else rows_to_run(valid)
         masks = mask_probabilities(self._mask_logits(pyramid, ops.stop_gradient(mask_rois), rows), labels, valid, rows)
         return boxes, scores, labels, valid, masks
 

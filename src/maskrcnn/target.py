@@ -1,4 +1,4 @@
-"""One place that decides device-dependent choices of the network: compute dtype and kernels.
+"""One place that decides device-dependent choices of the network: compute dtype, kernels, shapes.
 
 - Compute dtype (config key ``compute_dtype``; ``Config.compute_float16``): with float16 the
   backbone, FPN, RPN head, box head and mask head run in float16 (``Cell.to_float``, applied by
@@ -13,12 +13,23 @@
   ops (a ``pyfunc`` op cannot be stored in a MindIR). Decided from the config (never from the
   MindSpore context, which may not be set yet); the builder hands each stage the
   :class:`Kernels` of the target, and the stages never import ``src/maskrcnn/ops`` themselves.
+- Shapes (:func:`mask_rows`, config key ``mask_rows``): on the CPU the mask branch runs on the
+  real rows only (the batch's real positives in training, the real detections at inference:
+  ``ops.nonzero``, a shape that changes from call to call, which the CPU runs fast); on
+  Ascend/GPU and whenever the graph is exported the whole graph is static (training on the
+  ``mask_rois_per_image`` bound, every positive slot when it is null; inference on all
+  ``test_max_per_img`` detection slots): MindSpore's default on Ascend (``jit_level`` O2,
+  CANN's GraphEngine) and the deployment toolchains compile static shapes only. Same losses and
+  detections either way (``tests/maskrcnn/test_mask_rcnn.py``); the dynamic form only saves work.
 - Loss scale: ``loss_scale`` (static) and ``dynamic_loss_scale`` drive ``TrainOneStepCell``,
   which skips the update of a step with a non-finite gradient and, when dynamic, halves the
   scale (see ``src/engine/train_step.py``).
 """
 
+import logging
 from typing import Dict
+
+logger = logging.getLogger(__name__)
 
 # Every device_target a config may name (also the order in which available ones are listed).
 DEVICE_TARGETS = ("CPU", "Ascend", "GPU")
@@ -27,6 +38,10 @@ KERNEL_CHOICES = ("cpu", "native")
 # The cells that compute in float16 when the config asks for it (attribute names in
 # Mask_Rcnn_Resnet50; the builder converts them); everything else stays float32.
 FLOAT16_CELLS = ("backbone", "fpn", "rpn_head", "box_head", "mask_head")
+# Config key mask_rows: "auto" = "dynamic" on the CPU, "static" on other targets and for export.
+MASK_ROWS_CHOICES = ("auto", "dynamic", "static")
+# The (target, choice) pairs already logged by mask_rows: one INFO line each per process.
+_LOGGED_MASK_ROWS = set()
 
 
 def op_kernels(config, for_export: bool = False) -> str:
@@ -34,6 +49,19 @@ def op_kernels(config, for_export: bool = False) -> str:
     if for_export or config.device_target != "CPU":
         return "native"
     return "cpu"
+
+
+def mask_rows(config, for_export: bool = False) -> str:
+    """``"dynamic"`` (the mask branch on the real rows, ``ops.nonzero``) or ``"static"`` (fixed
+    row counts: the whole graph has static shapes), from ``config.mask_rows``; logged once."""
+    choice = config.mask_rows
+    if choice == "auto":
+        choice = "dynamic" if config.device_target == "CPU" and not for_export else "static"
+    target = "export" if for_export else config.device_target
+    if (target, choice) not in _LOGGED_MASK_ROWS:
+        _LOGGED_MASK_ROWS.add((target, choice))
+        logger.info("mask rows on %s: %s (mask_rows: %s)", target, choice, config.mask_rows)
+    return choice
 
 
 def planned_dtypes(config) -> Dict[str, str]:

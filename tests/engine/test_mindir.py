@@ -1,9 +1,11 @@
 """export.py: the MindIR of a checkpoint gives the checkpoint's detections through eval.py and
-predict.py (``--mindir``); ONNX stops with a one-line message naming the operator that blocks it.
+predict.py (``--mindir``, no config needed: the metadata file beside the graph); the graph is fully
+static (the device check's inspection); ONNX stops with a one-line message naming the operator
+that blocks it.
 
 One tiny network (64x64 input, light heads, random weights) is exported once; eval.py runs the
-checkpoint (CPU RoIAlign kernel, batch 2) and the MindIR (native RoIAlign kernel, batch 1) on the
-same synthetic val split.
+checkpoint (CPU RoIAlign kernel, dynamic mask rows, batch 2) and the MindIR (native RoIAlign
+kernel, static mask rows, batch 1) on the same synthetic val split.
 """
 
 import json
@@ -46,7 +48,8 @@ def exported(tmp_path_factory):
     ms.set_seed(4)
     ckpt = root / "random.ckpt"
     ms.save_checkpoint(build_model(config), str(ckpt))
-    code = export.main(["--ckpt", str(ckpt), "--file_format", "MINDIR", "--out", str(root / "model")] + _args(data_dir))
+    code = export.main(["--ckpt", str(ckpt), "--file_format", "MINDIR", "--out", str(root / "model"),
+                        "--run_dir", str(root / "run")] + _args(data_dir))
     assert code == export.EXIT_OK
     return root, data_dir, ckpt, root / "model.mindir"
 
@@ -92,12 +95,37 @@ def test_eval_of_the_mindir_gives_the_checkpoints_detections_and_ap(evaluations)
             assert m_mindir[iou_type][name] == pytest.approx(m_ckpt[iou_type][name], abs=1e-6)
 
 
-def test_predict_with_the_mindir_draws_the_checkpoints_detections(exported, evaluations, tmp_path):
+def test_the_mindir_has_its_metadata_beside_it(exported):
+    _, _, _, mindir = exported
+    with open(str(mindir) + ".json") as handle:
+        metadata = json.load(handle)
+    config = load_config(None, TINY)
+    assert metadata["graph"] == "model.mindir" and metadata["batch"] == 1
+    assert metadata["classes"] == config.coco_classes
+    assert metadata["input_size"] == [64, 64]
+    assert (metadata["img_mean"], metadata["img_std"]) == (config.img_mean, config.img_std)
+    assert (metadata["keep_ratio"], metadata["mask_thr"], metadata["numerics"]) == (True, 0.5, "native")
+    assert (metadata["max_detections"], metadata["mask_size"]) == (10, 28)
+    assert metadata["score_thresholds"] is None  # no report.json in the run folder
+
+
+def test_the_exported_graph_is_fully_static_and_device_safe(exported):
+    from src.device_check import check_mindir
+
+    report = check_mindir(str(exported[3]))
+    assert report.safe, report.refusals
+    # the mask head's convolutions and RoIAlign are in the file, NonZero is not
+    assert report.counts["ROIAlign"] >= 1 and report.counts["Conv2DTranspose"] == 1
+    assert "NonZero" not in report.counts and "Custom" not in report.counts
+
+
+def test_predict_with_the_mindir_alone_draws_the_checkpoints_detections(exported, evaluations, tmp_path):
     _, data_dir, _, mindir = exported
     image = sorted((data_dir / "val2017").iterdir())[0]
     image_id = int(image.stem)
+    # No config: the default recipe (320x320) would not fit the 64x64 graph; the metadata does.
     code = predict.main(["--mindir", str(mindir), "--input", str(image), "--out", str(tmp_path),
-                         "--score_thr", "0"] + _args(data_dir))
+                         "--score_thr", "0"])
     assert code == predict.EXIT_OK
     with open(tmp_path / f"{image.stem}.json") as handle:
         drawn = json.load(handle)["detections"]
@@ -125,6 +153,42 @@ def test_onnx_export_names_the_blocking_operator(exported, tmp_path, capfd):
     # the FPN's nearest-neighbour upsampling has no ONNX converter in MindSpore 2.7.2
     assert message.startswith("ONNX export failed:") and "ResizeNearestNeighborV2" in message
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_predict_auto_thresholds_come_from_the_mindir_metadata(exported, evaluations, tmp_path, capfd):
+    import shutil
+
+    from src.engine.mindir import write_metadata
+
+    _, data_dir, _, mindir = exported
+    copy = tmp_path / "model.mindir"
+    shutil.copy(mindir, copy)
+    config = load_config(None, TINY)
+    image = sorted((data_dir / "val2017").iterdir())[0]
+    scores = sorted(d["score"] for d in _by_image(evaluations["ckpt"][1])[int(image.stem)])
+    cut = (scores[0] + scores[-1]) / 2  # between the image's weakest and strongest detection
+    write_metadata(str(copy), config, 1, {label: cut for label in range(1, config.num_classes)})
+    code = predict.main(["--mindir", str(copy), "--input", str(image), "--out", str(tmp_path / "out"),
+                         "--score_thr", "auto"])
+    assert code == predict.EXIT_OK
+    assert f"score thresholds from {copy}.json" in capfd.readouterr().err
+    with open(tmp_path / "out" / f"{image.stem}.json") as handle:
+        drawn = json.load(handle)["detections"]
+    assert len(drawn) == sum(s >= cut for s in scores) > 0
+    assert len(drawn) < len(scores)
+
+
+def test_a_mindir_without_its_metadata_is_a_bad_input(exported, tmp_path, capfd):
+    import shutil
+
+    _, data_dir, _, mindir = exported
+    copy = tmp_path / "alone.mindir"
+    shutil.copy(mindir, copy)
+    image = sorted((data_dir / "val2017").iterdir())[0]
+    code = predict.main(["--mindir", str(copy), "--input", str(image), "--out", str(tmp_path / "out")])
+    assert code == predict.EXIT_BAD_INPUT
+    assert _error_lines(capfd.readouterr().err, "predict") == [
+        f"{copy}.json: metadata of alone.mindir not found (export.py writes it beside the graph; export again)"]
 
 
 def test_missing_mindir_is_a_bad_input(tmp_path, capfd):

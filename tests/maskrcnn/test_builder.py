@@ -61,3 +61,35 @@ def test_rcnn_fill_with_negatives_reaches_the_stage2_sampler(value):
                               rpn_pre_nms_top_k_test=32, rpn_post_nms_top_k_test=16, rcnn_num_samples=8,
                               test_max_per_img=4, rcnn_fill_with_negatives=value)
     assert build_model(config).rcnn_targets.fill_with_negatives is value
+
+
+@pytest.mark.parametrize("device, for_export, choice, expected", [
+    ("CPU", False, "auto", "dynamic"), ("CPU", True, "auto", "static"), ("Ascend", False, "auto", "static"),
+    ("GPU", False, "auto", "static"), ("Ascend", False, "dynamic", "dynamic"), ("CPU", False, "static", "static")])
+def test_mask_rows_are_static_off_the_cpu_and_for_export_unless_the_recipe_says(device, for_export, choice, expected):
+    from src.maskrcnn.target import mask_rows
+
+    assert mask_rows(_config(device_target=device, mask_rows=choice), for_export) == expected
+
+
+@pytest.mark.parametrize("device", ["CPU", "Ascend"])
+def test_the_builder_passes_the_mask_rows_to_the_stages(device):
+    net = build_model(_config(device_target=device))
+    static = device == "Ascend"
+    assert net.static_mask_rows == static
+    # Training: static rows run every positive slot (null bound); dynamic keeps the real positives.
+    assert net.mask_loss.rois_per_image == (net.mask_loss.max_positives if static else None)
+    if static:  # a bound the recipe sets is static either way and stays
+        assert build_model(_config(device_target=device, mask_rois_per_image=3)).mask_loss.rois_per_image == 3
+
+
+def test_the_mask_rows_choice_is_logged_once_naming_target_and_choice(caplog):
+    from src.maskrcnn import target
+
+    config = _config(device_target="GPU")
+    target._LOGGED_MASK_ROWS.discard(("GPU", "static"))  # pylint: disable=protected-access
+    with caplog.at_level("INFO", logger="src.maskrcnn.target"):
+        build_model(config)
+        assert target.mask_rows(config) == "static"
+    lines = [r.getMessage() for r in caplog.records if r.name == "src.maskrcnn.target"]
+    assert lines == ["mask rows on GPU: static (mask_rows: auto)"]

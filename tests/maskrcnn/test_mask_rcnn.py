@@ -331,13 +331,40 @@ def test_a_shared_bound_above_the_real_positives_changes_no_loss(recording_net, 
     assert recording_net.mask_head.inputs[0].shape[0] == 2 * bound
 
 
-def test_the_default_runs_the_mask_head_on_the_real_positives_only_with_the_same_losses(recording_net, unbounded):
+def test_dynamic_training_rows_give_the_losses_of_static_rows_on_fewer_rows(recording_net, unbounded):
+    # unbounded: every positive slot, the static rows of mask_rows static (test_builder.py);
+    # None: the dynamic rows (ops.nonzero) of mask_rows dynamic, the CPU's default.
     full, positives, inputs = unbounded
     assert positives.sum() < 2 * P_MAX, positives  # padding slots exist, so rows are saved
     losses = _run_with_bound(recording_net, None)
     np.testing.assert_allclose(losses, full, rtol=1e-6)
     first_is_positive = bool(inputs[6].asnumpy()[0] > 0)
     assert recording_net.mask_head.inputs[0].shape[0] == positives.sum() + (0 if first_is_positive else 1)
+
+
+def test_static_and_dynamic_detection_rows_give_the_same_detections(recording_net):
+    """Inference (config mask_rows): masks of all K slots (static) or of the real detections
+    only (dynamic, ops.nonzero): the same five outputs on the same weights and image."""
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    recording_net.set_train(False)
+    outputs, head_rows = {}, {}
+    try:
+        for static in (True, False):
+            recording_net.static_mask_rows = static
+            outputs[static] = [o.asnumpy() for o in recording_net(*_batch()[:2])]
+            head_rows[static] = recording_net.mask_head.inputs[0].shape[0]
+    finally:
+        recording_net.static_mask_rows = False
+        recording_net.set_train(True)
+        ms.set_context(mode=previous)
+    valid = outputs[True][3]
+    assert head_rows[True] == 2 * TEST_MAX_PER_IMG
+    assert 0 < head_rows[False] == valid.sum() + (0 if valid.reshape(-1)[0] else 1) < head_rows[True]
+    for name, static, dynamic in zip(("boxes", "scores", "labels", "valid", "masks"), outputs[True],
+                                     outputs[False]):
+        np.testing.assert_allclose(static, dynamic, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert outputs[True][4][valid].max() > 0  # the real detections have masks
 
 
 def test_the_mask_head_runs_on_bound_rows_per_image(recording_net, unbounded):
