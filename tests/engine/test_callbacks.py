@@ -54,16 +54,19 @@ def test_checkpoint_callback_keeps_max_and_saves_nothing_after_nan(tmp_path):
             handle.write(network)  # which state went into the file
 
     loss_cb = SimpleNamespace(error=None)
+    # Epochs of 5 steps; the callback saves at the step that ends an epoch.
     callback = CheckpointCallback(save, "weights only", str(tmp_path), "m", every_epochs=1, keep_max=2,
-                                  loss_callback=loss_cb)
+                                  loss_callback=loss_cb, steps_per_epoch=5)
+    callback.on_train_step_end(_run_context(None, 3, 1, network="mid-epoch state")[0])
+    assert saved == []  # a step inside an epoch saves nothing
     for epoch in (1, 2, 3):
         context, _ = _run_context(None, epoch * 5, epoch, network=f"state after epoch {epoch}")
-        callback.on_train_epoch_end(context)
+        callback.on_train_step_end(context)
     assert saved == ["m-1_5.ckpt", "last.ckpt", "m-2_10.ckpt", "last.ckpt", "m-3_15.ckpt", "last.ckpt"]
     assert sorted(os.listdir(tmp_path)) == ["last.ckpt", "m-2_10.ckpt", "m-3_15.ckpt"]
     loss_cb.error = NonFiniteLossError("nan")
     context, _ = _run_context(None, 20, 4, network="state after the NaN")
-    callback.on_train_epoch_end(context)
+    callback.on_train_step_end(context)
     callback.on_train_end(context)
     # Nothing written after the NaN: last.ckpt still holds the last finite state.
     assert len(saved) == 6
@@ -82,11 +85,11 @@ def test_checkpoint_callback_with_keep_max_0_writes_last_ckpt_only(tmp_path):
             handle.write(network)
 
     callback = CheckpointCallback(save, "weights only", str(tmp_path), "m", every_epochs=1, keep_max=0,
-                                  step_offset=10)
+                                  step_offset=10, steps_per_epoch=5)
     for epoch in (1, 2):
         context, _ = _run_context(None, epoch * 5, epoch, network=f"state after epoch {epoch}")
-        callback.on_train_epoch_end(context)
-    callback.on_train_end(context)  # same step as the last epoch end: not written again
+        callback.on_train_step_end(context)
+    callback.on_train_end(context)  # same step as the last epoch's end: not written again
     assert saved == [("last.ckpt", "state after epoch 1"), ("last.ckpt", "state after epoch 2")]
     assert os.listdir(tmp_path) == ["last.ckpt"]
 
@@ -102,7 +105,7 @@ def test_numbered_checkpoints_hold_weights_only_and_last_ckpt_resumes(tmp_path):
     cell(*toy_batch((1.0, 1.0, 1.0, 1.0)))  # one step: non-zero momentum
     callback = CheckpointCallback(save_checkpoint_atomic, toy, str(tmp_path), "m", every_epochs=1, keep_max=5)
     context, _ = _run_context(None, 1, 1, network=cell)
-    callback.on_train_epoch_end(context)
+    callback.on_train_step_end(context)
     numbered, last = str(tmp_path / "m-1_1.ckpt"), str(tmp_path / "last.ckpt")
     assert sorted(os.listdir(tmp_path)) == ["last.ckpt", "m-1_1.ckpt"]
     assert list(read_checkpoint(numbered)) == ["w"]
