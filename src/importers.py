@@ -1,6 +1,6 @@
 """Turn other annotation sources into a self-contained COCO-format folder.
 
-Two sub-commands::
+Sub-commands::
 
     # cut one category out of a COCO 2017 download (images are copied)
     python -m src.importers coco-subset --coco_dir /data/coco2017 --category book \
@@ -9,6 +9,12 @@ Two sub-commands::
     # convert a VGG Image Annotator (VIA) 2.x project with polygon regions
     python -m src.importers via --via_json project.json --image_dir images/ \
         --out FineTune/my_set --category balloon [--split train2017]
+
+    # corrected annotations back from an annotation tool, and new images into a training set
+    # (src/corrections.py)
+    python -m src.importers coco-tool --coco_json instances_default.json --image_dir images/ --out NEW
+    python -m src.importers labelme --json_dir labelme/ --out NEW [--classes book,disc]
+    python -m src.importers merge --into FineTune/my_set --add NEW [--split train2017]
 
 The output folder has ``<split>/`` images and ``annotations/instances_<split>.json`` as
 :class:`src.dataset.COCOSubDataset` expects.
@@ -27,6 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
+from src import corrections
 from src.annotations import DatasetError, MIN_POLYGON_POINTS, load_coco_json, read_json
 from src.config import COCO_INSTANCE_SET, COCO_SPLITS
 from src.engine.runtime import EXIT_BAD_INPUT, EXIT_OK
@@ -212,10 +219,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_via.add_argument("--category", required=True)
     p_via.add_argument("--category_id", type=int, default=DEFAULT_VIA_CATEGORY_ID)
     p_via.add_argument("--split", default=DEFAULT_SPLITS[0])
+    corrections.add_commands(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if args.command == "coco-subset":
+        if args.command in corrections.COMMANDS:
+            corrections.run_command(args)
+        elif args.command == "coco-subset":
             coco_subset(args.coco_dir, args.category, args.num_images, args.out, args.splits, args.seed)
         else:
             via_to_coco(args.via_json, args.image_dir, args.out, args.category, args.split, args.category_id)
