@@ -15,7 +15,7 @@ For every image ``NAME.ext`` the output folder receives
   class name, RLE mask).
 
 ``--export coco labelstudio labelme`` writes pre-labels for an annotation tool instead of the
-pictures (images only): ``prelabels_coco.json`` (CVAT, Label Studio's COCO import),
+pictures (images only): ``annotations/instances_default.json`` (COCO, as CVAT imports it),
 ``prelabels_label_studio.json`` + ``label_studio_config.xml`` (Label Studio predictions with scores),
 ``labelme/NAME.json``; masks become polygons simplified at ``--polygon_tolerance`` pixels (see
 ``src/prelabels.py``). With ``--export`` the score threshold defaults to ``auto`` when the report

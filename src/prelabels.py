@@ -2,8 +2,9 @@
 
 Three formats (``predict.py --export FORMAT``):
 
-* ``coco``        ``prelabels_coco.json``: one COCO instances file (what CVAT imports as "COCO 1.0");
-  every detection is one annotation with a polygon segmentation and an extra ``score``.
+* ``coco``        ``annotations/instances_default.json``: one COCO instances file, where CVAT's
+  "COCO 1.0" import and datumaro look for it (zip the ``annotations`` folder for CVAT); every
+  detection is one annotation with a polygon segmentation and an extra ``score``.
 * ``labelstudio`` ``prelabels_label_studio.json``: Label Studio tasks with ``predictions``
   (``polygonlabels`` results, points in percent of the image, a score per region), plus
   ``label_studio_config.xml``, the labelling interface those predictions fit.
@@ -30,7 +31,7 @@ import numpy as np
 
 EXPORT_FORMATS = ("coco", "labelstudio", "labelme")
 DEFAULT_TOLERANCE = 0.5  # pixels: Douglas-Peucker tolerance of the polygon simplification
-COCO_FILE = "prelabels_coco.json"
+COCO_FILE = os.path.join("annotations", "instances_default.json")
 LABEL_STUDIO_FILE = "prelabels_label_studio.json"
 LABEL_STUDIO_CONFIG_FILE = "label_studio_config.xml"
 LABELME_DIR = "labelme"
@@ -231,6 +232,7 @@ def write_prelabels(records: Sequence[ImagePrelabels], class_names: Sequence[str
     written: Dict[str, str] = {}
     if "coco" in formats:
         written["coco"] = os.path.join(out_dir, COCO_FILE)
+        os.makedirs(os.path.dirname(written["coco"]), exist_ok=True)
         write_json_atomic(to_coco(records, class_names), written["coco"])
     if "labelstudio" in formats:
         written["labelstudio"] = os.path.join(out_dir, LABEL_STUDIO_FILE)

@@ -154,7 +154,7 @@ def _assert_same_instances(found, model, reference=lambda mask: mask):
 
 
 def test_coco_prelabels_read_by_pycocotools_hold_the_models_instances(exported):
-    coco = COCO(str(exported["out"] / "prelabels_coco.json"))
+    coco = COCO(str(exported["out"] / "annotations" / "instances_default.json"))
     _assert_same_instances(_coco_instances(coco), exported["model"])
     assert all(0.0 <= a["score"] <= 1.0 for a in coco.anns.values())
     assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == CLASSES[1:]
@@ -164,7 +164,7 @@ def test_coco_prelabels_through_the_tool_importer_and_the_dataset(exported, tmp_
     from src.config import load_config
     from src.dataset import COCOSubDataset
 
-    counts = tool_coco_to_set(str(exported["out"] / "prelabels_coco.json"), str(exported["images"]),
+    counts = tool_coco_to_set(str(exported["out"] / "annotations" / "instances_default.json"), str(exported["images"]),
                               str(tmp_path), "train2017")
     assert counts["images"] == 3
     coco = COCO(str(tmp_path / "annotations" / "instances_train2017.json"))
