@@ -91,12 +91,15 @@ def _find_image(image_dir: str, file_name: str) -> Optional[str]:
     return next((c for c in candidates if os.path.isfile(c)), None)
 
 
-def tool_coco_to_set(coco_json: str, image_dir: str, out_dir: str, split: str) -> Dict[str, int]:
+def tool_coco_to_set(coco_json: str, image_dir: str, out_dir: str, split: str,
+                     keep_crowd: bool = False) -> Dict[str, int]:
     """Turn a COCO file exported by CVAT or Label Studio into ``out_dir/<split>/`` + its annotation file.
 
     Images are looked up in ``image_dir`` (see :func:`_find_image`) and copied under their base
     name (without an upload prefix). Image and annotation ids are renumbered from 1; categories
     keep their names and order, ids 1... Annotations of images the file does not list are an error.
+    CVAT exports its mask (brush) shapes as RLE with ``iscrowd: 1``; unless ``keep_crowd``, such
+    RLE annotations become ordinary instances (``iscrowd: 0``), counted in a warning.
 
     Returns:
         {"images": n, "annotations": m}.
@@ -122,7 +125,7 @@ def tool_coco_to_set(coco_json: str, image_dir: str, out_dir: str, split: str) -
         shutil.copy2(src, os.path.join(dst_dir, name))
         image_map[entry["id"]] = len(images) + 1
         images.append({"id": len(images) + 1, "file_name": name, "height": height, "width": width})
-    annotations = []
+    annotations, uncrowded = [], 0
     for ann in data["annotations"]:
         if ann["image_id"] not in image_map:
             raise DatasetError(f"{coco_json}: annotation {ann['id']} refers to image id {ann['image_id']}, "
@@ -134,7 +137,13 @@ def tool_coco_to_set(coco_json: str, image_dir: str, out_dir: str, split: str) -
         new.update(id=len(annotations) + 1, image_id=image_map[ann["image_id"]],
                    category_id=cat_map[ann["category_id"]])
         new.setdefault("iscrowd", 0)
+        if new["iscrowd"] and isinstance(new.get("segmentation"), dict) and not keep_crowd:
+            new["iscrowd"] = 0
+            uncrowded += 1
         annotations.append(new)
+    if uncrowded:
+        LOGGER.warning("%s: %d RLE masks marked iscrowd=1 (how CVAT exports mask shapes) imported as instances; "
+                       "--keep_crowd keeps them as crowd regions", coco_json, uncrowded)
     cats = [{"id": cat_map[c["id"]], "name": c["name"], "supercategory": c.get("supercategory", "")}
             for c in categories]
     path = _write_set(out_dir, split, images, annotations, cats, f"converted from {os.path.basename(coco_json)}")
@@ -350,6 +359,9 @@ def add_commands(subparsers) -> None:
     p_tool.add_argument("--image_dir", required=True, help="folder with the images the file names")
     p_tool.add_argument("--out", required=True)
     p_tool.add_argument("--split", default="train2017")
+    p_tool.add_argument("--keep_crowd", action="store_true",
+                        help="keep RLE masks marked iscrowd=1 as crowd regions (default: instances, as CVAT "
+                             "marks every mask shape so)")
     p_labelme = subparsers.add_parser("labelme", help="a folder of labelme JSON files")
     p_labelme.add_argument("--json_dir", required=True)
     p_labelme.add_argument("--out", required=True)
@@ -367,7 +379,7 @@ def add_commands(subparsers) -> None:
 def run_command(args) -> None:
     """Run the sub-command ``args.command`` (one of :data:`COMMANDS`)."""
     if args.command == "coco-tool":
-        tool_coco_to_set(args.coco_json, args.image_dir, args.out, args.split)
+        tool_coco_to_set(args.coco_json, args.image_dir, args.out, args.split, args.keep_crowd)
     elif args.command == "labelme":
         classes = [c.strip() for c in args.classes.split(",") if c.strip()]
         labelme_to_set(args.json_dir, args.out, args.split, classes, args.image_dir)

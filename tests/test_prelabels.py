@@ -287,6 +287,40 @@ def test_label_studio_coco_export_with_zero_category_and_upload_prefix(tmp_path)
         tool_coco_to_set(str(tmp_path / "result.json"), str(images), str(tmp_path / "set"), "train2017")
 
 
+def test_cvat_rle_masks_marked_crowd_become_instances_unless_kept(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    _image(images / "a.png", 10)
+    mask = np.zeros((40, 50), np.uint8)
+    mask[5:15, 5:25] = 1
+    counts = _uncompressed_counts(mask)  # as CVAT writes them
+    export = {"images": [{"id": 1, "file_name": "a.png", "height": 40, "width": 50}],
+              "categories": [{"id": 1, "name": "book"}],
+              "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [5, 5, 20, 10], "area": 200,
+                               "segmentation": {"size": [40, 50], "counts": counts}, "iscrowd": 1}]}
+    (tmp_path / "instances_default.json").write_text(json.dumps(export))
+    tool_coco_to_set(str(tmp_path / "instances_default.json"), str(images), str(tmp_path / "set"), "train2017")
+    ann = _read(tmp_path / "set" / "annotations" / "instances_train2017.json")["annotations"][0]
+    assert ann["iscrowd"] == 0
+    assert (rasterize(ann["segmentation"], 40, 50) == mask).all()
+    tool_coco_to_set(str(tmp_path / "instances_default.json"), str(images), str(tmp_path / "kept"), "train2017",
+                     keep_crowd=True)
+    assert _read(tmp_path / "kept" / "annotations" / "instances_train2017.json")["annotations"][0]["iscrowd"] == 1
+
+
+def _uncompressed_counts(mask):
+    """COCO uncompressed RLE counts of a mask (column-major runs, starting with zeros)."""
+    flat = mask.flatten(order="F")
+    counts, current, run = [], 0, 0
+    for value in flat:
+        if value != current:
+            counts.append(run)
+            current, run = value, 0
+        run += 1
+    counts.append(run)
+    return counts
+
+
 def _small_set(root, values, category="book"):
     os.makedirs(root / "train2017")
     images, anns = [], []
