@@ -31,7 +31,8 @@ SERVER_PID=""
 cleanup() { if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-echo "starting Label Studio ($("$LS_BIN" --version 2>/dev/null | tail -n 1)) on 127.0.0.1:$PORT ..."
+# (not `label-studio --version`: it asks PyPI for the latest release and hangs offline)
+echo "starting $LS_BIN on 127.0.0.1:$PORT (a minute or two) ..."
 LABEL_STUDIO_BASE_DATA_DIR="$WORK/base" LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true \
 LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT="$(dirname "$IMAGES")" \
   "$LS_BIN" start --no-browser --data-dir "$WORK/data" --internal-host 127.0.0.1 -p "$PORT" \

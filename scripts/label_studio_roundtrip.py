@@ -51,6 +51,8 @@ def round_trip(prelabel_dir: str, image_dir: str, url: str, token: str, work: st
     served = os.path.basename(os.path.abspath(image_dir))
     for task in tasks:  # the images as the server's local file storage serves them
         task["data"]["image"] = f"/data/local-files/?d={served}/{os.path.basename(task['data']['image'])}"
+    version = json.loads(_call(f"{url}/api/version", token))
+    print(f"Label Studio {version.get('release', version)} at {url}")
     project = json.loads(_call(f"{url}/api/projects", token, "POST",
                                {"title": "pre-label round trip", "label_config": label_config}))
     pid = project["id"]
