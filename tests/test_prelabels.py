@@ -364,3 +364,41 @@ def test_merge_adds_an_unknown_category_and_refuses_a_missing_image(tmp_path):
     shutil.rmtree(tmp_path / "new" / "train2017")
     with pytest.raises(DatasetError, match=r"img1\.png: image file not found \(image id 10 of .*instances_train2017"):
         merge_sets(str(tmp_path / "train"), "train2017", str(tmp_path / "new"), "train2017")
+
+
+class _ThreeDetections:
+    """Stand-in network for a 64x64 input: labels 1, 2, 1 with scores .9, .6, .4, full-box masks."""
+
+    def set_train(self, mode):
+        self.training = mode
+
+    def __call__(self, image, image_shape):
+        import mindspore as ms
+
+        boxes = np.array([[[2, 2, 20, 20], [30, 30, 50, 50], [10, 30, 25, 60]]], np.float32)
+        scores = np.array([[0.9, 0.6, 0.4]], np.float32)
+        labels = np.array([[1, 2, 1]], np.int32)
+        masks = np.ones((1, 3, 28, 28), np.float32)
+        return tuple(ms.Tensor(a) for a in (boxes, scores, labels, np.ones((1, 3), bool), masks))
+
+
+@pytest.mark.parametrize("with_report,kept", [(True, [(1, 0.9)]), (False, [(1, 0.9), (2, 0.6)])])
+def test_export_takes_the_reports_per_class_thresholds_when_there_is_one(tmp_path, monkeypatch, with_report, kept):
+    import predict as predict_cli
+
+    config_path = tmp_path / "c.yaml"
+    config_path.write_text(yaml.safe_dump({"img_height": 64, "img_width": 64, "compile_cache_dir": None,
+                                           "coco_classes": ["background", "book", "disc"]}))
+    report = tmp_path / "report.json"
+    if with_report:
+        report.write_text(json.dumps({"score_thresholds": {"book": 0.5, "disc": 0.7}}))
+    (tmp_path / "images").mkdir()
+    _image(tmp_path / "images" / "a.png", 0, shape=(64, 64))
+    (tmp_path / "w.ckpt").write_bytes(b"")
+    monkeypatch.setattr(predict_cli, "inference_network", lambda config, ckpt, mindir: (_ThreeDetections(), None))
+    rc = predict_cli.main(["--ckpt", str(tmp_path / "w.ckpt"), "--config_path", str(config_path), "--input",
+                           str(tmp_path / "images"), "--out", str(tmp_path / "out"), "--export", "coco",
+                           "--report_json", str(report)])
+    assert rc == EXIT_OK
+    anns = _read(tmp_path / "out" / "annotations" / "instances_default.json")["annotations"]
+    assert sorted((a["category_id"], round(a["score"], 2)) for a in anns) == kept
