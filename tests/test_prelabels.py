@@ -17,6 +17,7 @@ import pytest
 import yaml
 from pycocotools.coco import COCO
 
+from helpers import FixedDetectionsNet
 from src.annotations import rasterize
 from src.corrections import labelme_to_set, merge_sets, tool_coco_to_set
 from src.dataset import DatasetError
@@ -366,22 +367,6 @@ def test_merge_adds_an_unknown_category_and_refuses_a_missing_image(tmp_path):
         merge_sets(str(tmp_path / "train"), "train2017", str(tmp_path / "new"), "train2017")
 
 
-class _ThreeDetections:
-    """Stand-in network for a 64x64 input: labels 1, 2, 1 with scores .9, .6, .4, full-box masks."""
-
-    def set_train(self, mode):
-        self.training = mode
-
-    def __call__(self, image, image_shape):
-        import mindspore as ms
-
-        boxes = np.array([[[2, 2, 20, 20], [30, 30, 50, 50], [10, 30, 25, 60]]], np.float32)
-        scores = np.array([[0.9, 0.6, 0.4]], np.float32)
-        labels = np.array([[1, 2, 1]], np.int32)
-        masks = np.ones((1, 3, 28, 28), np.float32)
-        return tuple(ms.Tensor(a) for a in (boxes, scores, labels, np.ones((1, 3), bool), masks))
-
-
 @pytest.mark.parametrize("with_report,kept", [(True, [(1, 0.9)]), (False, [(1, 0.9), (2, 0.6)])])
 def test_export_takes_the_reports_per_class_thresholds_when_there_is_one(tmp_path, monkeypatch, with_report, kept):
     import predict as predict_cli
@@ -395,7 +380,7 @@ def test_export_takes_the_reports_per_class_thresholds_when_there_is_one(tmp_pat
     (tmp_path / "images").mkdir()
     _image(tmp_path / "images" / "a.png", 0, shape=(64, 64))
     (tmp_path / "w.ckpt").write_bytes(b"")
-    monkeypatch.setattr(predict_cli, "inference_network", lambda config, ckpt, mindir: (_ThreeDetections(), None))
+    monkeypatch.setattr(predict_cli, "inference_network", lambda config, ckpt, mindir: (FixedDetectionsNet(), None))
     rc = predict_cli.main(["--ckpt", str(tmp_path / "w.ckpt"), "--config_path", str(config_path), "--input",
                            str(tmp_path / "images"), "--out", str(tmp_path / "out"), "--export", "coco",
                            "--report_json", str(report)])
