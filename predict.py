@@ -14,6 +14,13 @@ For every image ``NAME.ext`` the output folder receives
 * ``NAME.json``          the detections (box x1, y1, x2, y2 in original pixels, score, label,
   class name, RLE mask).
 
+``--export coco labelstudio labelme`` writes pre-labels for an annotation tool instead of the
+pictures (images only): ``annotations/instances_default.json`` (COCO, as CVAT imports it),
+``prelabels_label_studio.json`` + ``label_studio_config.xml`` (Label Studio predictions with scores),
+``labelme/NAME.json``; masks become polygons simplified at ``--polygon_tolerance`` pixels (see
+``src/prelabels.py``). With ``--export`` the score threshold defaults to ``auto`` when the report
+exists, else 0.5.
+
 ``--score_thr auto`` takes each class's best-F1 threshold from the ``report.json`` of
 ``eval.py --report DIR`` (``--report_json``, default ``<run_dir>/eval/report/report.json``;
 with ``--mindir``, default the thresholds stored in the graph's metadata when it has them).
@@ -36,8 +43,9 @@ from src.cli import (add_inference_weights_arguments, cli_errors, inference_netw
 from src.config import add_config_arguments, config_from_cli
 from src.engine.mindir import metadata_score_thresholds
 from src.engine.runtime import EXIT_OK
-from src.predictor import (AUTO_THRESHOLD, DEFAULT_SCORE_THR, VIDEO_EXTENSIONS, PredictError, Predictor, list_inputs,
-                           parse_classes, predict_image, predict_video)
+from src.predictor import (AUTO_THRESHOLD, DEFAULT_SCORE_THR, VIDEO_EXTENSIONS, PredictError, Predictor,
+                           export_prelabels, list_inputs, parse_classes, predict_image, predict_video)
+from src.prelabels import DEFAULT_TOLERANCE, EXPORT_FORMATS
 
 logger = logging.getLogger("predict")
 
@@ -47,15 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_inference_weights_arguments(parser)
     parser.add_argument("--input", required=True, help="an image, a folder of images, or a video")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--score_thr", default=str(DEFAULT_SCORE_THR),
-                        help=f"keep detections with at least this score (default {DEFAULT_SCORE_THR}); 'auto': "
-                             f"per class the best-F1 threshold of the validation split from --report_json")
+    parser.add_argument("--score_thr", default=None,
+                        help=f"keep detections with at least this score (default {DEFAULT_SCORE_THR}; with --export "
+                             f"'auto' when the report exists); 'auto': per class the best-F1 threshold of the "
+                             f"validation split from --report_json")
     parser.add_argument("--report_json", default=None,
                         help="report.json of eval.py --report DIR for --score_thr auto "
                              "(default <run_dir>/eval/report/report.json)")
     parser.add_argument("--classes", default="",
                         help="comma-separated class names to keep (default: all classes of the config)")
     parser.add_argument("--max_frames", type=int, default=0, help="video: stop after N frames (0 = all)")
+    parser.add_argument("--export", nargs="+", choices=EXPORT_FORMATS, default=None,
+                        help="write pre-labels in these formats instead of the pictures")
+    parser.add_argument("--polygon_tolerance", type=float, default=DEFAULT_TOLERANCE,
+                        help=f"--export: polygon simplification tolerance in pixels (default {DEFAULT_TOLERANCE})")
+    parser.add_argument("--image_url_prefix", default="",
+                        help="--export labelstudio: prepended to each file name to form the task's image URL, "
+                             "e.g. /data/local-files/?d=photos/")
     return parser
 
 
@@ -63,31 +79,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args, config = config_from_cli(parser, argv)
     config = with_device_override(config, args)
-    if args.score_thr != AUTO_THRESHOLD:
+    if args.polygon_tolerance < 0:
+        parser.error(f"--polygon_tolerance must not be negative, got {args.polygon_tolerance}")
+    if args.score_thr not in (None, AUTO_THRESHOLD):
         try:
             args.score_thr = float(args.score_thr)
         except ValueError:
             parser.error(f"--score_thr must be a number between 0 and 1 or 'auto', got {args.score_thr!r}")
         if not 0.0 <= args.score_thr <= 1.0:
             parser.error(f"--score_thr must be between 0 and 1, got {args.score_thr}")
+    from src.config import resolve_path
     from src.engine.runtime import compile_cache, ensure_writable_folder, set_mindspore_context, setup_logging
-
-    setup_logging()
     from src.evaluation.report_data import DEFAULT_REPORT_JSON, load_score_thresholds
 
+    setup_logging()
     try:
         config, metadata = with_mindir_metadata(config, args)
+        report_json = args.report_json or os.path.join(resolve_path(config.run_dir), DEFAULT_REPORT_JSON)
+        stored = metadata_score_thresholds(metadata) if metadata and not args.report_json else None
+        if args.score_thr is None:
+            # Pre-labels take the per-class thresholds of the report (or of the MindIR's metadata)
+            # when there are some; pictures the fixed default.
+            use_report = args.export and (stored or os.path.isfile(report_json))
+            args.score_thr = AUTO_THRESHOLD if use_report else DEFAULT_SCORE_THR
         labels = parse_classes(args.classes, config.coco_classes)
         inputs = list_inputs(args.input)
-        stored = metadata_score_thresholds(metadata) if metadata and not args.report_json else None
         if args.score_thr == AUTO_THRESHOLD and stored:
             args.score_thr = stored
             logger.info("score thresholds from %s.json: %s", args.mindir, ", ".join(
                 f"{config.coco_classes[l]} {t:.3f}" for l, t in sorted(stored.items())))
         elif args.score_thr == AUTO_THRESHOLD:
-            from src.config import resolve_path
-
-            report_json = args.report_json or os.path.join(resolve_path(config.run_dir), DEFAULT_REPORT_JSON)
             args.score_thr = load_score_thresholds(report_json, config.coco_classes, DEFAULT_SCORE_THR)
             logger.info("score thresholds from %s: %s", report_json, ", ".join(
                 f"{config.coco_classes[l]} {t:.3f}" for l, t in sorted(args.score_thr.items())))
@@ -104,8 +125,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # The network built from the config is compiled once and cached (its single-image graph;
         # an exported MindIR is its own graph): a later run starts in seconds.
         cached_config = config.replace(compile_cache_dir=None) if args.mindir else config
+        progress = tqdm(inputs, desc="predict", unit="file", disable=None if len(inputs) > 1 else True)
         with compile_cache(cached_config, "predict", entry_file=__file__):
-            for path in tqdm(inputs, desc="predict", unit="file", disable=None if len(inputs) > 1 else True):
+            if args.export:
+                export_prelabels(predictor, progress, args.out, config.coco_classes, args.export,
+                                 args.polygon_tolerance, args.image_url_prefix)
+                return EXIT_OK
+            for path in progress:
                 if path.lower().endswith(VIDEO_EXTENSIONS):
                     predict_video(predictor, path, args.out, config.coco_classes, args.max_frames)
                 else:

@@ -7,10 +7,13 @@ The run directory (``run_dir`` in the config) receives the resolved config, ``tr
 ``losses.csv`` (every loss component per step) and the checkpoints, written atomically:
 ``last.ckpt`` (weights, optimizer state and global step: the file ``--resume`` takes), numbered
 ``maskrcnn-<epoch>_<step>.ckpt`` (weights only; ``keep_checkpoint_max`` of them, 0 = none) and,
-with ``--eval_interval K``, ``best.ckpt`` by segm AP (weights only). One run per folder: a second
-train.py in a folder in use is refused, and so is a new run (without ``--resume``) in a folder
-that holds another run's files. Ctrl-C or SIGTERM stops at the next step boundary and saves
-``last.ckpt`` (a second one stops at once).
+with ``--eval_interval K``, ``best.ckpt`` by ``early_stop_metric`` (segm AP; weights only) and
+``early_stopping.json`` (``--early_stop_patience N`` stops after N evaluations without a new best;
+``--resume`` keeps the count). ``tensorboard/`` holds TensorBoard event files of every logged scalar.
+One run per folder: a second train.py in a folder in use is refused, and so is a new run (without
+``--resume``) in a folder that holds another run's files. Ctrl-C or SIGTERM stops at the next step
+boundary and saves ``last.ckpt`` (a second one stops at once).
+Every config key is listed below the options.
 Exit codes: 0 done, 1 training stopped (non-finite loss), 2 bad input, 3 environment or I/O
 error (a full disk, an unwritable folder), 130 stopped by SIGINT/SIGTERM with a checkpoint.
 """

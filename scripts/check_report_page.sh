@@ -6,8 +6,10 @@
 #                (scripts/make_demo_report.py; no network or checkpoint needed)
 #   SCREENSHOT   default: report_screenshot.png beside the page
 #   WINDOW_SIZE  default: 1280,2000 (width,height in pixels of the screenshot)
-# Installs chromium with apt-get when it is missing (needs root). Exit codes: 0 page ok,
-# 1 missing pictures or console messages, 2 bad arguments / no browser.
+# Environment: CHROMIUM (the browser command, default chromium; install it with
+# `sudo apt-get install -y chromium`: the script installs nothing). Relative paths are taken from
+# the folder you run it in. Exit codes: 0 page ok, 1 missing pictures or console messages,
+# 2 bad arguments / no browser.
 set -euo pipefail
 usage() { echo "Usage: bash $0 [REPORT_HTML] [SCREENSHOT_PNG] [WINDOW_SIZE]"; }
 if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then usage; exit 0; fi
@@ -17,13 +19,10 @@ if [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"; else PY="$
 export GLOG_v="${GLOG_v:-3}"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
-if ! command -v chromium >/dev/null 2>&1; then
-  if [ "$(id -u)" != "0" ]; then
-    echo "error: chromium is not installed; install it with: sudo apt-get install -y chromium" >&2
-    exit 2
-  fi
-  echo "installing Debian's chromium package (once) ..." >&2
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+CHROMIUM="${CHROMIUM:-chromium}"
+if ! command -v "$CHROMIUM" >/dev/null 2>&1; then
+  echo "error: $CHROMIUM is not installed; install it with: sudo apt-get install -y chromium (or set CHROMIUM)" >&2
+  exit 2
 fi
 
 WORK="$(mktemp -d)"
@@ -66,7 +65,7 @@ head, _, tail = text.rpartition("</body>")
 open(check, "w", encoding="utf-8").write(head + probe + "</body>" + tail)
 PYEOF
 
-timeout 180 chromium "${FLAGS[@]}" --user-data-dir="$WORK/profile_dom" --enable-logging=stderr --v=0 \
+timeout 180 "$CHROMIUM" "${FLAGS[@]}" --user-data-dir="$WORK/profile_dom" --enable-logging=stderr --v=0 \
   --virtual-time-budget=15000 --dump-dom "file://$CHECK_PAGE" >"$WORK/dom.html" 2>"$WORK/chromium.log" || true
 RESULT="$(grep -o 'IMAGES [0-9]* BROKEN [0-9]*[^<]*' "$WORK/dom.html" || true)"
 CONSOLE="$(grep ':CONSOLE' "$WORK/chromium.log" || true)"
@@ -81,7 +80,7 @@ else
 fi
 if [ -n "$CONSOLE" ]; then echo "FAIL: console messages:"$'\n'"$CONSOLE" >&2; STATUS=1; fi
 
-timeout 180 chromium "${FLAGS[@]}" --user-data-dir="$WORK/profile_shot" --window-size="$WINDOW" \
+timeout 180 "$CHROMIUM" "${FLAGS[@]}" --user-data-dir="$WORK/profile_shot" --window-size="$WINDOW" \
   --virtual-time-budget=15000 --screenshot="$SHOT" "file://$PAGE" >/dev/null 2>"$WORK/shot.log" || true
 if [ ! -s "$SHOT" ]; then echo "FAIL: no screenshot written to $SHOT" >&2; STATUS=1; fi
 if [ "$STATUS" = "0" ]; then

@@ -2,7 +2,13 @@
 # Quick start on a fresh machine, no download: set up, generate the synthetic COCO-format set,
 # fine-tune Mask R-CNN from random initialisation on the CPU, evaluate it, draw pictures.
 # Usage: bash scripts/quickstart.sh [--key value ...]   (config overrides for train/eval)
+# Works in the repository (FineTune/synthetic, FineTune/runs/quickstart, which it replaces) whatever
+# folder it is run from.
 set -euo pipefail
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
+  echo "Usage: bash $0 [--key value ...]   (config overrides for train.py and eval.py, e.g. --epoch_size 2)"
+  exit 0
+fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"

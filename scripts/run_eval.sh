@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Evaluate a checkpoint on the val split: COCO bbox + segm mAP, per-class AP, metrics JSON.
 # Usage: bash scripts/run_eval.sh CKPT [CONFIG_PATH] [--out DIR] [--data_path ROOT] [--key value ...]
+# Paths are taken from the folder you run it in.
 set -euo pipefail
 usage() { echo "Usage: bash $0 CKPT [CONFIG_PATH] [--out DIR] [--data_path ROOT] [--ann_file FILE] [--key value ...]"; }
 if [ $# -lt 1 ] || [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
@@ -17,9 +18,8 @@ if [ ! -f "$CONFIG" ]; then echo "error: config file not found: $CONFIG" >&2; ex
 if [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"; else PY="${PYTHON:-python3}"; fi
 export GLOG_v="${GLOG_v:-3}"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-cd "$ROOT"
 set +e
-"$PY" eval.py --ckpt "$CKPT" --config_path "$CONFIG" "$@"
+"$PY" "$ROOT/eval.py" --ckpt "$CKPT" --config_path "$CONFIG" "$@"
 status=$?
 set -e
 if [ $status -ne 0 ]; then echo "eval.py exited with $status" >&2; fi

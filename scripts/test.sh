@@ -2,6 +2,10 @@
 # Set up the environment and run the whole test suite.
 # Usage: bash scripts/test.sh [extra pytest arguments]
 set -euo pipefail
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
+  echo "Usage: bash $0 [extra pytest arguments, e.g. -k config -x]   (sets up .venv, then runs pytest tests)"
+  exit 0
+fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"

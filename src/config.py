@@ -33,6 +33,9 @@ COCO_INSTANCE_SET = "annotations/instances_{}.json"
 LR_SCHEDULES = ("step", "cosine")
 # Data parallel over N ranks: "linear" trains at N * base_lr, "none" at base_lr (src/engine/distributed.py).
 LR_SCALING_RULES = ("linear", "none")
+# The metrics of each evaluation in training (eval_metrics.jsonl, src/evaluation/hook.py), any of
+# which early_stop_metric can follow.
+TRAINING_EVAL_METRICS = tuple(f"{iou}_{name}" for iou in ("bbox", "segm") for name in ("AP", "AP50", "AP75"))
 
 
 class ConfigError(ValueError):
@@ -103,33 +106,34 @@ class Config:
     # ---- anchors + RPN --------------------------------------------------------------------
     anchor_scales: List[float] = field(default_factory=lambda: [8.0])  # size = scale * stride
     anchor_ratios: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # h / w
-    rpn_pos_iou_thr: float = 0.7
-    rpn_neg_iou_thr: float = 0.3
+    rpn_pos_iou_thr: float = 0.7  # an anchor with IoU >= this with a GT box is an RPN positive
+    rpn_neg_iou_thr: float = 0.3  # an anchor whose best IoU is below this is an RPN negative
     rpn_min_pos_iou: float = 0.3  # a GT's best anchor is positive only above this IoU
     rpn_num_samples: int = 256  # anchors sampled per image for the RPN loss
-    rpn_pos_fraction: float = 0.5
+    rpn_pos_fraction: float = 0.5  # at most this fraction of the sampled anchors are positives
     rpn_pre_nms_top_k_train: int = 2000  # per level, before NMS
     rpn_post_nms_top_k_train: int = 1000  # proposals per image after NMS
-    rpn_pre_nms_top_k_test: int = 1000
-    rpn_post_nms_top_k_test: int = 1000
-    rpn_nms_thr: float = 0.7
+    rpn_pre_nms_top_k_test: int = 1000  # inference: proposals per level before NMS
+    rpn_post_nms_top_k_test: int = 1000  # inference: proposals per image after NMS
+    rpn_nms_thr: float = 0.7  # IoU threshold of the proposals' NMS
     rpn_min_box_size: float = 0.0  # proposals smaller than this (pixels) are dropped
 
     # ---- RoI heads ------------------------------------------------------------------------
     rcnn_num_samples: int = 512  # RoIs sampled per image for the box/mask losses
-    rcnn_pos_fraction: float = 0.25
-    rcnn_pos_iou_thr: float = 0.5
-    rcnn_neg_iou_thr: float = 0.5
+    rcnn_pos_fraction: float = 0.25  # at most this fraction of the sampled RoIs are positives
+    rcnn_pos_iou_thr: float = 0.5  # a RoI with IoU >= this with a GT box is a positive
+    rcnn_neg_iou_thr: float = 0.5  # a RoI whose best IoU is below this is a negative
     # Stage-2 sampling: negatives also take the positive slots left unused (torchvision and
     # detectron2 do); False leaves them empty.
     rcnn_fill_with_negatives: bool = False
+    # stds the box regression deltas (dx, dy, dw, dh) are divided by
     box_target_stds: List[float] = field(default_factory=lambda: [0.1, 0.1, 0.2, 0.2])
     roi_box_size: int = 7  # RoIAlign output for the box head
     roi_mask_size: int = 14  # RoIAlign output for the mask head (masks are 2x this: mask_out_size)
-    roi_sampling_ratio: int = 2
+    roi_sampling_ratio: int = 2  # RoIAlign sampling points per bin side
     box_head_channels: int = 1024  # width of the two fully connected layers
-    mask_head_channels: int = 256
-    mask_loss_weight: float = 1.0
+    mask_head_channels: int = 256  # channels of the mask head's convolutions
+    mask_loss_weight: float = 1.0  # weight of the mask loss in the total loss
     # Training, with dynamic mask rows (mask_rows below): null = the mask head runs on the
     # batch's real positives only, however many there are (a shape that changes every step; the
     # loss is the one of every slot); with static mask rows null = every positive slot. K = a
@@ -149,23 +153,23 @@ class Config:
     mask_rows: str = "auto"
 
     # ---- inference ------------------------------------------------------------------------
-    test_score_thr: float = 0.05
-    test_nms_thr: float = 0.5
-    test_max_per_img: int = 100
+    test_score_thr: float = 0.05  # inference: detections scoring below this are dropped before NMS
+    test_nms_thr: float = 0.5  # inference: IoU threshold of the per-class NMS
+    test_max_per_img: int = 100  # inference: detections kept per image
     mask_thr: float = 0.5  # probability threshold when pasting masks back
 
     # ---- training -------------------------------------------------------------------------
-    device_target: str = "CPU"
-    batch_size: int = 2
-    epoch_size: int = 12
-    base_lr: float = 0.02
+    device_target: str = "CPU"  # "CPU", "Ascend" or "GPU"
+    batch_size: int = 2  # images per step (per device)
+    epoch_size: int = 12  # training epochs
+    base_lr: float = 0.02  # learning rate after warm-up (data parallel: scaled by lr_scaling)
     lr_schedule: str = "step"  # "step" or "cosine"
     lr_step_ratios: List[float] = field(default_factory=lambda: [0.67, 0.89])  # of total steps
-    lr_step_gamma: float = 0.1
-    warmup_steps: int = 100
+    lr_step_gamma: float = 0.1  # lr_schedule "step": factor applied at each of lr_step_ratios
+    warmup_steps: int = 100  # steps of linear warm-up from base_lr * warmup_ratio to base_lr
     warmup_ratio: float = 0.001  # LR at step 0 = base_lr * warmup_ratio
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 1e-4  # L2 weight decay on conv/dense weights (not on biases and norms)
     loss_scale: float = 1.0  # static loss scale (float16 on Ascend wants e.g. 256)
     dynamic_loss_scale: bool = False  # float16: grow/shrink the scale on overflow
     grad_clip_norm: float = 0.0  # clip gradients to this global L2 norm; 0 = no clipping
@@ -175,10 +179,17 @@ class Config:
     # (the one file --resume reads). keep_checkpoint_max: how many numbered files are kept
     # (the oldest are deleted); 0 = none, last.ckpt only.
     save_checkpoint_epochs: int = 1
-    keep_checkpoint_max: int = 5
+    keep_checkpoint_max: int = 5  # numbered checkpoints kept, the oldest deleted; 0 = last.ckpt only
     eval_interval: int = 0  # epochs between validation runs in training; 0 = never
-    seed: int = 1
+    seed: int = 1  # seed of the weights' initialisation, sampling and augmentations
     run_dir: str = "FineTune/runs/default"  # checkpoints, logs and the loss CSV go here
+
+    # ---- early stopping, TensorBoard (src/evaluation/hook.py, src/engine/callbacks.py) -------
+    early_stop_metric: str = "segm_AP"  # validation metric best.ckpt and early stopping follow
+    #   (higher is better): bbox_AP, bbox_AP50, bbox_AP75, segm_AP, segm_AP50 or segm_AP75
+    early_stop_patience: int = 0  # stop training after this many evaluations in a row without a
+    #   new best early_stop_metric (best.ckpt keeps the best); 0 = never; needs eval_interval > 0
+    tensorboard: bool = True  # write TensorBoard event files of every logged scalar to <run_dir>/tensorboard
 
     # ---- augmentation and annotation defects (src/augment.py, src/dataset.py) ----------------
     # Training augmentations run in this order: random crop, resize (scale jitter or the plain
@@ -445,6 +456,18 @@ def _validate_data_keys(cfg: Config, source: str) -> None:
                               f"annotation file and the folder its file_name values are relative to)")
 
 
+def _validate_early_stopping(cfg: Config, source: str) -> None:
+    """The early-stopping keys (kept apart from :func:`_validate`)."""
+    if cfg.early_stop_metric not in TRAINING_EVAL_METRICS:
+        raise ConfigError(f"{source}: key 'early_stop_metric' = {cfg.early_stop_metric!r} must be one of "
+                          f"{', '.join(TRAINING_EVAL_METRICS)}")
+    if cfg.early_stop_patience < 0:
+        raise ConfigError(f"{source}: key 'early_stop_patience' = {cfg.early_stop_patience} must not be negative")
+    if cfg.early_stop_patience and not cfg.eval_interval:
+        raise ConfigError(f"{source}: key 'early_stop_patience' = {cfg.early_stop_patience} needs evaluations "
+                          f"in training: set eval_interval > 0")
+
+
 def from_dict(values: Dict[str, Any], source: str = "config") -> Config:
     """Build and validate a Config; unknown keys and wrong types raise ConfigError."""
     if not isinstance(values, dict):
@@ -457,6 +480,7 @@ def from_dict(values: Dict[str, Any], source: str = "config") -> Config:
     cfg = Config(**checked)
     _validate(cfg, source)
     _validate_data_keys(cfg, source)
+    _validate_early_stopping(cfg, source)
     return cfg
 
 
@@ -516,10 +540,18 @@ def parse_overrides(extra_args: Sequence[str]) -> Dict[str, Any]:
 
 
 def add_config_arguments(parser) -> None:
-    """The ``--config_path`` option every CLI shares."""
+    """The ``--config_path`` option every CLI shares; ``--help`` lists every config key after the
+    options (type, default, doc: ``src/config_help.py``)."""
+    import argparse
+
+    from src.config_help import config_keys_help
+
     parser.add_argument("--config_path", default=DEFAULT_CONFIG_PATH,
                         help="YAML recipe (default: FineTune/default.yaml); any config key can "
-                             "be overridden as --key value")
+                             "be overridden as --key value (listed below)")
+    parser.epilog = "\n\n".join(p for p in (parser.epilog, config_keys_help()) if p)
+    if parser.formatter_class is argparse.HelpFormatter:  # keep the list's line breaks
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def config_from_cli(parser, argv: Optional[Sequence[str]] = None):

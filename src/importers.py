@@ -1,6 +1,6 @@
 """Turn other annotation sources into a self-contained COCO-format folder.
 
-Two sub-commands::
+Sub-commands::
 
     # cut one category out of a COCO 2017 download (images are copied)
     python -m src.importers coco-subset --coco_dir /data/coco2017 --category book \
@@ -15,7 +15,13 @@ Two sub-commands::
     # without instances kept); writes OUT/train.json and OUT/val.json, images stay where they are
     python -m src.importers split --ann_file export.json --out DIR [--val_fraction 0.2] [--seed 0]
 
-The first two write a folder with ``<split>/`` images and ``annotations/instances_<split>.json``
+    # corrected annotations back from an annotation tool, and new images into a training set
+    # (src/corrections.py)
+    python -m src.importers coco-tool --coco_json instances_default.json --image_dir images/ --out NEW
+    python -m src.importers labelme --json_dir labelme/ --out NEW [--classes book,disc]
+    python -m src.importers merge --into FineTune/my_set --add NEW [--split train2017]
+
+All but ``split`` write a folder with ``<split>/`` images and ``annotations/instances_<split>.json``
 as :class:`src.dataset.COCOSubDataset` expects; ``split`` writes two annotation files for the
 config keys ``train_ann_file`` / ``val_ann_file`` (with the export's image folder as
 ``train_image_dir`` / ``val_image_dir``). Images are what a viewer shows (EXIF orientation
@@ -35,6 +41,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from src import corrections
 from src.annotations import DatasetError, MIN_POLYGON_POINTS, load_coco_json, read_annotations, read_json
 from src.config import COCO_INSTANCE_SET, COCO_SPLITS
 from src.engine.runtime import EXIT_BAD_INPUT, EXIT_OK
@@ -332,10 +339,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_via.add_argument("--category_id", type=int, default=DEFAULT_VIA_CATEGORY_ID)
     p_via.add_argument("--split", default=DEFAULT_SPLITS[0])
     _add_split_parser(sub)
+    corrections.add_commands(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if args.command == "coco-subset":
+        if args.command in corrections.COMMANDS:
+            corrections.run_command(args)
+        elif args.command == "coco-subset":
             coco_subset(args.coco_dir, args.category, args.num_images, args.out, args.splits, args.seed)
         elif args.command == "split":
             split_export(args.ann_file, args.out, args.val_fraction, args.seed)

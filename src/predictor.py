@@ -1,6 +1,7 @@
 """Prediction on pictures and videos: a network with its pre- and post-processing for one image
-(:class:`Predictor`), the pictures and JSON written per image (:func:`predict_image`) and the
-colour-splash video (:func:`predict_video`). ``predict.py`` is the command line.
+(:class:`Predictor`), the pictures and JSON written per image (:func:`predict_image`), the
+colour-splash video (:func:`predict_video`) and the pre-labels of a folder for an annotation tool
+(:func:`export_prelabels`, formats in ``src/prelabels.py``). ``predict.py`` is the command line.
 """
 
 import json
@@ -210,3 +211,29 @@ def predict_video(predictor: Predictor, path: str, out_dir: str, class_names: Se
         json.dump({"video": os.path.abspath(path), "fps": fps, "frames": frames}, handle)
     logger.info("%s: %d frames -> %s", path, len(frames), video_path)
     return {"video": video_path, "json": json_path}
+
+
+def export_prelabels(predictor: Predictor, paths: Sequence[str], out_dir: str, class_names: Sequence[str],
+                     formats: Sequence[str], tolerance: float, image_url_prefix: str = "",
+                     progress=None) -> Dict[str, str]:
+    """Run ``predictor`` on the images ``paths`` and write their detections as pre-labels
+    (``src.prelabels.write_prelabels``); returns {format: written file or folder}.
+
+    Args:
+        tolerance: polygon simplification tolerance in pixels.
+        image_url_prefix: Label Studio: prepended to each file name to form the task's image URL.
+        progress: optional wrapper of the path list (e.g. tqdm).
+    """
+    from src.prelabels import image_prelabels, write_prelabels
+
+    records = []
+    for path in (progress(paths) if progress else paths):
+        if path.lower().endswith(VIDEO_EXTENSIONS):
+            raise PredictError(f"{path}: --export takes images only, not videos")
+        image = read_image(path)
+        records.append(image_prelabels(path, image.shape[0], image.shape[1], predictor(image), tolerance))
+    written = write_prelabels(records, class_names, out_dir, formats, image_url_prefix)
+    count = sum(len(r.instances) for r in records)
+    logger.info("pre-labels of %d images (%d instances): %s", len(records), count,
+                ", ".join(f"{k} {v}" for k, v in written.items()))
+    return written

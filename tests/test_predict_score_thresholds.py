@@ -6,25 +6,9 @@ import numpy as np
 import pytest
 
 import predict as predict_cli
+from helpers import FixedDetectionsNet as _FixedNet  # labels 1, 2, 1 with scores .9, .6, .4
 from src.predictor import Predictor
 from src.config import load_config
-
-
-class _FixedNet:
-    """Returns three detections of a 64x64 input: labels 1, 2, 1 with scores .9, .6, .4."""
-
-    def set_train(self, mode):
-        self.training = mode
-
-    def __call__(self, image, image_shape):
-        import mindspore as ms
-
-        boxes = np.array([[[2, 2, 20, 20], [30, 30, 50, 50], [10, 30, 25, 60]]], np.float32)
-        scores = np.array([[0.9, 0.6, 0.4]], np.float32)
-        labels = np.array([[1, 2, 1]], np.int32)
-        valid = np.ones((1, 3), bool)
-        masks = np.ones((1, 3, 28, 28), np.float32)
-        return tuple(ms.Tensor(a) for a in (boxes, scores, labels, valid, masks))
 
 
 @pytest.fixture()

@@ -1,5 +1,5 @@
 """Training callbacks: the per-step loss log (console, CSV, NaN guard), the checkpoints and the
-clean stop on SIGINT / SIGTERM.
+clean stop on SIGINT / SIGTERM; TensorBoard event files.
 
 They read the outputs of ``src.engine.train_step.TrainOneStepCell``: the total and the named
 losses, the finite-gradient flag and the loss scale.
@@ -97,7 +97,7 @@ class LossCallBack(Callback):
                 raise EnvironmentFailure(f"{self.csv_path}: cannot append the losses of step {step}: "
                                          f"{e.strerror or e}") from e
         record = dict(zip(("total",) + LOSS_NAMES, values), step=step, epoch=epoch, seconds=seconds,
-                      steps_covered=steps_covered)
+                      steps_covered=steps_covered, lr=lr, loss_scale=scale)
         self.history.append(record)
         if not math.isfinite(values[0]):
             self.error = NonFiniteLossError(
@@ -255,3 +255,57 @@ class SignalStopCallback(Callback):
     def on_train_step_end(self, run_context):
         if self.received is not None:
             run_context.request_stop()
+
+
+# Folder of the run directory with the TensorBoard event files (tensorboard --logdir RUN_DIR/tensorboard).
+TENSORBOARD_DIR = "tensorboard"
+
+
+class TensorBoardCallback(Callback):
+    """TensorBoard event files of every scalar the run logs (``tensorboardX``'s writer).
+
+    Per step, from the row ``loss_callback`` has just logged: ``loss/total`` and ``loss/<name>``
+    for every loss component, ``train/lr``, ``train/loss_scale`` and ``train/step_seconds``; after
+    each evaluation of ``eval_callback`` (``src.evaluation.hook.EvalCallback``, placed before this
+    callback): ``eval/<metric>`` (bbox_AP, segm_AP, ...) at the global step of that epoch's end.
+    A resumed run writes a new event file in the same folder.
+
+    Args:
+        log_dir: folder of the event files (created).
+        loss_callback: the run's LossCallBack.
+        eval_callback: the run's EvalCallback, or None without evaluation.
+    """
+
+    def __init__(self, log_dir: str, loss_callback: LossCallBack, eval_callback=None):
+        super().__init__()
+        from tensorboardX import SummaryWriter
+
+        self.writer = SummaryWriter(logdir=log_dir)
+        self.loss_callback = loss_callback
+        self.eval_callback = eval_callback
+        self._logged_steps = 0
+        self._logged_evals = 0
+
+    def on_train_step_end(self, run_context):
+        for record in self.loss_callback.history[self._logged_steps:]:
+            step = record["step"]
+            self.writer.add_scalar("loss/total", record["total"], step)
+            for name in LOSS_NAMES:
+                self.writer.add_scalar(f"loss/{name}", record[name], step)
+            self.writer.add_scalar("train/lr", record["lr"], step)
+            self.writer.add_scalar("train/loss_scale", record["loss_scale"], step)
+            self.writer.add_scalar("train/step_seconds", record["seconds"], step)
+        self._logged_steps = len(self.loss_callback.history)
+
+    def on_train_epoch_end(self, run_context):
+        records = self.eval_callback.records if self.eval_callback is not None else []
+        step = self.loss_callback.history[-1]["step"] if self.loss_callback.history else 0
+        for record in records[self._logged_evals:]:
+            for name, value in record.items():
+                if name != "epoch":
+                    self.writer.add_scalar(f"eval/{name}", value, step)
+        self._logged_evals = len(records)
+        self.writer.flush()
+
+    def on_train_end(self, run_context):
+        self.writer.close()

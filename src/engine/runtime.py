@@ -183,7 +183,7 @@ COMPILE_CACHE_IGNORED_KEYS = (
     "compile_cache_dir", "run_dir", "coco_root", "train_data_type", "val_data_type", "instance_set",
     "num_parallel_workers", "save_checkpoint_epochs", "keep_checkpoint_max", "strict_annotations",
     "flip_ratio", "scale_jitter_range", "scale_jitter_list", "photometric_distortion", "crop_prob",
-    "crop_min_side",
+    "crop_min_side", "early_stop_metric", "early_stop_patience", "tensorboard",
     # Values the graph reads from parameters: the LR schedule (train.py keys the graph by its
     # length instead) and the momentum.
     "base_lr", "lr_schedule", "lr_step_ratios", "lr_step_gamma", "warmup_steps", "warmup_ratio", "lr_scaling",

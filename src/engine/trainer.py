@@ -166,8 +166,9 @@ def restore_train_state(train_cell, resume: str, state, steps_per_epoch: int, si
 
 def build_callbacks(config: Config, net, run_dir: str, writer: bool, steps_per_epoch: int, lr,
                     start_step: int, log_every: Optional[int]) -> Tuple[List, object, object, bool]:
-    """Loss log (+ progress bar on a terminal), checkpoints and evaluation (the latter two on the
-    writing rank only), and the stop on SIGINT / SIGTERM (last: it stops after the step is logged).
+    """Loss log (+ progress bar on a terminal), checkpoints, evaluation (+ early stopping) and
+    TensorBoard (the latter three on the writing rank only), and the stop on SIGINT / SIGTERM
+    (last: it stops after the step is logged).
 
     Returns:
         ``(callbacks, loss_callback, signal_stop, show_bar)``.
@@ -190,10 +191,18 @@ def build_callbacks(config: Config, net, run_dir: str, writer: bool, steps_per_e
         callbacks.append(CheckpointCallback(save_fn, net, run_dir, "maskrcnn",
                                             config.save_checkpoint_epochs, config.keep_checkpoint_max, loss_cb,
                                             step_offset=start_step, steps_per_epoch=steps_per_epoch))
+        eval_cb = None
         if config.eval_interval:
             from src.evaluation.hook import EvalCallback
 
-            callbacks.append(EvalCallback(net, config, run_dir, config.eval_interval, save_fn))
+            eval_cb = EvalCallback(net, config, run_dir, config.eval_interval, save_fn)
+            if start_step:  # --resume: the same best score and early-stopping count
+                eval_cb.restore(start_step // steps_per_epoch)
+            callbacks.append(eval_cb)
+        if config.tensorboard:
+            from src.engine.callbacks import TENSORBOARD_DIR, TensorBoardCallback
+
+            callbacks.append(TensorBoardCallback(os.path.join(run_dir, TENSORBOARD_DIR), loss_cb, eval_cb))
     signal_stop = SignalStopCallback()
     callbacks.append(signal_stop)
     return callbacks, loss_cb, signal_stop, show_bar

@@ -1,15 +1,16 @@
-"""Evaluation during training: a MindSpore callback that evaluates every few epochs and keeps the best model."""
+"""Evaluation during training: a MindSpore callback that evaluates every few epochs, keeps the best
+model and stops training early when the chosen metric stops improving."""
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
+from typing import Dict, List, Optional
 
 from mindspore.train.callback import Callback
 
-from src.evaluation.coco_eval import IOU_TYPES
+from src.config import TRAINING_EVAL_METRICS
 from src.evaluation.inference import build_eval_split, evaluate_model
 
 logger = logging.getLogger(__name__)
@@ -19,14 +20,24 @@ EVAL_HISTORY_FILE = "eval_metrics.jsonl"
 BEST_CKPT_NAME = "best.ckpt"
 # Folder in the checkpoint folder with the report page of the best checkpoint (src/evaluation/report.py).
 BEST_REPORT_DIR = "best_report"
+# File in the checkpoint folder with the evaluations early stopping and best.ckpt are decided on,
+# rewritten atomically after each one; --resume reads it back (:meth:`EvalCallback.restore`).
+EARLY_STOP_STATE_FILE = "early_stopping.json"
 
 
 class EvalCallback(Callback):
-    """Evaluate on the val split every ``interval`` epochs during training; keep the best model.
+    """Evaluate on the val split every ``interval`` epochs during training; keep the best model;
+    stop early.
 
-    Appends ``{"epoch", "bbox_AP", "segm_AP", ...}`` to ``ckpt_dir/eval_metrics.jsonl`` and saves
-    ``ckpt_dir/best.ckpt`` (with ``save_fn(net, path)``) whenever segm AP improves, together with
-    the report page of that evaluation in ``ckpt_dir/best_report/report.html``.
+    The val split is read and checked when training begins (before the first step), so a missing
+    or broken split fails the run at once. Each evaluation appends ``{"epoch", "bbox_AP",
+    "segm_AP", ...}`` to ``ckpt_dir/eval_metrics.jsonl`` and saves ``ckpt_dir/best.ckpt`` (with
+    ``save_fn(net, path)``) whenever ``config.early_stop_metric`` improves, together with the report
+    page of that evaluation in ``ckpt_dir/best_report/report.html``. After
+    ``config.early_stop_patience`` evaluations in a row without a new best (0 = never), training
+    stops (``stopped_at_epoch``). The evaluations behind these decisions are kept in
+    ``ckpt_dir/early_stopping.json`` so that ``--resume`` carries on with the same best score and
+    count (:meth:`restore`).
 
     Args:
         net: the ``Mask_Rcnn_Resnet50`` being trained (switched to inference for the evaluation
@@ -46,8 +57,61 @@ class EvalCallback(Callback):
         self.ckpt_dir = ckpt_dir
         self.interval = int(interval)
         self.save_fn = save_fn
-        self.best_segm_ap = -math.inf
+        self.metric = config.early_stop_metric
+        self.patience = config.early_stop_patience
+        self.evaluations: List[Dict[str, float]] = []  # {"epoch", metric value} behind the decisions
+        self.records: List[Dict[str, float]] = []  # this run's eval_metrics.jsonl lines
+        self.stopped_at_epoch: Optional[int] = None
         self._split = None
+
+    # ---- early-stopping state -------------------------------------------------------------
+    @property
+    def best(self) -> Optional[Dict[str, float]]:
+        """The evaluation with the best metric so far (the first of equals), or None."""
+        return max(self.evaluations, key=lambda e: e["value"], default=None)
+
+    @property
+    def evaluations_without_improvement(self) -> int:
+        """Evaluations since the best one."""
+        best = self.best
+        return 0 if best is None else sum(e["epoch"] > best["epoch"] for e in self.evaluations)
+
+    def _state_path(self) -> str:
+        return os.path.join(self.ckpt_dir, EARLY_STOP_STATE_FILE)
+
+    def _write_state(self) -> None:
+        best = self.best
+        state = {"metric": self.metric, "evaluations": self.evaluations,
+                 "best_epoch": best["epoch"] if best else None, "best_value": best["value"] if best else None,
+                 "evaluations_without_improvement": self.evaluations_without_improvement}
+        tmp = self._state_path() + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(state, handle)
+        os.replace(tmp, self._state_path())
+
+    def restore(self, start_epoch: int) -> None:
+        """Take back the evaluations of the interrupted run up to ``start_epoch`` (the epoch the
+        resumed run starts after); later ones are run again. A state of another metric is ignored."""
+        path = self._state_path()
+        if not os.path.isfile(path):
+            return
+        with open(path, encoding="utf-8") as handle:
+            state = json.load(handle)
+        if state.get("metric") != self.metric:
+            logger.warning("%s follows %s, this run %s: early stopping starts afresh", path, state.get("metric"),
+                           self.metric)
+            return
+        self.evaluations = [e for e in state.get("evaluations", []) if e["epoch"] <= start_epoch]
+        best = self.best
+        if best is not None:
+            logger.info("early stopping resumed from %s: best %s %.4f at epoch %d, %d evaluations since", path,
+                        self.metric, best["value"], best["epoch"], self.evaluations_without_improvement)
+
+    # ---- callback ---------------------------------------------------------------------------
+    def on_train_begin(self, run_context) -> None:
+        # Read and check the val split now rather than at the first evaluation, epochs later.
+        if self._split is None:
+            self._split = build_eval_split(self.config, num_parallel_workers=1)
 
     def on_train_epoch_end(self, run_context) -> None:
         epoch = int(run_context.original_args().cur_epoch_num)
@@ -61,19 +125,29 @@ class EvalCallback(Callback):
         finally:
             self.net.set_train(True)
         record = {"epoch": epoch}
-        for iou_type in IOU_TYPES:
-            for name in ("AP", "AP50", "AP75"):
-                record[f"{iou_type}_{name}"] = metrics[iou_type][name]
+        for key in TRAINING_EVAL_METRICS:
+            iou_type, name = key.split("_", 1)
+            record[key] = metrics[iou_type][name]
+        self.records.append(record)
         with open(os.path.join(self.ckpt_dir, EVAL_HISTORY_FILE), "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         logger.info("epoch %d: bbox AP %.4f, segm AP %.4f", epoch, record["bbox_AP"], record["segm_AP"])
-        if record["segm_AP"] > self.best_segm_ap:
-            self.best_segm_ap = record["segm_AP"]
+        previous_best = self.best
+        self.evaluations.append({"epoch": epoch, "value": record[self.metric]})
+        self._write_state()
+        if previous_best is None or record[self.metric] > previous_best["value"]:
             path = os.path.join(self.ckpt_dir, BEST_CKPT_NAME)
             self.save_fn(self.net, path)
-            logger.info("new best segm AP %.4f: saved %s", self.best_segm_ap, path)
+            logger.info("new best %s %.4f: saved %s", self.metric, record[self.metric], path)
             from src.evaluation.report import write_report
 
             report = write_report(os.path.join(self.ckpt_dir, BEST_REPORT_DIR), evaluator, metrics, sub.image_dir,
                                   info={"checkpoint": path, "epoch": epoch})
             logger.info("report of the best checkpoint: %s", report)
+        elif self.patience and self.evaluations_without_improvement >= self.patience:
+            best = self.best
+            self.stopped_at_epoch = epoch
+            logger.info("early stopping at epoch %d: %s has not improved for %d evaluations (best %.4f at epoch "
+                        "%d, kept in %s)", epoch, self.metric, self.evaluations_without_improvement, best["value"],
+                        best["epoch"], os.path.join(self.ckpt_dir, BEST_CKPT_NAME))
+            run_context.request_stop()

@@ -138,3 +138,30 @@ def test_exploding_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
     rows = _read_csv(blown_dir / "losses.csv")
     assert int(rows[-1]["step"]) == step and not np.isfinite(float(rows[-1]["total"]))
     assert _digest(good) == before
+
+
+def test_tensorboard_events_hold_every_logged_scalar(trained_run):
+    from helpers import read_tensorboard_scalars
+
+    _, _, run_dir = trained_run
+    scalars = read_tensorboard_scalars(str(run_dir / "tensorboard"))
+    rows = _read_csv(run_dir / "losses.csv")
+    steps = [int(r["step"]) for r in rows]
+    for name in ("total",) + LOSS_NAMES:
+        assert [s for s, _ in scalars[f"loss/{name}"]] == steps, name
+        np.testing.assert_allclose([v for _, v in scalars[f"loss/{name}"]], [float(r[name]) for r in rows],
+                                   rtol=1e-5, atol=1e-6)
+    for tag, column in (("train/lr", "lr"), ("train/loss_scale", "loss_scale"), ("train/step_seconds", "step_seconds")):
+        assert [s for s, _ in scalars[tag]] == steps, tag
+        np.testing.assert_allclose([v for _, v in scalars[tag]], [float(r[column]) for r in rows], rtol=1e-3,
+                                   atol=1e-3)
+
+
+def test_a_missing_validation_split_stops_before_the_first_step(trained_run, tmp_path, capfd):
+    _, data_dir, _ = trained_run
+    run_dir = tmp_path / "run"
+    code = train.main(_small_run_args(data_dir, run_dir, 1) + ["--eval_interval", "1", "--val_data_type", "val2099"])
+    assert code == train.EXIT_BAD_INPUT
+    err = capfd.readouterr().err
+    assert f"{data_dir / 'annotations' / 'instances_val2099.json'}: annotation file not found" in err
+    assert not (run_dir / "losses.csv").exists() or len(_read_csv(run_dir / "losses.csv")) == 0
