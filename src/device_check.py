@@ -267,7 +267,9 @@ def device_config(config, img_size: Optional[int] = None):
     """``config`` as the Ascend target builds it (optionally at ``img_size`` x ``img_size``)."""
     changes = {"device_target": "Ascend", "compile_cache_dir": None}
     if img_size:
-        changes.update(img_height=img_size, img_width=img_size)
+        # resize_to is a preprocessing rule (the image is resized before it enters the graph): at
+        # another input size the graph is checked with the plain fit-into-the-input rule.
+        changes.update(img_height=img_size, img_width=img_size, resize_to=[])
     return config.replace(**changes)
 
 

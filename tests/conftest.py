@@ -6,6 +6,11 @@ import sys
 import pytest
 
 os.environ.setdefault("GLOG_v", "3")
+# pytest-xdist starts its workers with `python -c`, so sys.argv[0] is "-c"; MindSpore's compile
+# cache reads the entry script that sys.argv[0] names (mindspore/common/api.py, when mindspore is
+# imported) and fails on a path that is not a file. Name this file instead.
+if not os.path.isfile(sys.argv[0]):
+    sys.argv[0] = os.path.abspath(__file__)
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)

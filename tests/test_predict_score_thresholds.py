@@ -9,6 +9,7 @@ import predict as predict_cli
 from helpers import FixedDetectionsNet as _FixedNet  # labels 1, 2, 1 with scores .9, .6, .4
 from src.predictor import Predictor
 from src.config import load_config
+from src.engine.runtime import EXIT_BAD_INPUT
 
 
 @pytest.fixture()
@@ -44,7 +45,7 @@ def test_auto_without_report_is_a_one_line_error(tmp_path, capsys):
     missing = tmp_path / "run" / "report.json"
     rc = predict_cli.main(["--ckpt", str(tmp_path / "x.ckpt"), "--input", str(image), "--out", str(tmp_path / "o"),
                            "--score_thr", "auto", "--report_json", str(missing)])
-    assert rc == predict_cli.EXIT_BAD_INPUT
+    assert rc == EXIT_BAD_INPUT
     errors = [line for line in capsys.readouterr().err.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and f"report file not found: {missing}" in errors[0]
 

@@ -19,6 +19,7 @@ import export
 import predict
 from src.config import load_config
 from src.synthetic import generate
+from src.engine.runtime import EXIT_BAD_INPUT
 
 TINY = {
     "img_height": 64, "img_width": 64, "fpn_channels": 32, "box_head_channels": 64, "mask_head_channels": 32,
@@ -148,7 +149,7 @@ def test_onnx_export_names_the_blocking_operator(exported, tmp_path, capfd):
     _, data_dir, ckpt, _ = exported
     code = export.main(["--ckpt", str(ckpt), "--file_format", "ONNX", "--out", str(tmp_path / "m.onnx")]
                        + _args(data_dir))
-    assert code == export.EXIT_BAD_INPUT
+    assert code == EXIT_BAD_INPUT
     (message,) = _error_lines(capfd.readouterr().err, "export")
     # the FPN's nearest-neighbour upsampling has no ONNX converter in MindSpore 2.7.2
     assert message.startswith("ONNX export failed:") and "ResizeNearestNeighborV2" in message
@@ -186,12 +187,12 @@ def test_a_mindir_without_its_metadata_is_a_bad_input(exported, tmp_path, capfd)
     shutil.copy(mindir, copy)
     image = sorted((data_dir / "val2017").iterdir())[0]
     code = predict.main(["--mindir", str(copy), "--input", str(image), "--out", str(tmp_path / "out")])
-    assert code == predict.EXIT_BAD_INPUT
+    assert code == EXIT_BAD_INPUT
     assert _error_lines(capfd.readouterr().err, "predict") == [
         f"{copy}.json: metadata of alone.mindir not found (export.py writes it beside the graph; export again)"]
 
 
 def test_missing_mindir_is_a_bad_input(tmp_path, capfd):
     code = eval_cli.main(["--mindir", str(tmp_path / "nope.mindir"), "--no_progress"])
-    assert code == eval_cli.EXIT_BAD_INPUT
+    assert code == EXIT_BAD_INPUT
     assert _error_lines(capfd.readouterr().err, "eval") == [f"MindIR file not found: {tmp_path / 'nope.mindir'}"]
