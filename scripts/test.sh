@@ -3,10 +3,12 @@
 # Usage: bash scripts/test.sh [extra pytest arguments]
 set -euo pipefail
 if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
-  echo "Usage: bash $0 [extra pytest arguments, e.g. -k config -x]   (sets up .venv, then runs pytest tests)"
+  echo "Usage: bash $0 [extra pytest arguments, e.g. -k config -x]   (sets up .venv, then runs pytest tests on TEST_WORKERS=2 workers)"
   exit 0
 fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
-exec "$VENV/bin/python" -m pytest tests "$@"
+# Two workers (pytest-xdist), one test file each at a time: module fixtures are built once, and
+# the graph compiles of two files run side by side on the two cores.
+exec "$VENV/bin/python" -m pytest tests -n "${TEST_WORKERS:-2}" --dist loadfile "$@"
