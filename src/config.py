@@ -70,10 +70,10 @@ class Config:
     # keys of a split to use them instead of coco_root/<split>. Paths written in a config file
     # are relative to that file's folder; given on the command line (--train_ann_file FILE),
     # relative to the folder the command runs in.
-    train_ann_file: Optional[str] = None
-    train_image_dir: Optional[str] = None
-    val_ann_file: Optional[str] = None
-    val_image_dir: Optional[str] = None
+    train_ann_file: Optional[str] = None  # training annotation file (COCO JSON), any layout; with train_image_dir
+    train_image_dir: Optional[str] = None  # folder the training file's file_name values are relative to
+    val_ann_file: Optional[str] = None  # validation annotation file (COCO JSON), any layout; with val_image_dir
+    val_image_dir: Optional[str] = None  # folder the validation file's file_name values are relative to
     keep_empty_images: bool = False  # train on images without any instance too (as negatives);
     #   false = they are skipped and counted
     coco_classes: List[str] = field(default_factory=lambda: ["background", "book"])  # [0] is background

@@ -177,7 +177,8 @@ def test_both_ranks_finish_with_identical_parameters(dp_run):
 
 def test_only_rank_0_writes_the_run_directory(dp_run):
     names = set(os.listdir(dp_run))
-    assert names == {"config.yaml", "train.log", "losses.csv", "last.ckpt", "maskrcnn-1_1.ckpt", "msrun_logs"}
+    assert names == {"config.yaml", "train.log", "losses.csv", "last.ckpt", "maskrcnn-1_1.ckpt", "msrun_logs",
+                     "tensorboard"}
     with open(dp_run / "train.log", encoding="utf-8") as handle:
         text = handle.read()
     assert f"rank 0 of {RANKS}" in text and f"rank 1 of {RANKS}" not in text

@@ -16,8 +16,8 @@ STEPS_PER_EPOCH = 5
 def _build(tmp_path, start_step, **overrides):
     tmp_path.mkdir(exist_ok=True)
     config = load_config(overrides=dict({"eval_interval": 1, "early_stop_patience": 2}, **overrides))
-    callbacks, loss_cb, _ = build_callbacks(config, None, str(tmp_path), True, STEPS_PER_EPOCH,
-                                            np.full(40, 0.01, np.float32), start_step, log_every=1)
+    callbacks, loss_cb, _, _ = build_callbacks(config, None, str(tmp_path), True, STEPS_PER_EPOCH,
+                                               np.full(40, 0.01, np.float32), start_step, log_every=1)
     loss_cb.on_train_end(None)  # closes losses.csv
     return callbacks, loss_cb
 
