@@ -47,11 +47,10 @@ def write_coco_set(root, images, annotations, categories=None, split="train2017"
 
 
 def coco_annotation(ann_id, image_id, cat, box, crowd=0, segm=None):
-    """A COCO annotation of box ``(x1, y1, x2, y2)``, its polygon unless ``segm`` is given."""
-    x1, y1, x2, y2 = box
-    return {"id": ann_id, "image_id": image_id, "category_id": cat, "bbox": [x1, y1, x2 - x1, y2 - y1],
-            "area": float((x2 - x1) * (y2 - y1)), "iscrowd": crowd,
-            "segmentation": segm if segm is not None else box_polygon(*box)}
+    """A COCO annotation of box ``(x1, y1, x2, y2)``, its polygon unless ``segm`` is given
+    (:func:`rect_ann` with the crowd flag and segmentation as arguments)."""
+    extra = {"iscrowd": crowd} if segm is None else {"iscrowd": crowd, "segmentation": segm}
+    return rect_ann(ann_id, image_id, cat, box, **extra)
 
 
 def coco_image(image_id, h=40, w=60):
@@ -99,8 +98,7 @@ def rect_ann(ann_id, image_id, cat_id, box, **extra):
     """A COCO annotation of the rectangle ``box`` = (x1, y1, x2, y2) as a polygon."""
     x1, y1, x2, y2 = box
     ann = {"id": ann_id, "image_id": image_id, "category_id": cat_id, "bbox": [x1, y1, x2 - x1, y2 - y1],
-           "area": float((x2 - x1) * (y2 - y1)), "iscrowd": 0,
-           "segmentation": [[x1, y1, x2, y1, x2, y2, x1, y2]]}
+           "area": float((x2 - x1) * (y2 - y1)), "iscrowd": 0, "segmentation": box_polygon(*box)}
     ann.update(extra)
     return ann
 
