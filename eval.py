@@ -52,11 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
 def config_with_ann_file(config, root: str, ann_file: str):
     """``config`` evaluating ``ann_file`` (paths relative to the current folder) on the val
     split's image folder (``val_image_dir``, else ``<root>/<val split>``)."""
+    from src.annotations import DatasetError
+
     image_dir, _ = config.split_paths(config.val_data_type, root)
     if not os.path.isdir(image_dir):
-        raise FileNotFoundError(f"image folder not found: {image_dir}")
+        raise DatasetError(f"image folder not found: {image_dir}")
     if not os.path.isfile(ann_file):
-        raise FileNotFoundError(f"annotation file not found: {ann_file}")
+        raise DatasetError(f"annotation file not found: {ann_file}")
     return config.replace(val_ann_file=os.path.abspath(ann_file), val_image_dir=image_dir)
 
 
@@ -143,7 +145,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with compile_cache(cached_config, "eval", entry_file=__file__):
             run_eval(config, args.ckpt, args.data_path, args.ann_file, out_dir, progress=not args.no_progress,
                      report_dir=args.report, mindir=args.mindir)
-    except cli_errors(FileNotFoundError) as e:
+    except cli_errors() as e:
         return report_error(logger, e)
     return EXIT_OK
 

@@ -26,6 +26,7 @@ from pycocotools.cocoeval import COCOeval
 from src.engine.runtime import CACHE_LOADED_MESSAGE
 from src.viz.visualize import class_map, overlay, palette
 from src.config import REPO_ROOT
+from src.engine.runtime import EXIT_BAD_INPUT
 
 NUM_VAL_IMAGES = 3
 MAX_PER_IMG = 10
@@ -405,5 +406,11 @@ def test_eval_ann_file_option_uses_that_file(tiny, tmp_path):
     sub = COCOSubDataset(str(tiny["data"]), is_training=False, config=config)
     assert sub.image_ids == keep
     assert os.path.samefile(sub.ann_file, ann_file)
-    with pytest.raises(FileNotFoundError, match="annotation file not found: .*missing.json"):
+    from src.annotations import DatasetError
+
+    with pytest.raises(DatasetError, match="annotation file not found: .*missing.json"):
         eval_cli.config_with_ann_file(tiny["config"], str(tiny["data"]), str(tmp_path / "missing.json"))
+    # A missing file is bad input (exit 2), not a failure of the machine (exit 3).
+    code = eval_cli.main(["--ckpt", tiny["ckpt"], "--config_path", tiny["config_path"], "--out",
+                          str(tmp_path / "out"), "--ann_file", str(tmp_path / "missing.json")])
+    assert code == EXIT_BAD_INPUT
