@@ -7,9 +7,11 @@
 Writes ``OUT/detections_<split>.json`` (COCO results: bbox [x, y, w, h] in original pixels, score,
 category_id of the annotation file, RLE segmentation), ``OUT/ground_truth_<split>.json`` (the
 cleaned annotations the results are scored against, as training reads them: src/annotations.py)
-and ``OUT/metrics.json`` (with the counts of dropped/repaired annotations), and prints the
-12-line COCO summaries for bbox and segm plus a per-class AP table. The val split is
-``val_ann_file``/``val_image_dir`` when set, else ``<data_path>/<val split>``.
+and ``OUT/metrics.json`` (with the counts of dropped/repaired annotations and, in ``image_counts``,
+of the images left out because they cannot be decoded: a JPEG cut short is skipped with one
+warning, or is an error with ``strict_images``), and prints the 12-line COCO summaries for bbox
+and segm plus a per-class AP table. The val split is ``val_ann_file``/``val_image_dir`` when set,
+else ``<data_path>/<val split>``.
 Exit codes: 0 done, 2 bad input (checkpoint that does not fit the config, bad data, bad option),
 3 environment or I/O error (a full disk, an unwritable folder).
 """
@@ -76,7 +78,7 @@ def run_eval(config, ckpt: str, data_root: Optional[str], ann_file: Optional[str
     """Build the model, load ``ckpt`` (or run the exported ``mindir``, at the batch of its
     metadata), evaluate the val split, write the results (and the report page in ``report_dir``);
     returns the metrics."""
-    from src.evaluation.inference import build_eval_split, evaluate_model
+    from src.evaluation.inference import build_eval_split, evaluate_model, split_report_info
 
     net, report = inference_network(config, ckpt, mindir)
     eval_batch = None
@@ -87,8 +89,6 @@ def run_eval(config, ckpt: str, data_root: Optional[str], ann_file: Optional[str
         ckpt = mindir
     else:
         logger.info("loaded %s: %d parameters", ckpt, len(report.loaded))
-    from src.annotations import defect_text
-
     root = resolve_path(data_root if data_root is not None else config.coco_root)
     if ann_file:
         config = config_with_ann_file(config, root, ann_file)
@@ -102,8 +102,7 @@ def run_eval(config, ckpt: str, data_root: Optional[str], ann_file: Optional[str
 
         report_path = write_report(report_dir, evaluator, metrics, sub.image_dir,
                                    info={"checkpoint": os.path.abspath(ckpt), "annotations": sub.ann_file,
-                                         "scored against": gt_path,
-                                         "annotation defects": defect_text(sub.defect_counts)})
+                                         "scored against": gt_path, **split_report_info(sub)})
         print(f"report: {os.path.abspath(report_path)}")
 
     det_path = os.path.join(out_dir, f"detections_{config.val_data_type}.json")

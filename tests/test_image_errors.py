@@ -1,5 +1,6 @@
 """Images that cannot be decoded (a JPEG cut after its header): skipped and counted in training,
-found at build time with check_images, a one-line error and exit 2 with strict_images."""
+found at build time with check_images, left out and counted in evaluation (eval.py: metrics.json
+and the report page), a one-line error and exit 2 with strict_images."""
 
 import logging
 import os
@@ -103,3 +104,56 @@ def test_eval_split_leaves_out_and_counts_an_image_that_cannot_be_decoded(tmp_pa
     _, evaluator, sub = build_eval_split(config, batch_size=1, num_parallel_workers=1)
     assert sub.image_counts["unreadable"] == 1
     assert evaluator.image_ids == [1, 3, 4] and sorted(sub.coco.imgs) == [1, 3, 4]
+
+
+def test_eval_skips_and_counts_a_cut_jpeg_and_strict_images_makes_it_exit_2(tmp_path, monkeypatch, request, capsys):
+    """Through eval.py with a random-init 64x64 network (PyNative: no graph compile): the cut JPEG
+    is left out of inference and ground truth, warned about once, counted in metrics.json and on
+    the report page; with strict_images it is the one ERROR line and exit 2, nothing written."""
+    import json
+
+    import mindspore as ms
+
+    import eval as eval_cli
+    from src.checkpoint.io import save_checkpoint_atomic
+    from src.engine import runtime
+    from src.maskrcnn.builder import build_model
+
+    graph_context = runtime.set_mindspore_context
+    monkeypatch.setattr(runtime, "set_mindspore_context",
+                        lambda device, seed=None, graph_mode=True: graph_context(device, seed, graph_mode=False))
+    request.addfinalizer(lambda previous=ms.get_context("mode"): ms.set_context(mode=previous))
+    ann_file, image_dir, cut = _split_with_a_cut_jpeg(str(tmp_path), count=3)
+    tiny = {"fpn_channels": 32, "box_head_channels": 64, "mask_head_channels": 32, "rpn_pre_nms_top_k_test": 100,
+            "rpn_post_nms_top_k_test": 50}
+    runtime.set_mindspore_context("CPU", seed=1)
+    ckpt = str(tmp_path / "random.ckpt")
+    save_checkpoint_atomic(build_model(tiny_config(coco_classes=["background", "book"], **tiny)), ckpt)
+    args = ["--ckpt", ckpt, "--val_ann_file", ann_file, "--val_image_dir", image_dir, "--no_progress",
+            "--coco_classes", "[background, book]", "--img_height", "64", "--img_width", "64", "--batch_size", "2",
+            "--num_parallel_workers", "1", "--compile_cache_dir", "null",
+            *[str(part) for key, value in tiny.items() for part in (f"--{key}", value)]]
+
+    out = tmp_path / "out"
+    assert eval_cli.main(args + ["--out", str(out), "--report", str(tmp_path / "report")]) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if cut in line]
+    assert len(warnings) == 1 and " WARNING " in warnings[0] and "Traceback" not in err
+    assert warnings[0].endswith(f"{ann_file}: skipped 1 images that cannot be decoded (cut off or corrupt, e.g. "
+                                f"{cut}); strict_images: true makes this an error")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["image_counts"]["unreadable"] == 1 and metrics["num_images"] == 2
+    assert sorted(img["id"] for img in json.loads((out / "ground_truth_val2017.json").read_text())["images"]) == [1, 3]
+    detections = json.loads((out / "detections_val2017.json").read_text())
+    assert detections and {d["image_id"] for d in detections} <= {1, 3}
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["info"]["images left out"] == "1 that cannot be decoded (cut off or corrupt)"
+    assert "images left out: 1 that cannot be decoded" in (tmp_path / "report" / "report.html").read_text()
+
+    strict_out = tmp_path / "strict_out"
+    assert eval_cli.main(args + ["--out", str(strict_out), "--strict_images", "true"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "Traceback" not in err
+    assert errors[0].endswith(f"{cut}: cannot be decoded, cut off or corrupt (image id 2; strict_images is true)")
+    assert not (strict_out / "metrics.json").exists()

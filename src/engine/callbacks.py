@@ -267,7 +267,8 @@ class TensorBoardCallback(Callback):
     Per step, from the row ``loss_callback`` has just logged: ``loss/total`` and ``loss/<name>``
     for every loss component, ``train/lr``, ``train/loss_scale`` and ``train/step_seconds``; after
     each evaluation of ``eval_callback`` (``src.evaluation.hook.EvalCallback``, placed before this
-    callback): ``eval/<metric>`` (bbox_AP, segm_AP, ...) at the global step of that epoch's end.
+    callback): ``eval/<metric>`` (bbox_AP, segm_AP, ...) at the global step that ended the epoch
+    evaluated (``epoch * loss_callback.steps_per_epoch``; a resumed run's passes end mid-epoch).
     A resumed run writes a new event file in the same folder.
 
     Args:
@@ -296,16 +297,21 @@ class TensorBoardCallback(Callback):
             self.writer.add_scalar("train/loss_scale", record["loss_scale"], step)
             self.writer.add_scalar("train/step_seconds", record["seconds"], step)
         self._logged_steps = len(self.loss_callback.history)
+        self._log_evaluations()
 
     def on_train_epoch_end(self, run_context):
+        self.writer.flush()
+
+    def _log_evaluations(self):
+        """The evaluations ``eval_callback`` made since the last call (in this step's callbacks,
+        before this one)."""
         records = self.eval_callback.records if self.eval_callback is not None else []
-        step = self.loss_callback.history[-1]["step"] if self.loss_callback.history else 0
         for record in records[self._logged_evals:]:
+            step = record["epoch"] * self.loss_callback.steps_per_epoch
             for name, value in record.items():
                 if name != "epoch":
                     self.writer.add_scalar(f"eval/{name}", value, step)
         self._logged_evals = len(records)
-        self.writer.flush()
 
     def on_train_end(self, run_context):
         self.writer.close()

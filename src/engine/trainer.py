@@ -166,7 +166,7 @@ def restore_train_state(train_cell, resume: str, state, steps_per_epoch: int, si
 
 def build_callbacks(config: Config, net, run_dir: str, writer: bool, steps_per_epoch: int, lr,
                     start_step: int, log_every: Optional[int]) -> Tuple[List, object, object, bool]:
-    """Loss log (+ progress bar on a terminal), checkpoints, evaluation (+ early stopping) and
+    """Loss log (+ progress bar on a terminal), evaluation (+ early stopping), checkpoints and
     TensorBoard (the latter three on the writing rank only), and the stop on SIGINT / SIGTERM
     (last: it stops after the step is logged).
 
@@ -188,17 +188,20 @@ def build_callbacks(config: Config, net, run_dir: str, writer: bool, steps_per_e
     # Checkpoints record the numerics preset, so loading them under another one warns.
     save_fn = functools.partial(save_checkpoint_atomic, append_dict={NUMERICS_KEY: config.numerics})
     if writer:
-        callbacks.append(CheckpointCallback(save_fn, net, run_dir, "maskrcnn",
-                                            config.save_checkpoint_epochs, config.keep_checkpoint_max, loss_cb,
-                                            step_offset=start_step, steps_per_epoch=steps_per_epoch))
         eval_cb = None
         if config.eval_interval:
             from src.evaluation.hook import EvalCallback
 
-            eval_cb = EvalCallback(net, config, run_dir, config.eval_interval, save_fn)
+            eval_cb = EvalCallback(net, config, run_dir, config.eval_interval, save_fn, steps_per_epoch,
+                                   step_offset=start_step, loss_callback=loss_cb)
             if start_step:  # --resume: the same best score and early-stopping count
-                eval_cb.restore(start_step // steps_per_epoch)
+                eval_cb.restore()
             callbacks.append(eval_cb)
+        # After the evaluation of the same step: a run killed while it evaluates resumes from the
+        # checkpoint before, and evaluates that epoch again instead of never.
+        callbacks.append(CheckpointCallback(save_fn, net, run_dir, "maskrcnn",
+                                            config.save_checkpoint_epochs, config.keep_checkpoint_max, loss_cb,
+                                            step_offset=start_step, steps_per_epoch=steps_per_epoch))
         if config.tensorboard:
             from src.engine.callbacks import TENSORBOARD_DIR, TensorBoardCallback
 

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 from mindspore.train.callback import Callback
 
 from src.config import TRAINING_EVAL_METRICS
-from src.evaluation.inference import build_eval_split, evaluate_model
+from src.evaluation.inference import build_eval_split, evaluate_model, split_report_info
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,13 @@ EARLY_STOP_STATE_FILE = "early_stopping.json"
 class EvalCallback(Callback):
     """Evaluate on the val split every ``interval`` epochs during training; keep the best model;
     stop early.
+
+    Epochs are counted from the global step (``step_offset + cur_step_num``), as the training
+    callbacks of src/engine/callbacks.py count them: the evaluation of epoch ``e`` runs at the end
+    of the step that completes it (step ``e * steps_per_epoch``), once. ``Model.train``'s own epoch
+    ends are not used: a resumed run's passes end mid-epoch (src/data_sources.py), and a run
+    stopped mid-epoch (a NaN loss, a signal) ends its last pass early; a partial epoch is never
+    evaluated, and neither is the step of a non-finite loss (``loss_callback.error``).
 
     The val split is read and checked when training begins (before the first step), so a missing
     or broken split fails the run at once. Each evaluation appends ``{"epoch", "bbox_AP",
@@ -46,17 +53,27 @@ class EvalCallback(Callback):
         ckpt_dir: folder of the run's checkpoints.
         interval: epochs between evaluations (>= 1).
         save_fn: ``save_fn(net, path)``, e.g. ``src.checkpoint.io.save_checkpoint_atomic``.
+        steps_per_epoch: steps of a whole epoch.
+        step_offset: global step at which this run started (``--resume``).
+        loss_callback: the run's ``LossCallBack`` (placed before this callback); its ``error``
+            stops all evaluations.
     """
 
-    def __init__(self, net, config, ckpt_dir: str, interval: int, save_fn):
+    def __init__(self, net, config, ckpt_dir: str, interval: int, save_fn, steps_per_epoch: int,
+                 step_offset: int = 0, loss_callback=None):
         super().__init__()
         if interval < 1:
             raise ValueError(f"EvalCallback: interval must be >= 1, got {interval}")
+        if steps_per_epoch < 1:
+            raise ValueError(f"EvalCallback: steps_per_epoch must be >= 1, got {steps_per_epoch}")
         self.net = net
         self.config = config
         self.ckpt_dir = ckpt_dir
         self.interval = int(interval)
         self.save_fn = save_fn
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.step_offset = int(step_offset)
+        self.loss_callback = loss_callback
         self.metric = config.early_stop_metric
         self.patience = config.early_stop_patience
         self.evaluations: List[Dict[str, float]] = []  # {"epoch", metric value} behind the decisions
@@ -89,9 +106,11 @@ class EvalCallback(Callback):
             json.dump(state, handle)
         os.replace(tmp, self._state_path())
 
-    def restore(self, start_epoch: int) -> None:
-        """Take back the evaluations of the interrupted run up to ``start_epoch`` (the epoch the
-        resumed run starts after); later ones are run again. A state of another metric is ignored."""
+    def restore(self) -> None:
+        """Take back the evaluations of the interrupted run up to the last whole epoch before
+        ``step_offset`` (where this run starts); later ones are run again. A state of another
+        metric is ignored."""
+        start_epoch = self.step_offset // self.steps_per_epoch
         path = self._state_path()
         if not os.path.isfile(path):
             return
@@ -113,10 +132,17 @@ class EvalCallback(Callback):
         if self._split is None:
             self._split = build_eval_split(self.config, num_parallel_workers=1)
 
-    def on_train_epoch_end(self, run_context) -> None:
-        epoch = int(run_context.original_args().cur_epoch_num)
-        if epoch % self.interval:
+    def on_train_step_end(self, run_context) -> None:
+        if self.loss_callback is not None and self.loss_callback.error is not None:
             return
+        step = self.step_offset + int(run_context.original_args().cur_step_num)
+        epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
+        if step_in_epoch or epoch % self.interval or any(e["epoch"] == epoch for e in self.evaluations):
+            return
+        self._evaluate(epoch, run_context)
+
+    def _evaluate(self, epoch: int, run_context) -> None:
+        """Evaluate the network after ``epoch``; log, keep the best and stop early."""
         if self._split is None:
             self._split = build_eval_split(self.config, num_parallel_workers=1)
         dataset, evaluator, sub = self._split
@@ -142,7 +168,7 @@ class EvalCallback(Callback):
             from src.evaluation.report import write_report
 
             report = write_report(os.path.join(self.ckpt_dir, BEST_REPORT_DIR), evaluator, metrics, sub.image_dir,
-                                  info={"checkpoint": path, "epoch": epoch})
+                                  info={"checkpoint": path, "epoch": epoch, **split_report_info(sub)})
             logger.info("report of the best checkpoint: %s", report)
         elif self.patience and self.evaluations_without_improvement >= self.patience:
             best = self.best

@@ -76,13 +76,19 @@ def build_eval_split(config, data_root: Optional[str] = None, batch_size: Option
 
     Returns:
         (dataset with columns image, image_shape, image_id; COCOEvaluator over the cleaned
-        annotations of the split (``COCOSubDataset.coco``); COCOSubDataset).
+        annotations of the split (``COCOSubDataset.coco``); COCOSubDataset, whose ``image_counts``
+        count the images left out because they cannot be decoded).
+
+    Raises:
+        DatasetError: the split cannot be read; with ``strict_images`` an image that cannot be
+            decoded (one line naming the file).
     """
     from src.dataset import COCOSubDataset, create_eval_dataset
 
     root = data_root if data_root is not None else config.coco_root
     # Every image is decoded once at build time: one that cannot be is left out of the inference
-    # and of the ground truth, and counted (an error with strict_images).
+    # and of the ground truth (the workers never meet it; skipping it there would leave its
+    # objects in the ground truth as missed), and counted (an error with strict_images).
     sub = COCOSubDataset(root, is_training=False, config=config.replace(check_images=True))
     cat_ids = [sub.label_to_cat_id[label] for label in sorted(sub.label_to_cat_id)]
     evaluator = COCOEvaluator(sub.coco, cat_ids, sub.image_ids, config.mask_thr, sub.label_to_cat_id,
@@ -90,3 +96,14 @@ def build_eval_split(config, data_root: Optional[str] = None, batch_size: Option
     dataset = create_eval_dataset(sub, batch_size or config.batch_size,
                                   num_parallel_workers or config.num_parallel_workers)
     return dataset, evaluator, sub
+
+
+def split_report_info(sub) -> Dict[str, str]:
+    """What a report page says about the split it scores (the ``COCOSubDataset`` of
+    :func:`build_eval_split`): the annotation defects dropped or repaired, and the images left out
+    because they cannot be decoded (both also counted in eval.py's ``metrics.json``)."""
+    from src.annotations import defect_text
+
+    unreadable = sub.image_counts.get("unreadable", 0)
+    return {"annotation defects": defect_text(sub.defect_counts),
+            "images left out": f"{unreadable} that cannot be decoded (cut off or corrupt)" if unreadable else "none"}

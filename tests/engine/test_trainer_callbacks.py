@@ -6,7 +6,7 @@ import json
 import numpy as np
 
 from src.config import load_config
-from src.engine.callbacks import TENSORBOARD_DIR, LossCallBack, TensorBoardCallback
+from src.engine.callbacks import TENSORBOARD_DIR, CheckpointCallback, LossCallBack, TensorBoardCallback
 from src.engine.trainer import build_callbacks
 from src.evaluation.hook import EARLY_STOP_STATE_FILE, EvalCallback
 
@@ -26,8 +26,11 @@ def test_resume_restores_the_early_stopping_state_up_to_the_checkpoint(tmp_path)
     state = {"metric": "segm_AP", "evaluations": [{"epoch": 1, "value": 0.2}, {"epoch": 2, "value": 0.1},
                                                    {"epoch": 3, "value": 0.05}]}
     (tmp_path / EARLY_STOP_STATE_FILE).write_text(json.dumps(state))
-    callbacks, _ = _build(tmp_path, start_step=2 * STEPS_PER_EPOCH)  # last.ckpt at the end of epoch 2
+    callbacks, loss_cb = _build(tmp_path, start_step=2 * STEPS_PER_EPOCH)  # last.ckpt at the end of epoch 2
     (eval_cb,) = [c for c in callbacks if isinstance(c, EvalCallback)]
+    # Epochs counted from the global step, as the loss log and the checkpoints count them.
+    assert (eval_cb.step_offset, eval_cb.steps_per_epoch) == (2 * STEPS_PER_EPOCH, STEPS_PER_EPOCH)
+    assert eval_cb.loss_callback is loss_cb
     assert eval_cb.evaluations == state["evaluations"][:2]
     assert eval_cb.best == {"epoch": 1, "value": 0.2} and eval_cb.evaluations_without_improvement == 1
     fresh, _ = _build(tmp_path / "fresh", start_step=0)
@@ -38,6 +41,8 @@ def test_tensorboard_follows_the_loss_log_and_the_evaluation_callback(tmp_path):
     callbacks, loss_cb = _build(tmp_path, start_step=0)
     kinds = [type(c) for c in callbacks]
     assert kinds.index(LossCallBack) < kinds.index(EvalCallback) < kinds.index(TensorBoardCallback)
+    # A run killed while it evaluates resumes from the checkpoint before that evaluation.
+    assert kinds.index(EvalCallback) < kinds.index(CheckpointCallback)
     (board,) = [c for c in callbacks if isinstance(c, TensorBoardCallback)]
     assert board.loss_callback is loss_cb and isinstance(board.eval_callback, EvalCallback)
     assert (tmp_path / TENSORBOARD_DIR).is_dir()

@@ -455,24 +455,25 @@ def test_eval_callback_logs_metrics_and_keeps_best(tmp_path):
     config = load_config(overrides={"coco_root": str(tmp_path / "data"), "img_height": 128, "img_width": 160,
                                     "batch_size": 2, "num_parallel_workers": 1})
     saved = []
-    callback = EvalCallback(None, config, str(tmp_path), interval=2, save_fn=lambda net, path: saved.append(path))
+    callback = EvalCallback(None, config, str(tmp_path), interval=2, save_fn=lambda net, path: saved.append(path),
+                            steps_per_epoch=5)
 
-    def context(epoch):
-        return SimpleNamespace(original_args=lambda: SimpleNamespace(cur_epoch_num=epoch))
+    def context(step):
+        return SimpleNamespace(original_args=lambda: SimpleNamespace(cur_step_num=step))
 
-    callback.on_train_epoch_end(context(1))  # not an evaluation epoch: nothing happens
+    callback.on_train_step_end(context(5))  # the end of epoch 1, not an evaluation epoch: nothing happens
     assert callback._split is None and not (tmp_path / EVAL_HISTORY_FILE).exists()
     from src.dataset import COCOSubDataset
 
     sub = COCOSubDataset(str(tmp_path / "data"), is_training=False, config=config)
     callback.net = _GroundTruthNet(sub, config.test_max_per_img)
-    callback.on_train_epoch_end(context(2))
+    callback.on_train_step_end(context(10))
     assert callback.net.training is True  # back in training mode
     callback.net = _GroundTruthNet(sub, config.test_max_per_img)
-    callback.on_train_epoch_end(context(4))  # same AP: not a new best
+    callback.on_train_step_end(context(20))  # same AP: not a new best
     lines = [json.loads(line) for line in (tmp_path / EVAL_HISTORY_FILE).read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [2, 4]
     assert lines[0]["bbox_AP"] == pytest.approx(1.0)
     assert saved == [str(tmp_path / BEST_CKPT_NAME)]
     with pytest.raises(ValueError, match="interval must be >= 1, got 0"):
-        EvalCallback(None, config, str(tmp_path), interval=0, save_fn=print)
+        EvalCallback(None, config, str(tmp_path), interval=0, save_fn=print, steps_per_epoch=5)

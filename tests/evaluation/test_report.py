@@ -221,8 +221,8 @@ def test_training_eval_callback_writes_the_report_of_the_best_checkpoint(tmp_pat
                                     "batch_size": 2, "num_parallel_workers": 1})
     sub = COCOSubDataset(str(tmp_path / "data"), is_training=False, config=config)
     callback = EvalCallback(_GroundTruthNet(sub, config.test_max_per_img), config, str(tmp_path), interval=1,
-                            save_fn=lambda net, path: None)
-    callback.on_train_epoch_end(SimpleNamespace(original_args=lambda: SimpleNamespace(cur_epoch_num=1)))
+                            save_fn=lambda net, path: None, steps_per_epoch=2)
+    callback.on_train_step_end(SimpleNamespace(original_args=lambda: SimpleNamespace(cur_step_num=2)))
     logged = json.loads((tmp_path / EVAL_HISTORY_FILE).read_text().splitlines()[0])
     report = json.loads((tmp_path / BEST_REPORT_DIR / REPORT_JSON).read_text())
     assert (tmp_path / BEST_REPORT_DIR / REPORT_HTML).is_file()
