@@ -3,7 +3,8 @@
 :func:`load_coco_json` reads a COCO annotation file and checks its structure and its ids;
 :func:`clean_instance` turns one annotation into a box and a compressed RLE, dropping or
 repairing the defects common in real exports (polygon parts with < 3 points, an odd number of
-coordinates or coordinates that are not finite or lie far outside the image, zero-area boxes,
+coordinates, values that are not finite numbers (NaN, Infinity, null) or coordinates far outside
+the image, zero-area boxes,
 empty masks, boxes far from their mask), each reported to a :class:`DefectLog` that counts them
 (or raises with ``strict_annotations``); :func:`rasterize` decodes a segmentation to a pixel mask.
 
@@ -42,9 +43,10 @@ MAX_IMAGE_SIDE = 65535
 DEFECT_KINDS = {
     "unknown_image": "annotations of unknown image ids dropped",
     "unknown_category": "annotations of unknown category ids dropped",
-    "polygon_part": f"polygon parts with < {MIN_POLYGON_POINTS} points or an odd coordinate count dropped",
-    "out_of_range": "polygon parts or boxes with non-finite coordinates or coordinates more than one "
-                    "image side outside the image dropped",
+    "polygon_part": f"polygon parts with < {MIN_POLYGON_POINTS} points, an odd coordinate count or values "
+                    f"that are not numbers dropped",
+    "non_finite": "polygon parts or boxes with a value that is not a finite number (NaN, Infinity, null) dropped",
+    "out_of_range": "polygon parts or boxes with coordinates more than one image side outside the image dropped",
     "flat_polygon": "flat polygon lists [x, y, ...] read as one polygon",
     "no_segmentation": "annotations without a usable polygon/RLE dropped",
     "zero_area_box": "zero-area boxes dropped",
@@ -175,6 +177,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _not_finite(value: Any) -> bool:
+    """A NaN or infinite number, or None: JSON's null, which JavaScript writes for NaN and Infinity."""
+    return value is None or (_is_number(value) and not math.isfinite(value))
+
+
 def _in_range(values: Sequence[float], height: int, width: int) -> bool:
     """All finite, x within COORDINATE_MARGIN_SIDES image widths of the image, y likewise."""
     margin_x, margin_y = COORDINATE_MARGIN_SIDES * width, COORDINATE_MARGIN_SIDES * height
@@ -186,13 +193,17 @@ def _in_range(values: Sequence[float], height: int, width: int) -> bool:
 
 def _clean_polygons(segm: List[Any], where: str, ann_id: Any, height: int, width: int,
                     defects: DefectLog) -> Optional[List[List[float]]]:
-    if segm and all(_is_number(v) for v in segm):  # [x, y, x, y, ...]: one polygon, unnested
+    if segm and all(_is_number(v) or v is None for v in segm):  # [x, y, x, y, ...]: one polygon, unnested
         defects.found("flat_polygon", ann_id, f"{where} has a flat polygon list instead of a list of polygons")
         segm = [segm]
     parts = []
     for poly in segm:
-        if not (isinstance(poly, list) and all(_is_number(v) for v in poly)):
+        if not (isinstance(poly, list) and all(_is_number(v) or v is None for v in poly)):
             defects.found("polygon_part", ann_id, f"{where} has a polygon part that is not a list of numbers")
+        elif any(_not_finite(v) for v in poly):
+            value = next(v for v in poly if _not_finite(v))
+            defects.found("non_finite", ann_id, f"{where} has a polygon coordinate that is not a finite number "
+                                                f"({json.dumps(value)})")
         elif len(poly) % 2:
             defects.found("polygon_part", ann_id, f"{where} has a polygon with an odd number of "
                                                   f"coordinates ({len(poly)})")
@@ -200,9 +211,8 @@ def _clean_polygons(segm: List[Any], where: str, ann_id: Any, height: int, width
             defects.found("polygon_part", ann_id, f"{where} has a polygon with {len(poly) // 2} "
                                                   f"points (need at least {MIN_POLYGON_POINTS})")
         elif not _in_range(poly, height, width):
-            defects.found("out_of_range", ann_id, f"{where} has a polygon coordinate that is not finite or "
-                                                  f"lies more than one image side outside the {width}x{height} "
-                                                  f"image")
+            defects.found("out_of_range", ann_id, f"{where} has a polygon coordinate more than one image side "
+                                                  f"outside the {width}x{height} image")
         else:
             parts.append([float(v) for v in poly])
     if not parts:
@@ -273,8 +283,8 @@ def _clean_segmentation(ann: Dict[str, Any], height: int, width: int, defects: D
     """The usable part of an annotation's segmentation, or None (each problem goes to ``defects``).
 
     Polygon parts with fewer than MIN_POLYGON_POINTS points, an odd number of coordinates,
-    non-numeric values or coordinates that are not finite or lie more than
-    COORDINATE_MARGIN_SIDES image sides outside the image are dropped; a flat list of numbers is
+    non-numeric values, values that are not finite numbers (NaN, Infinity, null) or coordinates
+    more than COORDINATE_MARGIN_SIDES image sides outside the image are dropped; a flat list of numbers is
     read as one polygon; an RLE needs 'counts' and the image's 'size' (uncompressed counts must
     cover exactly the image).
     """
@@ -326,11 +336,16 @@ def _iou_xyxy(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def _box_values(bbox: Any, where: str, defects: DefectLog) -> Tuple[float, float, float, float]:
+    """``bbox``'s four values as floats (numeric strings read, null read as NaN).
+
+    Raises:
+        DatasetError: not a list of 4 numbers, numeric strings or nulls.
+    """
     if (not isinstance(bbox, list) or len(bbox) != 4
-            or not all(_is_number(v) or isinstance(v, str) for v in bbox)):
+            or not all(_is_number(v) or isinstance(v, str) or v is None for v in bbox)):
         raise DatasetError(f"{defects.ann_file}: {where} has bbox {bbox!r}; expected [x, y, w, h]")
     try:
-        x, y, bw, bh = (float(v) for v in bbox)
+        x, y, bw, bh = (math.nan if v is None else float(v) for v in bbox)
     except ValueError as e:
         raise DatasetError(f"{defects.ann_file}: {where} has bbox {bbox!r}; expected [x, y, w, h] "
                            f"numbers") from e
@@ -342,8 +357,8 @@ def clean_instance(ann: Dict[str, Any], height: int, width: int, defects: Defect
     """The box and mask of one annotation of a ``height x width`` image, or None if unusable.
 
     The box is clipped to the image (counted in ``defects.clipped_boxes``); one whose IoU with its mask's extent is below
-    BOX_MASK_MIN_IOU is replaced by that extent. Boxes with non-finite or far-away values,
-    zero-area boxes, unusable segmentations and empty masks drop the annotation. Each defect
+    BOX_MASK_MIN_IOU is replaced by that extent. Boxes with a value that is not a finite number
+    (NaN, Infinity, null) or far outside the image, zero-area boxes, unusable segmentations and empty masks drop the annotation. Each defect
     goes to ``defects``.
 
     Args:
@@ -360,9 +375,13 @@ def clean_instance(ann: Dict[str, Any], height: int, width: int, defects: Defect
     where = f"annotation {ann['id']} (image {ann['image_id']})"
     bbox = ann["bbox"]
     x, y, bw, bh = _box_values(bbox, where, defects)
+    if not all(math.isfinite(v) for v in (x, y, bw, bh)):
+        defects.found("non_finite", ann["id"], f"{where} has bbox {json.dumps(bbox)} with a value that is not a "
+                                               f"finite number")
+        return None
     if not _in_range([x, y, x + bw, y + bh], height, width):
-        defects.found("out_of_range", ann["id"], f"{where} has bbox {bbox} with values that are not finite "
-                                                 f"or far outside the {width}x{height} image")
+        defects.found("out_of_range", ann["id"], f"{where} has bbox {bbox} reaching more than one image side "
+                                                 f"outside the {width}x{height} image")
         return None
     h, w = float(height), float(width)
     x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + bw, w), min(y + bh, h)

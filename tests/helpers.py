@@ -76,7 +76,7 @@ class ToyLosses(nn.Cell):
         super().__init__()
         self.w = Parameter(Tensor(np.array([1.0, -2.0, 0.5, 3.0], np.float32)), name="w")
 
-    def construct(self, image, image_shape, box, label, instance_valid, mask):
+    def construct(self, image, image_shape, box, label, instance_valid, mask, sampling_step=None):
         x = image.reshape(-1)[:4]
         base = (self.w * x).sum() ** 2 / 2
         return tuple(base * (i + 1) for i in range(5))

@@ -69,6 +69,29 @@ CASES = {
         "box_from_mask", [[10, 10, 30, 30, 1], [40, 5, 50, 15, 2]],
         r"annotation 2 \(image 1\) has bbox \[0, 30, 12, 8\] far from its mask's extent "
         r"\[40\.0, 5\.0, 10\.0, 10\.0\] \(IoU 0\.00\)"),
+    # A NaN, an Infinity or a null (how JavaScript exports write NaN) says so, and nothing else.
+    "nan_box": (
+        dict(coco_annotation(2, 1, 44, (40, 5, 50, 15)), bbox=[float("nan"), 5, 10, 10]),
+        "non_finite", [[10, 10, 30, 30, 1]],
+        r"annotation 2 \(image 1\) has bbox \[NaN, 5, 10, 10\] with a value that is not a finite number"),
+    "null_box_height": (
+        dict(coco_annotation(2, 1, 44, (40, 5, 50, 15)), bbox=[40, 5, 10, None]),
+        "non_finite", [[10, 10, 30, 30, 1]],
+        r"annotation 2 \(image 1\) has bbox \[40, 5, 10, null\] with a value that is not a finite number"),
+    "infinite_polygon_coordinate": (  # the other part keeps the instance
+        coco_annotation(2, 1, 44, (40, 5, 50, 15),
+                        segm=[[40, 5, 50, 5, 50, 15, 40, 15], [40, 5, float("inf"), 5, 50, 15, 40, 15]]),
+        "non_finite", [[10, 10, 30, 30, 1], [40, 5, 50, 15, 2]],
+        r"annotation 2 \(image 1\) has a polygon coordinate that is not a finite number \(Infinity\)"),
+    "null_polygon_coordinate": (
+        coco_annotation(2, 1, 44, (40, 5, 50, 15), segm=[[40, 5, 50, 5, 50, 15, 40, 15], [40, None, 50, 5, 50, 15]]),
+        "non_finite", [[10, 10, 30, 30, 1], [40, 5, 50, 15, 2]],
+        r"annotation 2 \(image 1\) has a polygon coordinate that is not a finite number \(null\)"),
+    "far_away_box": (
+        dict(coco_annotation(2, 1, 44, (40, 5, 50, 15)), bbox=[40, 5, 1e9, 10]),
+        "out_of_range", [[10, 10, 30, 30, 1]],
+        r"annotation 2 \(image 1\) has bbox \[40, 5, 1000000000\.0, 10\] reaching more than one image side "
+        r"outside the 60x40 image"),
     "unknown_image": (
         coco_annotation(2, 99, 44, (40, 5, 50, 15)),
         "unknown_image", [[10, 10, 30, 30, 1]],
@@ -173,8 +196,8 @@ DEFECTS = {
     "box_as_x1y1x2y2": ({"bbox": [40, 40, 60, 60]}, "box_from_mask"),
     "zero_area_box": ({"bbox": [40, 40, 0, 20]}, "zero_area_box"),
     "huge_coordinate": ({"segmentation": [[40, 40, 1e9, 40, 60, 60, 40, 60]]}, "out_of_range"),
-    "nan_coordinate": ({"segmentation": [[40, 40, float("nan"), 40, 60, 60, 40, 60]]}, "out_of_range"),
-    "nan_box": ({"bbox": [float("nan"), 40, 20, 20]}, "out_of_range"),
+    "nan_coordinate": ({"segmentation": [[40, 40, float("nan"), 40, 60, 60, 40, 60]]}, "non_finite"),
+    "nan_box": ({"bbox": [float("nan"), 40, 20, 20]}, "non_finite"),
     "unknown_category": ({"category_id": 555}, "unknown_category"),
     "unknown_image": ({"image_id": 99}, "unknown_image"),
     "empty_rle": ({"segmentation": {"size": [SIDE, SIDE], "counts": [SIDE * SIDE]}}, "empty_mask"),
@@ -343,5 +366,7 @@ def test_non_finite_and_huge_coordinates_are_dropped_and_counted_under_a_memory_
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
-    assert out["defects"]["out_of_range"] == 6 and out["defects"]["no_segmentation"] == 4
+    # 1e9, 1e8 and the 1e300 box far away; the NaN, the Infinity (before its -1e9) and the NaN box not finite
+    assert out["defects"]["out_of_range"] == 3 and out["defects"]["non_finite"] == 3
+    assert out["defects"]["no_segmentation"] == 4
     assert out["segm_AP"] == pytest.approx(1.0) and out["bbox_AP"] == pytest.approx(1.0)

@@ -30,15 +30,16 @@ class LossNet(nn.Cell):
 
 
 class WithLossCell(nn.Cell):
-    """Network + LossNet: training batch in, ``(total, *components)`` out."""
+    """Network + LossNet: training batch (and the sampling step, see ``Mask_Rcnn_Resnet50``) in,
+    ``(total, *components)`` out."""
 
     def __init__(self, net: nn.Cell, loss_net: nn.Cell):
         super().__init__(auto_prefix=False)
         self.net = net
         self.loss_net = loss_net
 
-    def construct(self, image, image_shape, box, label, instance_valid, mask):
-        losses = self.net(image, image_shape, box, label, instance_valid, mask)
+    def construct(self, image, image_shape, box, label, instance_valid, mask, sampling_step=None):
+        losses = self.net(image, image_shape, box, label, instance_valid, mask, sampling_step)
         total = self.loss_net(losses)
         return (total,) + tuple(losses)
 
@@ -91,6 +92,11 @@ class TrainOneStepCell(nn.Cell):
     ``grad_clip_norm`` > 0 the unscaled gradients are clipped to that global L2 norm (training
     from random initialisation with batch statistics over 2 images needs it to stay stable).
 
+    The network draws its sampling keys for the optimizer's ``global_step`` as it was before the
+    step (0 at the first step), the step count a checkpoint holds: a resumed run samples what the
+    uninterrupted run sampled. (A skipped step does not advance it; the next step draws its keys
+    again, as it reads its learning rate again.)
+
     Returns ``(total, *components, finite (bool scalar), loss_scale (f32 scalar))``.
     """
 
@@ -128,12 +134,15 @@ class TrainOneStepCell(nn.Cell):
         return finite
 
     def construct(self, image, image_shape, box, label, instance_valid, mask):
-        outputs = self.network(image, image_shape, box, label, instance_valid, mask)
+        # A copy, read before the optimizer advances the Parameter in place later in this step.
+        sampling_step = self.optimizer.global_step * 1
+        outputs = self.network(image, image_shape, box, label, instance_valid, mask, sampling_step)
         scale = self.loss_scale * 1.0
         sens = (ops.fill(outputs[0].dtype, outputs[0].shape, 1.0) * scale.astype(outputs[0].dtype),)
         for component in outputs[1:]:
             sens = sens + (ops.zeros_like(component),)
-        grads = self.grad(self.network, self.weights)(image, image_shape, box, label, instance_valid, mask, sens)
+        grads = self.grad(self.network, self.weights)(image, image_shape, box, label, instance_valid, mask,
+                                                      sampling_step, sens)
         grads = self.reducer(grads)
         # Unscaling and clipping are one factor per gradient: 1 / scale, times
         # clip / max(norm, clip) when clipping (norm = the unscaled global norm).

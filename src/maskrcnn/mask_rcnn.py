@@ -2,8 +2,12 @@
 
 Training (``net.set_train(True)``)::
 
-    net(image, image_shape, box, label, instance_valid, mask)
+    net(image, image_shape, box, label, instance_valid, mask[, sampling_step])
         -> (rpn_cls, rpn_reg, rcnn_cls, rcnn_reg, rcnn_mask)   # src.batch.LOSS_NAMES order
+
+``sampling_step`` (int32, one element; the train step passes the optimizer's ``global_step``)
+selects the random keys of the anchor and RoI sampling (``sampling.sampling_keys``); without it
+they are those of step 0.
 
 Inference (``net.set_train(False)``)::
 
@@ -102,23 +106,24 @@ class Mask_Rcnn_Resnet50(nn.Cell):  # pylint: disable=invalid-name  (the name us
             features = ops.gather(features, rows, 0)
         return self.mask_head(features).astype(mstype.float32)
 
-    def construct(self, image, image_shape, box=None, label=None, instance_valid=None, mask=None):
+    def construct(self, image, image_shape, box=None, label=None, instance_valid=None, mask=None,
+                  sampling_step=None):
         if self.training:
-            return self._losses(image, image_shape, box, label, instance_valid, mask)
+            return self._losses(image, image_shape, box, label, instance_valid, mask, sampling_step)
         return self._detect(image, image_shape)
 
-    def _losses(self, image, image_shape, gt_boxes, gt_labels, gt_valid, gt_masks):
+    def _losses(self, image, image_shape, gt_boxes, gt_labels, gt_valid, gt_masks, sampling_step):
         """The five losses (scalars, float32) in LOSS_NAMES order."""
         pyramid, objectness, rpn_deltas = self._features(image)
         labels, label_weights, anchor_targets, anchor_weights = self.rpn_targets(
-            gt_boxes, gt_labels, gt_valid, image_shape)
+            gt_boxes, gt_labels, gt_valid, image_shape, sampling_step)
         rpn_cls, rpn_reg = rpn_losses(objectness, rpn_deltas, labels, label_weights, anchor_targets,
                                       anchor_weights)
 
         proposals, proposal_valid = self.proposals_train(
             ops.stop_gradient(objectness), ops.stop_gradient(rpn_deltas), self.anchors, image_shape)
         rois, roi_labels, roi_weights, box_targets, box_weights, matched_gt = self.rcnn_targets(
-            ops.stop_gradient(proposals), proposal_valid, gt_boxes, gt_labels, gt_valid)
+            ops.stop_gradient(proposals), proposal_valid, gt_boxes, gt_labels, gt_valid, sampling_step)
         rois = ops.stop_gradient(rois)
         cls_logits, box_deltas = self._box_head(pyramid, rois)
         rcnn_cls, rcnn_reg = box_head_losses(cls_logits, box_deltas, roi_labels, roi_weights,

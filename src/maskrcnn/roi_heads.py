@@ -24,7 +24,7 @@ from mindspore.common.initializer import HeUniform, Normal, initializer
 from src.maskrcnn.box_ops import box_iou, clip_boxes, decode_boxes, encode_boxes
 from src.maskrcnn.losses import smooth_l1_loss, softmax_cross_entropy_loss
 from src.maskrcnn.numerics import CANDIDATE_CAPS, check_choice
-from src.maskrcnn.sampling import check_sampling_args, crowd_hits, gather_rows, random_pick
+from src.maskrcnn.sampling import check_sampling_args, crowd_hits, gather_rows, random_pick, sampling_keys
 
 CLS_INIT_STD = 0.01
 DELTA_INIT_STD = 0.001
@@ -123,13 +123,14 @@ class RCNNTargets(nn.Cell):
         pos_fraction: fraction of positive slots (0.25).
         pos_iou_thr, neg_iou_thr: IoU thresholds (0.5, 0.5).
         stds: 4 floats for :func:`box_ops.encode_boxes` ((0.1, 0.1, 0.2, 0.2)).
-        seed: seed of the random sampling (0 = nondeterministic).
+        seed: seed of the random sampling (``sampling.sampling_keys``).
         fill_with_negatives: see above (default False, the layout of the team spec).
         box_plus_one: box-coder widths ``x2 - x1 + 1`` (model-zoo numerics).
 
     Inputs:
         proposals ``[B, P, 4]`` f32, proposal_valid ``[B, P]`` bool, gt_boxes ``[B, N, 4]`` f32,
-        gt_labels ``[B, N]`` i32, gt_valid ``[B, N]`` i32.
+        gt_labels ``[B, N]`` i32, gt_valid ``[B, N]`` i32, sampling_step: the training step the
+        sampling keys are drawn for (int32, one element; None = step 0).
 
     Outputs:
         rois ``[B, S, 4]`` f32, roi_labels ``[B, S]`` i32 (class of the matched GT for
@@ -149,9 +150,9 @@ class RCNNTargets(nn.Cell):
         self.neg_iou_thr = float(neg_iou_thr)
         self.stds = tuple(float(s) for s in stds)
         self.fill_with_negatives = bool(fill_with_negatives)
-        self.uniform = ops.UniformReal(seed=seed)
+        self.seed = int(seed)
 
-    def construct(self, proposals, proposal_valid, gt_boxes, gt_labels, gt_valid):
+    def construct(self, proposals, proposal_valid, gt_boxes, gt_labels, gt_valid, sampling_step=None):
         proposals = ops.stop_gradient(proposals.astype(ms.float32))
         gt_boxes = ops.stop_gradient(gt_boxes.astype(ms.float32))
         batch = proposals.shape[0]
@@ -174,7 +175,7 @@ class RCNNTargets(nn.Cell):
         negative = candidate_valid & (max_iou < self.neg_iou_thr) & ~positive
         negative = negative & ~crowd_hits(candidates, gt_boxes, gt_labels)
 
-        keys = self.uniform((batch, num_candidates))
+        keys = sampling_keys(self.seed, sampling_step, (batch, num_candidates))
         pos_index, pos_picked = random_pick(positive, keys, self.max_positives)
         num_neg_slots = self.num_samples if self.fill_with_negatives else self.num_samples - self.max_positives
         slots = ops.arange(self.num_samples).astype(ms.int32).reshape(1, -1)  # [1, S]

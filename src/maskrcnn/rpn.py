@@ -22,7 +22,7 @@ from src.maskrcnn.box_ops import box_iou, broadcast_pair, encode_boxes
 from src.maskrcnn.layers import conv_with_bias
 from src.maskrcnn.losses import sigmoid_bce_loss, smooth_l1_loss
 from src.maskrcnn.sampling import (check_fraction, check_sampling_args, crowd_hits, gather_rows,
-                                   random_pick, scatter_flags)
+                                   random_pick, sampling_keys, scatter_flags)
 from src.maskrcnn.target import NATIVE_KERNELS, Kernels
 
 RPN_INIT_STD = 0.01  # normal init of all three RPN convs (weights); biases zero
@@ -97,12 +97,14 @@ class RPNTargets(nn.Cell):
         num_samples: anchors sampled per image (256).
         pos_fraction: at most this fraction of the samples are positive (0.5).
         stds: 4 floats for :func:`box_ops.encode_boxes` (``RPN_BOX_STDS``).
-        seed: seed of the random sampling (0 = nondeterministic).
+        seed: seed of the random sampling (``sampling.sampling_keys``).
         box_plus_one: box-coder widths ``x2 - x1 + 1`` (model-zoo numerics).
 
     Inputs:
         gt_boxes ``[B, N, 4]`` f32, gt_labels ``[B, N]`` i32, gt_valid ``[B, N]`` i32,
-        image_shape ``[B, 4]`` f32 ``(resized_h, resized_w, scale_h, scale_w)``.
+        image_shape ``[B, 4]`` f32 ``(resized_h, resized_w, scale_h, scale_w)``,
+        sampling_step: the training step the sampling keys are drawn for (int32, one element;
+        None = step 0): the same step, seed and inputs give the same samples.
 
     Outputs:
         labels ``[B, A]`` f32 (1 sampled positive, else 0), label_weights ``[B, A]`` f32 (1 if
@@ -130,9 +132,9 @@ class RPNTargets(nn.Cell):
         centres = 0.5 * (anchors[:, :2] + anchors[:, 2:])
         self.anchor_cx = Tensor(centres[None, :, 0])  # [1, A]
         self.anchor_cy = Tensor(centres[None, :, 1])
-        self.uniform = ops.UniformReal(seed=seed)
+        self.seed = int(seed)
 
-    def construct(self, gt_boxes, gt_labels, gt_valid, image_shape):
+    def construct(self, gt_boxes, gt_labels, gt_valid, image_shape, sampling_step=None):
         gt_boxes = ops.stop_gradient(gt_boxes.astype(ms.float32))
         batch = gt_boxes.shape[0]
         inside = (self.anchor_cx < image_shape[:, 1:2]) & (self.anchor_cy < image_shape[:, 0:1])  # [B, A]
@@ -155,7 +157,7 @@ class RPNTargets(nn.Cell):
         negative = inside & (max_iou < self.neg_iou_thr) & ~positive
         negative = negative & ~crowd_hits(self.anchors, gt_boxes, gt_labels)
 
-        keys = self.uniform((batch, self.num_anchors))
+        keys = sampling_keys(self.seed, sampling_step, (batch, self.num_anchors))
         pos_index, pos_picked = random_pick(positive, keys, self.max_positives)
         num_pos = pos_picked.astype(ms.int32).sum(axis=1, keepdims=True)  # [B, 1]
         neg_index, neg_picked = random_pick(negative, keys, self.num_samples)

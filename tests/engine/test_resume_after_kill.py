@@ -13,10 +13,11 @@ the SIGTERM; a second SIGINT ends the process at once. One graph compile in all 
 cache serves the other processes).
 
 The stopped and resumed run logs the losses of the same run uninterrupted, digit for digit: the
-data stream, the weights, the optimizer state and the learning rate continue exactly. The
-sampling sizes take every anchor and every RoI candidate, because the random keys of the graph's
-anchor and RoI sampling (``ops.UniformReal`` in src/maskrcnn) come from a kernel state that a new
-process starts afresh; with every candidate taken they only order the samples.
+data stream, the weights, the optimizer state, the learning rate and the random anchor and RoI
+sampling continue exactly. The sampling is the quick start's (FineTune/default.yaml): 256 of the
+1023 anchors per image, 128 RoIs of some 220-240 candidates (proposals surviving NMS + boxes). Its
+keys are a hash of (seed, global step, position) (src/maskrcnn/sampling.py), so the resumed
+process draws the samples of the uninterrupted one.
 """
 
 import csv
@@ -51,9 +52,6 @@ def _args(data_dir, run_dir):
             "--batch_size", "1", "--epoch_size", str(EPOCHS), "--save_checkpoint_epochs", "1",
             "--keep_checkpoint_max", "10", "--num_parallel_workers", "1", "--flip_ratio", "0.0",
             "--fpn_channels", "32", "--box_head_channels", "64", "--mask_head_channels", "32",
-            "--rpn_pre_nms_top_k_train", "100", "--rpn_post_nms_top_k_train", "50",
-            # every candidate sampled (see the module docstring): 1023 anchors, 50 proposals + 8 boxes
-            "--rpn_num_samples", "1024", "--rcnn_num_samples", "128", "--rcnn_pos_fraction", "0.5",
             "--max_instance_count", "8", "--warmup_steps", "2", "--base_lr", "0.005"]
 
 
@@ -196,6 +194,10 @@ def _loss_rows(run_dir):
 
 def test_the_stopped_and_resumed_run_logs_the_uninterrupted_losses_digit_for_digit(stopped_three_times,
                                                                                   uninterrupted_losses):
+    # The sampling takes a subset: the random keys decide which anchors and RoIs train.
+    config = load_config(None, parse_overrides(_args("unused", "unused")))
+    assert (config.num_anchors, config.rpn_num_samples) == (1023, 256)
+    assert config.rcnn_num_samples < config.rpn_post_nms_top_k_train
     run_dir, _, _, finished = stopped_three_times
     assert finished.returncode == EXIT_OK, finished.stderr[-3000:]
     resumed = _loss_rows(run_dir)

@@ -1,4 +1,5 @@
-"""TrainOneStepCell / LossNet on a toy network with the real 6-input signature (tests/helpers.py: ToyLosses)."""
+"""TrainOneStepCell / LossNet on a toy network with the real signature (the 6 batch inputs and the
+sampling step; tests/helpers.py: ToyLosses)."""
 
 import mindspore as ms
 import numpy as np
@@ -68,7 +69,7 @@ class TwoParameterToy(nn.Cell):
         self.w = Parameter(Tensor(np.array([1.0], np.float32)), name="w")
         self.v = Parameter(Tensor(np.array([2.0], np.float32)), name="v")
 
-    def construct(self, image, image_shape, box, label, instance_valid, mask):
+    def construct(self, image, image_shape, box, label, instance_valid, mask, sampling_step=None):
         x = image.reshape(-1)
         base = (self.w * x[0]).sum() + (self.v * x[1]).sum()
         return tuple(base for _ in range(5))
@@ -114,3 +115,32 @@ def test_global_norm_and_scaling_cover_every_gradient_of_a_long_mixed_tuple(mode
     for a, g in zip(arrays, scaled):
         assert g.shape == a.shape and g.asnumpy().dtype == a.dtype
         np.testing.assert_allclose(g.asnumpy(), a * a.dtype.type(0.5), rtol=1e-3)
+
+
+class StepReportingToy(nn.Cell):
+    """ToyLosses' first loss, and the sampling step it was given as the last of the five losses."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = Parameter(Tensor(np.array([1.0], np.float32)), name="w")
+
+    def construct(self, image, image_shape, box, label, instance_valid, mask, sampling_step=None):
+        base = (self.w * image.reshape(-1)[0]).sum() ** 2 / 2
+        zero = base * 0.0
+        return base, zero, zero, zero, sampling_step.astype(ms.float32).reshape(())
+
+
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE])
+def test_the_network_samples_for_the_global_step_before_the_update(mode):
+    """The step a resumed run restores (global_step) is the step the sampling keys are drawn for:
+    0 at the first step, and it follows the optimizer's counter, also when that was restored."""
+    ms.set_context(mode=mode)
+    toy = StepReportingToy()
+    opt = nn.Momentum(toy.trainable_params(), learning_rate=0.01, momentum=0.0)
+    cell = TrainOneStepCell(WithLossCell(toy, LossNet()), opt)
+    seen = [float(cell(*toy_batch((1.0, 1.0, 1.0, 1.0)))[5].asnumpy()) for _ in range(3)]
+    assert seen == [0.0, 1.0, 2.0]
+    if mode == ms.GRAPH_MODE:  # train.py's mode (PyNative's AssignAdd misses a replaced Parameter's data)
+        opt.global_step.set_data(Tensor(np.array([41], np.int32)))  # as a --resume from step 41 does
+        assert float(cell(*toy_batch((1.0, 1.0, 1.0, 1.0)))[5].asnumpy()) == 41.0
+        assert int(opt.global_step.asnumpy()[0]) == 42

@@ -88,6 +88,21 @@ def test_rcnn_sample_counts_many_candidates(graph_mode):
     np.testing.assert_array_equal(roi_labels[0], [1, 1, 0, 0, 0, 0, 0, 0])
 
 
+def test_rcnn_samples_follow_the_step(graph_mode):
+    """8 of 40 negatives (no GT): the same step picks the same RoIs, another step others."""
+    proposals = np.array([[[100 + 12 * i, 100, 110 + 12 * i, 110] for i in range(40)]], np.float32)
+    net = RCNNTargets(8, 0.25, 0.5, 0.5, RCNN_STDS, seed=3, fill_with_negatives=True)
+
+    def rois(step):
+        outs = net(_t(proposals), Tensor(np.ones((1, 40), np.bool_)), _t([[[0, 0, 0, 0]]]), _t([[0]], np.int32),
+                   _t([[0]], np.int32), _t([step], np.int32))
+        return sorted(map(tuple, outs[0].asnumpy()[0].tolist()))
+
+    assert rois(4) == rois(4)
+    assert len(set(rois(4))) == 8
+    assert rois(5) != rois(4)
+
+
 def test_bad_thresholds_message():
     with pytest.raises(ValueError, match=r"neg_iou_thr 0.8 must not exceed pos_iou_thr 0.5"):
         RCNNTargets(8, 0.25, 0.5, 0.8, RCNN_STDS)

@@ -36,12 +36,21 @@ RPN_ANCHORS = [
 ]
 
 
+def _rpn_targets(anchors, num_samples, pos_fraction=0.5, image_hw=(100, 100), seed=0):
+    """A function of (gt, labels, valid, sampling step) -> the RPNTargets outputs (NumPy)."""
+    net = RPNTargets(np.asarray(anchors, np.float32), 0.7, 0.3, 0.3, num_samples, pos_fraction, RPN_STDS, seed=seed)
+
+    def targets(gt, labels, valid, step=None):
+        image_shape = [[image_hw[0], image_hw[1], 1.0, 1.0]] * len(gt)
+        sampling_step = None if step is None else _t([step], np.int32)
+        outs = net(_t(gt), _t(labels, np.int32), _t(valid, np.int32), _t(image_shape), sampling_step)
+        return [o.asnumpy() for o in outs]
+
+    return targets
+
+
 def _rpn(anchors, gt, labels, valid, num_samples, pos_fraction=0.5, image_hw=(100, 100)):
-    net = RPNTargets(np.asarray(anchors, np.float32), 0.7, 0.3, 0.3, num_samples, pos_fraction, RPN_STDS)
-    batch = len(gt)
-    image_shape = [[image_hw[0], image_hw[1], 1.0, 1.0]] * batch
-    outs = net(_t(gt), _t(labels, np.int32), _t(valid, np.int32), _t(image_shape))
-    return [o.asnumpy() for o in outs]
+    return _rpn_targets(anchors, num_samples, pos_fraction, image_hw)(gt, labels, valid)
 
 
 def test_rpn_thresholds_best_anchor_crowd_and_empty_image(mode):
@@ -74,6 +83,27 @@ def test_rpn_sample_counts(graph_mode):
     assert set(np.unique(weights)) <= {0.0, 1.0}
     assert (weights[labels > 0] == 1).all()
     assert labels[0, 20:].sum() == 0 and labels[1, 20] == 1  # positives are the matching anchors
+
+
+def test_rpn_samples_follow_the_step_and_seed(graph_mode):
+    """2 of 20 equally good positives and 6 of 30 negatives: the same (seed, step) picks the same
+    anchors (as a resumed run must), other steps and seeds pick others, and over steps every
+    positive is picked."""
+    anchors = [[0, 0, 10, 10]] * 20 + [[100 + 12 * i, 100, 110 + 12 * i, 110] for i in range(30)]
+    seeded = {seed: _rpn_targets(anchors, 8, 0.25, (500, 500), seed=seed) for seed in (1, 2)}
+
+    def picks(step, seed=1):
+        labels, weights, _, _ = seeded[seed]([[[0, 0, 10, 10]]], [[1]], [[1]], step)
+        return tuple(np.flatnonzero(labels[0])), tuple(np.flatnonzero(weights[0] - labels[0]))
+
+    assert picks(5) == picks(5)
+    positives, negatives = picks(5)
+    assert len(positives) == 2 and len(negatives) == 6
+    assert picks(6) != picks(5) and picks(5, seed=2) != picks(5)
+    seen = set()
+    for step in range(40):
+        seen.update(picks(step)[0])
+    assert seen == set(range(20))
 
 
 def test_bad_anchors_message():

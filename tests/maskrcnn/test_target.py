@@ -118,7 +118,7 @@ class _Quadratic:
                 super().__init__()
                 self.w = Parameter(Tensor(np.array([1.0, -2.0], np.float32)), name="w")
 
-            def construct(self, image, image_shape, box, label, instance_valid, mask):
+            def construct(self, image, image_shape, box, label, instance_valid, mask, sampling_step=None):
                 loss = ((self.w - image) ** 2).sum()
                 zero = loss * 0.0
                 return loss, loss, zero, zero, zero, zero
