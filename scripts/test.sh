@@ -10,5 +10,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
 # Two workers (pytest-xdist), one test file each at a time: module fixtures are built once, and
-# the graph compiles of two files run side by side on the two cores.
-exec "$VENV/bin/python" -m pytest tests -n "${TEST_WORKERS:-2}" --dist loadfile "$@"
+# the graph compiles of two files run side by side on the two cores. Files go out in the order of
+# tests/conftest.py (the slowest, marked pytest.mark.slow(seconds), first), not by test count.
+exec "$VENV/bin/python" -m pytest tests -n "${TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"

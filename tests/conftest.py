@@ -46,3 +46,25 @@ def graph_mode():
 def zoo_lists_dir():
     """tests/data: the name/shape lists of model-zoo checkpoints (facts, kept in the repository)."""
     return ZOO_LISTS_DIR
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow(seconds): the file compiles and runs whole-model graphs for about this many seconds "
+                   "(idle machine); its tests are scheduled first")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Slowest files first (``pytest.mark.slow(seconds)``; unmarked files after, in collection order).
+
+    scripts/test.sh hands whole files to two workers in this order (``--dist loadfile
+    --no-loadscope-reorder``): the long training runs start at once, one per worker, and the many
+    short files fill the gaps, so both workers finish together instead of one running a long file
+    alone at the end.
+    """
+    file_seconds = {}
+    for item in items:
+        marker = item.get_closest_marker("slow")
+        seconds = float(marker.args[0]) if marker else 0.0
+        file_seconds[item.fspath] = max(file_seconds.get(item.fspath, 0.0), seconds)
+    items.sort(key=lambda item: -file_seconds[item.fspath])

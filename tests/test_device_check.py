@@ -20,6 +20,8 @@ from src import device_check
 from src.config import load_config
 from src.synthetic import generate
 
+pytestmark = pytest.mark.slow(140)
+
 TINY = {"img_height": 128, "img_width": 128, "fpn_channels": 32, "box_head_channels": 64, "mask_head_channels": 16,
         "max_instance_count": 4, "rpn_pre_nms_top_k_train": 200, "rpn_post_nms_top_k_train": 64,
         "rcnn_num_samples": 32, "rpn_pre_nms_top_k_test": 100, "rpn_post_nms_top_k_test": 32,

@@ -17,6 +17,8 @@ from src.config import ConfigError, load_config
 from src.dataset import COCOSubDataset
 from src.engine.runtime import EXIT_BAD_INPUT, EXIT_OK
 
+pytestmark = pytest.mark.slow(18)
+
 CLASSES = ("cat", "dog", "owl")
 
 

@@ -28,6 +28,8 @@ from src.viz.visualize import class_map, overlay, palette
 from src.config import REPO_ROOT
 from src.engine.runtime import EXIT_BAD_INPUT
 
+pytestmark = pytest.mark.slow(25)
+
 NUM_VAL_IMAGES = 3
 MAX_PER_IMG = 10
 VIDEO_FRAMES = 3

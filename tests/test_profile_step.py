@@ -8,6 +8,8 @@ import pytest
 
 from src.config import REPO_ROOT
 
+pytestmark = pytest.mark.slow(25)
+
 sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
 
 import profile_step  # noqa: E402

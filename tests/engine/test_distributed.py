@@ -30,6 +30,8 @@ from src.config import load_config
 from src.engine.distributed import DIGEST_LOG_PREFIX
 from src.synthetic import generate
 
+pytestmark = pytest.mark.slow(135)
+
 BASE_LR = 0.01
 RANKS = 2
 # Tiny network input and light heads: two ranks compile and run one step in about a minute.

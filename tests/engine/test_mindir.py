@@ -21,6 +21,8 @@ from src.config import load_config
 from src.synthetic import generate
 from src.engine.runtime import EXIT_BAD_INPUT
 
+pytestmark = pytest.mark.slow(45)
+
 TINY = {
     "img_height": 64, "img_width": 64, "fpn_channels": 32, "box_head_channels": 64, "mask_head_channels": 32,
     "rpn_pre_nms_top_k_test": 64, "rpn_post_nms_top_k_test": 32, "test_max_per_img": 10,

@@ -14,10 +14,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from src.config import REPO_ROOT, load_config
 from src.engine.runtime import (CACHE_LOADED_MESSAGE, COMPILE_CACHE_IGNORED_KEYS, compile_cache, compile_cache_folder,
                          source_digest)
 from src.synthetic import generate
+
+pytestmark = pytest.mark.slow(95)
 
 
 def test_pyfunc_ops_have_process_independent_keys():
@@ -99,8 +103,8 @@ def _train_once(data_dir, run_dir, cache_dir, base_lr=0.01):
     """train.py in a fresh process, 2 steps of a small config at ``base_lr`` from the first step
     (no warm-up); ``cache_dir`` None turns the cache off. Returns (losses rows, log text)."""
     command = [sys.executable, os.path.join(REPO_ROOT, "train.py"), "--coco_root", str(data_dir),
-               "--run_dir", str(run_dir), "--compile_cache_dir", str(cache_dir or "null"), "--img_height", "128",
-               "--img_width", "128", "--batch_size", "2", "--epoch_size", "1", "--num_parallel_workers", "1",
+               "--run_dir", str(run_dir), "--compile_cache_dir", str(cache_dir or "null"), "--img_height", "64",
+               "--img_width", "64", "--batch_size", "2", "--epoch_size", "1", "--num_parallel_workers", "1",
                "--rpn_pre_nms_top_k_train", "200", "--rpn_post_nms_top_k_train", "64", "--rcnn_num_samples", "32",
                "--log_every", "1", "--base_lr", str(base_lr), "--warmup_steps", "0"]
     # GLOG_v=2 shows MindSpore's warning that it ran a graph from the cache.

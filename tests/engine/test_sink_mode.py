@@ -22,11 +22,13 @@ from src.engine.callbacks import LossCallBack
 from src.engine.progress import ProgressBarCallback
 from src.synthetic import generate
 
+pytestmark = pytest.mark.slow(65)
+
 STEPS = 3
 
 
 def _train_rows(data_dir, run_dir, sink):
-    args = ["--coco_root", str(data_dir), "--run_dir", str(run_dir), "--img_height", "128", "--img_width", "128",
+    args = ["--coco_root", str(data_dir), "--run_dir", str(run_dir), "--img_height", "64", "--img_width", "64",
             "--batch_size", "2", "--epoch_size", "1", "--num_parallel_workers", "1",
             "--rpn_pre_nms_top_k_train", "200", "--rpn_post_nms_top_k_train", "64", "--rcnn_num_samples", "32",
             "--dataset_sink_mode", "true" if sink else "false", "--compile_cache_dir", "null", "--log_every", "1"]

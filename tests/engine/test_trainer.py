@@ -1,4 +1,4 @@
-"""End to end: train.py on the synthetic set at 256 px in graph mode.
+"""End to end: train.py on the synthetic set at 128 px in graph mode.
 
 One short training run is shared by the tests (graph compilation dominates on the CPU): the loss
 falls, the run directory holds what the README promises, a resumed run continues at the saved
@@ -18,6 +18,8 @@ import train
 from src.batch import LOSS_NAMES
 from src.synthetic import generate
 
+pytestmark = pytest.mark.slow(250)
+
 TRAIN_IMAGES = 16
 BATCH = 2
 EPOCHS = 4
@@ -25,7 +27,7 @@ STEPS_PER_EPOCH = TRAIN_IMAGES // BATCH
 
 
 def _small_run_args(data_dir, run_dir, epochs):
-    return ["--coco_root", str(data_dir), "--run_dir", str(run_dir), "--img_height", "256", "--img_width", "256",
+    return ["--coco_root", str(data_dir), "--run_dir", str(run_dir), "--img_height", "128", "--img_width", "128",
             "--batch_size", str(BATCH), "--epoch_size", str(epochs), "--num_parallel_workers", "2",
             "--rpn_pre_nms_top_k_train", "500", "--rpn_post_nms_top_k_train", "200", "--rcnn_num_samples", "64",
             "--base_lr", "0.01", "--warmup_steps", "5", "--lr_schedule", "cosine", "--log_every", "8"]

@@ -18,6 +18,8 @@ from src.config import load_config
 from src.evaluation import hook
 from src.evaluation.hook import BEST_CKPT_NAME, EARLY_STOP_STATE_FILE, EvalCallback
 
+pytestmark = pytest.mark.slow(20)
+
 STEPS_PER_EPOCH = 3
 
 

@@ -18,6 +18,8 @@ from src.batch import CROWD_LABEL, LOSS_NAMES
 from src.config import load_config
 from src.maskrcnn.builder import build_model
 
+pytestmark = pytest.mark.slow(40)
+
 IMG = 128
 NUM_GT = 4
 CLASSES = ["background", "book", "disc"]

@@ -11,6 +11,8 @@ import pytest
 from src.config import load_config
 from src.maskrcnn.target import FLOAT16_CELLS, built_dtypes, planned_dtypes, op_kernels
 
+pytestmark = pytest.mark.slow(22)
+
 LIGHT = {"img_height": 64, "img_width": 64, "fpn_channels": 32, "box_head_channels": 64, "mask_head_channels": 32}
 
 
