@@ -21,7 +21,7 @@ from src.evaluation.results import Detections, detections_to_coco, predictions_t
 from src.maskrcnn.builder import build_model
 from src.synthetic import generate
 
-pytestmark = pytest.mark.slow(240)
+pytestmark = pytest.mark.slow(95)
 
 # 48 steps at 128x128 (the learning run must stay under the suite's 90 s per test): six images
 # seen 16 times, half of the 64 sampled RoIs may be positives and the mask loss counts twice, so

@@ -22,7 +22,7 @@ from src.engine.callbacks import LossCallBack
 from src.engine.progress import ProgressBarCallback
 from src.synthetic import generate
 
-pytestmark = pytest.mark.slow(65)
+pytestmark = pytest.mark.slow(92)
 
 STEPS = 3
 

@@ -18,7 +18,7 @@ import train
 from src.batch import LOSS_NAMES
 from src.synthetic import generate
 
-pytestmark = pytest.mark.slow(250)
+pytestmark = pytest.mark.slow(190)
 
 TRAIN_IMAGES = 16
 BATCH = 2
