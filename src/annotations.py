@@ -4,9 +4,9 @@
 :func:`clean_instance` turns one annotation into a box and a compressed RLE, dropping or
 repairing the defects common in real exports (polygon parts with < 3 points, an odd number of
 coordinates, values that are not finite numbers (NaN, Infinity, null) or coordinates far outside
-the image, zero-area boxes,
-empty masks, boxes far from their mask), each reported to a :class:`DefectLog` that counts them
-(or raises with ``strict_annotations``); :func:`rasterize` decodes a segmentation to a pixel mask.
+the image, zero-area boxes, empty masks, boxes far from their mask), each reported to a
+:class:`DefectLog` that counts them (or raises with ``strict_annotations``); :func:`rasterize`
+decodes a segmentation to a pixel mask.
 
 :func:`read_annotations` is the one reader of an annotation file: training (src/dataset.py),
 evaluation (which scores against :meth:`CleanAnnotations.to_coco`, the same cleaned and counted
@@ -177,6 +177,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_number_or_null(value: Any) -> bool:
+    """A number, or JSON's null (what JavaScript exporters write for NaN and Infinity)."""
+    return value is None or _is_number(value)
+
+
 def _not_finite(value: Any) -> bool:
     """A NaN or infinite number, or None: JSON's null, which JavaScript writes for NaN and Infinity."""
     return value is None or (_is_number(value) and not math.isfinite(value))
@@ -193,17 +198,16 @@ def _in_range(values: Sequence[float], height: int, width: int) -> bool:
 
 def _clean_polygons(segm: List[Any], where: str, ann_id: Any, height: int, width: int,
                     defects: DefectLog) -> Optional[List[List[float]]]:
-    if segm and all(_is_number(v) or v is None for v in segm):  # [x, y, x, y, ...]: one polygon, unnested
+    if segm and all(_is_number_or_null(v) for v in segm):  # [x, y, x, y, ...]: one polygon, unnested
         defects.found("flat_polygon", ann_id, f"{where} has a flat polygon list instead of a list of polygons")
         segm = [segm]
     parts = []
     for poly in segm:
-        if not (isinstance(poly, list) and all(_is_number(v) or v is None for v in poly)):
+        if not (isinstance(poly, list) and all(_is_number_or_null(v) for v in poly)):
             defects.found("polygon_part", ann_id, f"{where} has a polygon part that is not a list of numbers")
-        elif any(_not_finite(v) for v in poly):
-            value = next(v for v in poly if _not_finite(v))
+        elif non_finite := [v for v in poly if _not_finite(v)]:
             defects.found("non_finite", ann_id, f"{where} has a polygon coordinate that is not a finite number "
-                                                f"({json.dumps(value)})")
+                                                f"({json.dumps(non_finite[0])})")
         elif len(poly) % 2:
             defects.found("polygon_part", ann_id, f"{where} has a polygon with an odd number of "
                                                   f"coordinates ({len(poly)})")
@@ -284,8 +288,8 @@ def _clean_segmentation(ann: Dict[str, Any], height: int, width: int, defects: D
 
     Polygon parts with fewer than MIN_POLYGON_POINTS points, an odd number of coordinates,
     non-numeric values, values that are not finite numbers (NaN, Infinity, null) or coordinates
-    more than COORDINATE_MARGIN_SIDES image sides outside the image are dropped; a flat list of numbers is
-    read as one polygon; an RLE needs 'counts' and the image's 'size' (uncompressed counts must
+    more than COORDINATE_MARGIN_SIDES image sides outside the image are dropped; a flat list of
+    numbers is read as one polygon; an RLE needs 'counts' and the image's 'size' (uncompressed counts must
     cover exactly the image).
     """
     segm = ann.get("segmentation")
@@ -342,7 +346,7 @@ def _box_values(bbox: Any, where: str, defects: DefectLog) -> Tuple[float, float
         DatasetError: not a list of 4 numbers, numeric strings or nulls.
     """
     if (not isinstance(bbox, list) or len(bbox) != 4
-            or not all(_is_number(v) or isinstance(v, str) or v is None for v in bbox)):
+            or not all(_is_number_or_null(v) or isinstance(v, str) for v in bbox)):
         raise DatasetError(f"{defects.ann_file}: {where} has bbox {bbox!r}; expected [x, y, w, h]")
     try:
         x, y, bw, bh = (math.nan if v is None else float(v) for v in bbox)
@@ -356,10 +360,10 @@ def clean_instance(ann: Dict[str, Any], height: int, width: int, defects: Defect
                    ) -> Optional[Tuple[Tuple[float, float, float, float], Dict[str, Any]]]:
     """The box and mask of one annotation of a ``height x width`` image, or None if unusable.
 
-    The box is clipped to the image (counted in ``defects.clipped_boxes``); one whose IoU with its mask's extent is below
-    BOX_MASK_MIN_IOU is replaced by that extent. Boxes with a value that is not a finite number
-    (NaN, Infinity, null) or far outside the image, zero-area boxes, unusable segmentations and empty masks drop the annotation. Each defect
-    goes to ``defects``.
+    The box is clipped to the image (counted in ``defects.clipped_boxes``); one whose IoU with its
+    mask's extent is below BOX_MASK_MIN_IOU is replaced by that extent. Boxes with a value that is
+    not a finite number (NaN, Infinity, null) or far outside the image, zero-area boxes, unusable
+    segmentations and empty masks drop the annotation. Each defect goes to ``defects``.
 
     Args:
         ann: one entry of the file's ``annotations`` (with ``id``, ``image_id``, ``bbox``).

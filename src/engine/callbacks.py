@@ -12,7 +12,7 @@ import os
 import re
 import signal
 import time
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 from mindspore import nn
@@ -23,6 +23,18 @@ from src.checkpoint.names import LAST_CHECKPOINT_NAME
 from src.engine.runtime import EnvironmentFailure
 
 logger = logging.getLogger(__name__)
+
+
+def epoch_position(run_context, step_offset: int, steps_per_epoch: int) -> Tuple[int, int, int]:
+    """``(global step, whole epochs done, steps into the next epoch)`` at a step-end callback.
+
+    ``Model.train`` counts ``cur_step_num`` from 0 in every run, a resumed one too, so the global
+    step is ``step_offset`` (where this run started) plus it; the third value is 0 at the last step
+    of an epoch (in sink mode, at every call: one per sunk epoch).
+    """
+    step = step_offset + int(run_context.original_args().cur_step_num)
+    epoch, step_in_epoch = divmod(step, steps_per_epoch)
+    return step, epoch, step_in_epoch
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -183,8 +195,7 @@ class CheckpointCallback(Callback):
         params = run_context.original_args()
         if self.loss_callback is not None and self.loss_callback.error is not None:
             return
-        step = self.step_offset + int(params.cur_step_num)
-        epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
+        step, epoch, step_in_epoch = epoch_position(run_context, self.step_offset, self.steps_per_epoch)
         if step == self.last_saved_step or (not force and (step_in_epoch or epoch % self.every_epochs)):
             return
         written = []

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional
 from mindspore.train.callback import Callback
 
 from src.config import TRAINING_EVAL_METRICS
+from src.engine.callbacks import epoch_position
 from src.evaluation.inference import build_eval_split, evaluate_model, split_report_info
 
 logger = logging.getLogger(__name__)
@@ -135,8 +136,7 @@ class EvalCallback(Callback):
     def on_train_step_end(self, run_context) -> None:
         if self.loss_callback is not None and self.loss_callback.error is not None:
             return
-        step = self.step_offset + int(run_context.original_args().cur_step_num)
-        epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
+        _, epoch, step_in_epoch = epoch_position(run_context, self.step_offset, self.steps_per_epoch)
         if step_in_epoch or epoch % self.interval or any(e["epoch"] == epoch for e in self.evaluations):
             return
         self._evaluate(epoch, run_context)
