@@ -10,6 +10,13 @@ from typing import Sequence
 
 import numpy as np
 
+# The optimizer holds the schedule as a [length] parameter that the training graph indexes by
+# the global step, so the length shapes the compiled graph. It is padded (with the last rate,
+# never read) to the next power of two, at least GRAPH_LR_MIN_LENGTH: a resumed run with a few
+# more epochs, or another data size of the same order, runs the graph already compiled and
+# cached instead of compiling again.
+GRAPH_LR_MIN_LENGTH = 1024
+
 
 def warmup_lr(step: int, base_lr: float, warmup_steps: int, warmup_ratio: float) -> float:
     """Linear ramp from ``base_lr * warmup_ratio`` at step 0 to ``base_lr`` at ``warmup_steps``."""
@@ -52,3 +59,18 @@ def build_lr_schedule(config, steps_per_epoch: int) -> np.ndarray:
                                  config.lr_step_gamma)
         rates.append(rate)
     return np.asarray(rates, dtype=np.float32)
+
+
+def graph_lr_length(total_steps: int) -> int:
+    """Length of the schedule parameter the graph holds for a run of ``total_steps``."""
+    length = GRAPH_LR_MIN_LENGTH
+    while length < total_steps:
+        length *= 2
+    return length
+
+
+def padded_for_graph(rates: np.ndarray) -> np.ndarray:
+    """``rates`` followed by copies of its last rate up to :func:`graph_lr_length` (the optimizer's
+    parameter; steps past the run never read them)."""
+    padding = graph_lr_length(len(rates)) - len(rates)
+    return np.concatenate([rates, np.full(padding, rates[-1], dtype=rates.dtype)])

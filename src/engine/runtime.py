@@ -189,6 +189,9 @@ COMPILE_CACHE_IGNORED_KEYS = (
     "base_lr", "lr_schedule", "lr_step_ratios", "lr_step_gamma", "warmup_steps", "warmup_ratio", "lr_scaling",
     "epoch_size", "momentum",
 )
+# Devices on which MindSpore 2.7's Model.train runs ``dataset_sink_mode=True`` step by step (it
+# logs that it cannot sink): there the option builds the same graph as sink mode off.
+DEVICES_WITHOUT_SINK = ("CPU",)
 # MindSpore's log line (GLOG_v <= 2) when it runs a graph from the cache instead of compiling it
 # (tests and benchmarks look for it).
 CACHE_LOADED_MESSAGE = "Use the compilation cache"
@@ -223,6 +226,12 @@ def source_digest(paths: Sequence[str] = ()) -> str:
     return digest.hexdigest()
 
 
+def sinks_epochs(config) -> bool:
+    """Whether ``Model.train`` really sinks an epoch into one call (``dataset_sink_mode`` on a
+    device that can); on the CPU sink mode trains step by step with the graph of sink mode off."""
+    return bool(config.dataset_sink_mode) and config.device_target not in DEVICES_WITHOUT_SINK
+
+
 def compile_cache_folder(config, purpose: str, graph_inputs: Optional[dict] = None,
                          entry_file: str = "") -> Optional[str]:
     """The cache folder of the graphs one CLI compiles for ``config``, or None when the cache is off.
@@ -243,6 +252,7 @@ def compile_cache_folder(config, purpose: str, graph_inputs: Optional[dict] = No
     import mindspore as ms
 
     settings = {key: value for key, value in config.to_dict().items() if key not in COMPILE_CACHE_IGNORED_KEYS}
+    settings["dataset_sink_mode"] = sinks_epochs(config)  # the CPU runs the graph of sink mode off
     # Whether the C kernels could be built decides which ops the CPU graph holds; the graph names
     # the oneDNN convolution library by its path.
     material = json.dumps({"config": settings, "graph_inputs": graph_inputs or {}, "mindspore": ms.__version__,

@@ -113,19 +113,20 @@ def build_optimizer(config: Config, net, steps_per_epoch: int, rank: int, group_
     """Momentum over :func:`optimizer_groups` with the LR schedule (scaled for data parallel).
 
     Returns:
-        ``(optimizer, lr)``: ``lr`` is the per-step learning rate array the graph holds.
+        ``(optimizer, lr)``: ``lr`` is the run's per-step learning rates (the optimizer holds them
+        padded, :func:`src.engine.lr_schedule.padded_for_graph`).
     """
     from mindspore import Tensor, nn
 
     from src.engine.distributed import scaled_base_lr
-    from src.engine.lr_schedule import build_lr_schedule
+    from src.engine.lr_schedule import build_lr_schedule, padded_for_graph
 
     lr_base = scaled_base_lr(config.base_lr, group_size, config.lr_scaling)
     if group_size > 1:
         logger.info("rank %d of %d: global batch %d, base_lr %g (lr_scaling=%s)", rank, group_size,
                     group_size * config.batch_size, lr_base, config.lr_scaling)
     lr = build_lr_schedule(config.replace(base_lr=lr_base), steps_per_epoch)
-    optimizer = nn.Momentum(optimizer_groups(net, config.weight_decay), learning_rate=Tensor(lr),
+    optimizer = nn.Momentum(optimizer_groups(net, config.weight_decay), learning_rate=Tensor(padded_for_graph(lr)),
                             momentum=config.momentum)
     return optimizer, lr
 
@@ -239,6 +240,7 @@ def _train_in_locked_folder(config: Config, pre_trained: str, resume: str, log_e
     from src.checkpoint.names import LAST_CHECKPOINT_NAME
     from src.engine import runtime
     from src.engine.distributed import log_parameter_digest
+    from src.engine.lr_schedule import graph_lr_length
     from src.engine.progress import redirect_logging
     from src.engine.run_folder import check_fresh_folder
 
@@ -268,10 +270,12 @@ def _train_in_locked_folder(config: Config, pre_trained: str, resume: str, log_e
                                                                 start_step, log_every)
     model = Model(train_cell)
     started = time.time()
-    # The graph holds the LR schedule as a [steps] parameter: its length (data size, batch, epochs,
-    # ranks) shapes the graph, its values do not; a sunk epoch runs steps_per_epoch steps in one
-    # call. A pre-trained backbone freezes stages: another graph.
-    graph_inputs = {"pretrained_backbone": bool(pre_trained), "lr_steps": len(lr), "steps_per_epoch": steps_per_epoch}
+    # The graph holds the LR schedule as a parameter whose padded length shapes it (its values do
+    # not); a sunk epoch runs steps_per_epoch steps in one call (a device that sinks only). A
+    # pre-trained backbone freezes stages: another graph.
+    graph_inputs = {"pretrained_backbone": bool(pre_trained), "lr_steps": graph_lr_length(len(lr))}
+    if runtime.sinks_epochs(config):
+        graph_inputs["steps_per_epoch"] = steps_per_epoch
     signal_stop.install()  # after MindSpore's start-up, before the compile: a signal then counts too
     try:
         with runtime.compile_cache(config, "train", graph_inputs), redirect_logging(show_bar):

@@ -194,7 +194,7 @@ def test_only_rank_0_writes_the_run_directory(dp_run):
 def _single_image_grads(config, init_ckpt):
     """Per training image (dataset order): (total loss, {param name: gradient}) in this process."""
     import mindspore as ms
-    from mindspore import nn, ops
+    from mindspore import nn
 
     from src.checkpoint.load import load_pretrained
     from src.dataset import create_new_dataset
@@ -215,13 +215,13 @@ def _single_image_grads(config, init_ckpt):
     loss = TotalLoss(WithLossCell(net, LossNet()))
     loss.set_train(True)
     params = net.trainable_params()
-    grad_fn = ops.GradOperation(get_by_list=True)(loss, ms.ParameterTuple(params))
+    # One graph gives the loss and its gradients (one compile, not two).
+    loss_and_grads = ms.value_and_grad(loss, None, ms.ParameterTuple(params))
     dataset = create_new_dataset(None, 1, is_training=True, num_parallel_workers=1, config=config, shuffle=False)
     results = []
     for batch in dataset.create_tuple_iterator():
-        total = float(loss(*batch).asnumpy())
-        grads = grad_fn(*batch)
-        results.append((total, {p.name: g.asnumpy() for p, g in zip(params, grads)}))
+        total, grads = loss_and_grads(*batch)
+        results.append((float(total.asnumpy()), {p.name: g.asnumpy() for p, g in zip(params, grads)}))
     return results
 
 

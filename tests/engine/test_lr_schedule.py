@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from src.config import load_config
-from src.engine.lr_schedule import build_lr_schedule
+from src.engine.lr_schedule import GRAPH_LR_MIN_LENGTH, build_lr_schedule, graph_lr_length, padded_for_graph
 
 
 def test_warmup_then_step_decay_exact_values():
@@ -44,3 +44,17 @@ def test_warmup_is_capped_for_tiny_runs():
 def test_zero_steps_is_an_error():
     with pytest.raises(ValueError, match="steps_per_epoch must be positive"):
         build_lr_schedule(load_config(), 0)
+
+
+def test_the_graphs_schedule_is_padded_to_a_power_of_two_with_the_last_rate():
+    assert [graph_lr_length(n) for n in (1, 192, 1024, 1025, 5000)] == [1024, 1024, 1024, 2048, 8192]
+    assert GRAPH_LR_MIN_LENGTH == 1024
+    cfg = load_config(overrides={"base_lr": 0.02, "warmup_steps": 4, "epoch_size": 4, "lr_schedule": "cosine"})
+    rates = build_lr_schedule(cfg, steps_per_epoch=25)
+    padded = padded_for_graph(rates)
+    assert padded.shape == (1024,) and padded.dtype == np.float32
+    np.testing.assert_array_equal(padded[:100], rates)
+    assert np.all(padded[100:] == rates[-1])
+    # A longer run of the same order (a resume with more epochs) gives the graph the same length.
+    longer = build_lr_schedule(cfg.replace(epoch_size=6), steps_per_epoch=25)
+    assert padded_for_graph(longer).shape == padded.shape

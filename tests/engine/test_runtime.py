@@ -55,8 +55,12 @@ def test_cache_folder_follows_what_shapes_the_graph(monkeypatch):
     assert base.startswith(os.path.join(REPO_ROOT, "FineTune", ".compile_cache", "train-"))
     # Graph constants, shapes, dtypes and graph inputs the caller names give another folder.
     for changed in ({"img_height": 320}, {"rcnn_num_samples": 64}, {"compute_dtype": "float16"},
-                    {"dataset_sink_mode": True}, {"seed": 2}, {"weight_decay": 0.0}, {"grad_clip_norm": 5.0}):
+                    {"seed": 2}, {"weight_decay": 0.0}, {"grad_clip_norm": 5.0}):
         assert compile_cache_folder(config.replace(**changed), "train") != base, changed
+    # Sink mode shapes the graph where the device sinks an epoch, not on the CPU (step by step).
+    ascend = config.replace(device_target="Ascend")
+    assert compile_cache_folder(ascend.replace(dataset_sink_mode=True), "train") != compile_cache_folder(ascend, "train")
+    assert compile_cache_folder(config.replace(dataset_sink_mode=True), "train") == base
     assert compile_cache_folder(config, "train", {"pretrained_backbone": True}) != base
     assert compile_cache_folder(config, "train", {"lr_steps": 192}) != compile_cache_folder(config, "train",
                                                                                             {"lr_steps": 240})
@@ -144,9 +148,10 @@ def test_a_second_process_loads_the_graph_and_follows_its_own_learning_rate(tmp_
     assert warm_rows[1]["total"] != cold_rows[1]["total"]
 
 
-def test_train_keys_the_graph_by_the_length_of_its_lr_schedule(tmp_path, monkeypatch):
-    """Another data size gives another LR schedule length, which the graph's shapes hold: another
-    cache folder (the same folder ran the old graph and failed in its Gather once past its length)."""
+def test_train_keys_the_graph_by_the_padded_length_of_its_lr_schedule(tmp_path, monkeypatch):
+    """The graph holds the LR schedule padded to a power of two (at least 1024 steps): runs of 2
+    and 3 steps per epoch share a graph, a run past 1024 steps gets another cache folder (the same
+    folder ran the old graph and failed in its Gather once past its length)."""
     import train as train_script
     from mindspore.train import Model
 
@@ -160,13 +165,14 @@ def test_train_keys_the_graph_by_the_length_of_its_lr_schedule(tmp_path, monkeyp
 
     monkeypatch.setattr(runtime, "compile_cache", record)
     monkeypatch.setattr(Model, "train", lambda self, *args, **kwargs: None)
-    for images in (4, 6):
+    for images, epochs in ((4, 1), (6, 1), (6, 400)):
         data_dir = tmp_path / f"data{images}"
-        generate(str(data_dir), images, 1, seed=0)
-        config = load_config(overrides={"coco_root": str(data_dir), "run_dir": str(tmp_path / f"run{images}"),
-                                        "epoch_size": 1, "img_height": 128, "img_width": 128,
+        if not data_dir.exists():
+            generate(str(data_dir), images, 1, seed=0)
+        config = load_config(overrides={"coco_root": str(data_dir), "run_dir": str(tmp_path / f"run{images}-{epochs}"),
+                                        "epoch_size": epochs, "img_height": 128, "img_width": 128,
                                         "num_parallel_workers": 1, "compile_cache_dir": str(tmp_path / "cache")})
         assert train_script.train(config) == 0
-    assert [inputs for inputs, _ in seen] == [{"pretrained_backbone": False, "lr_steps": 2, "steps_per_epoch": 2},
-                                             {"pretrained_backbone": False, "lr_steps": 3, "steps_per_epoch": 3}]
-    assert seen[0][1] != seen[1][1]
+    assert [inputs for inputs, _ in seen] == [{"pretrained_backbone": False, "lr_steps": 1024}] * 2 + [
+        {"pretrained_backbone": False, "lr_steps": 2048}]  # 3 steps x 400 epochs
+    assert seen[0][1] == seen[1][1] != seen[2][1]
