@@ -38,7 +38,7 @@ from src.config import REPO_ROOT, load_config, parse_overrides
 from src.engine.runtime import EXIT_INTERRUPTED, EXIT_OK
 from src.synthetic import generate
 
-pytestmark = pytest.mark.slow(130)
+pytestmark = pytest.mark.slow(70)
 
 TRAIN_IMAGES = 3  # all with objects (the synthetic set leaves every 25th image empty)
 EPOCHS = 4  # the SIGTERM comes in epoch 3, well before the end
