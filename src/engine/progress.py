@@ -23,17 +23,20 @@ DEFAULT_LOG_EVERY = 1
 FALLBACK_COLUMNS, FALLBACK_ROWS = 100, 24
 
 
-def console_mode(log_every: Optional[int], steps_per_epoch: int, stream: TextIO = sys.stdout) -> Tuple[bool, int]:
+def console_mode(log_every: Optional[int], steps_per_epoch: int,
+                 stream: Optional[TextIO] = None) -> Tuple[bool, int]:
     """Whether to show the bar, and every how many steps to log a line.
 
     Args:
         log_every: the ``--log_every`` value, None when not given.
         steps_per_epoch: with a bar, one log line per epoch still goes to train.log.
-        stream: where the bar would be drawn.
+        stream: where the bar would be drawn (default: ``sys.stdout`` at the call, not at import:
+            a caller may have replaced it since).
 
     Returns:
         (show the bar, log every N steps).
     """
+    stream = stream if stream is not None else sys.stdout
     is_terminal = bool(getattr(stream, "isatty", lambda: False)())
     if log_every is None and is_terminal:
         return True, max(1, steps_per_epoch)
