@@ -6,6 +6,10 @@ import sys
 import pytest
 
 os.environ.setdefault("GLOG_v", "3")
+# Two workers share two cores: one CPU kernel thread each (and in every train.py / eval.py
+# process a test starts, which inherit the variable) does the same work in less CPU time than
+# MindSpore's 25 threads each competing for the cores (src/engine/runtime.py limit_cpu_threads).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # pytest-xdist starts its workers with `python -c`, so sys.argv[0] is "-c"; MindSpore's compile
 # cache reads the entry script that sys.argv[0] names (mindspore/common/api.py, when mindspore is
 # imported) and fails on a path that is not a file. Name this file instead.
@@ -14,6 +18,10 @@ if not os.path.isfile(sys.argv[0]):
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
+
+from src.engine.runtime import limit_cpu_threads  # noqa: E402  (needs the repository on sys.path)
+
+limit_cpu_threads()  # for the networks tests build in this process, before any kernel runs
 
 # Facts the tests need (model-zoo parameter names and shapes) live in the repository itself.
 ZOO_LISTS_DIR = os.path.join(REPO_ROOT, "tests", "data")

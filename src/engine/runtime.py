@@ -138,8 +138,35 @@ def device_unavailable_message(device_target: str, available: Sequence[str], rea
             f"run with --device_target {fallback}")
 
 
+# The variable that caps the CPU kernels' threads, as it does for NumPy's BLAS, oneDNN and
+# PyTorch: MindSpore reads none (its default is 25 kernel threads, whatever the machine has).
+CPU_THREADS_VARIABLE = "OMP_NUM_THREADS"
+
+
+def limit_cpu_threads(environ=os.environ) -> Optional[int]:
+    """Run MindSpore's CPU kernels on ``OMP_NUM_THREADS`` threads when it is a positive integer.
+
+    Call before the first kernel runs; MindSpore takes the count once per process, so a later
+    call (or a count set by the caller) is left alone.
+
+    Returns:
+        the count set, or None (variable unset or not a positive integer, or already set).
+    """
+    value = environ.get(CPU_THREADS_VARIABLE, "").strip()
+    if not value.isdigit() or int(value) < 1:
+        return None
+    from mindspore._c_expression import RuntimeConf
+    from mindspore.device_context.cpu.op_tuning import threads_num
+
+    if RuntimeConf.get_instance().is_op_threads_num_configured():
+        return None
+    threads_num(int(value))
+    return int(value)
+
+
 def set_mindspore_context(device_target: str, seed: Optional[int] = None, graph_mode: bool = True) -> None:
-    """Graph mode on the chosen device; a fixed seed for reproducible sampling and init.
+    """Graph mode on the chosen device; a fixed seed for reproducible sampling and init; the CPU
+    kernels on ``OMP_NUM_THREADS`` threads when that is set (:func:`limit_cpu_threads`).
 
     Raises:
         DeviceUnavailableError: ``device_target`` cannot run here (one line: the device asked
@@ -161,6 +188,7 @@ def set_mindspore_context(device_target: str, seed: Optional[int] = None, graph_
         except (RuntimeError, ValueError) as e:  # the plug-in loads but the device is absent
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DeviceUnavailableError(device_unavailable_message(device_target, available, first_line)) from e
+    limit_cpu_threads()
     if seed is not None:
         ms.set_seed(seed)
 

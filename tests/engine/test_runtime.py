@@ -192,3 +192,16 @@ def test_train_keys_the_graph_by_the_padded_length_of_its_lr_schedule(tmp_path, 
     assert [inputs for inputs, _ in seen] == [{"pretrained_backbone": False, "lr_steps": 1024}] * 2 + [
         {"pretrained_backbone": False, "lr_steps": 2048}]  # 3 steps x 400 epochs
     assert seen[0][1] == seen[1][1] != seen[2][1]
+
+
+def test_omp_num_threads_sets_the_cpu_kernel_threads_once():
+    code = ("import os; from src.engine.runtime import limit_cpu_threads; "
+            "from mindspore._c_expression import RuntimeConf; "
+            "print(limit_cpu_threads({'OMP_NUM_THREADS': 'two'}), limit_cpu_threads({'OMP_NUM_THREADS': '0'}), "
+            "RuntimeConf.get_instance().is_op_threads_num_configured(), limit_cpu_threads(), "
+            "limit_cpu_threads({'OMP_NUM_THREADS': '5'}), RuntimeConf.get_instance().is_op_threads_num_configured())")
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, OMP_NUM_THREADS="3")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+                         env=env).stdout.split()
+    # not a positive integer: untouched; then the variable's 3, once (MindSpore takes it once)
+    assert out == ["None", "None", "False", "3", "None", "True"]
