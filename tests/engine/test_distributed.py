@@ -58,8 +58,8 @@ def _overrides(data_dir, run_dir):
     return args
 
 
-def _launch(data_dir, run_dir, init_ckpt, timeout=600):
-    env = dict(os.environ, GLOG_v="3")
+def _launch(data_dir, run_dir, init_ckpt, timeout=600, **env_values):
+    env = dict(os.environ, GLOG_v="3", **env_values)
     return subprocess.run(["bash", "scripts/run_distribute_train.sh", str(RANKS), "FineTune/default.yaml",
                            str(init_ckpt), *_overrides(data_dir, run_dir)],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
@@ -277,7 +277,9 @@ def test_a_failing_rank_ends_the_job_with_its_message(start, tmp_path):
     shutil.copytree(data_dir, broken)
     victim = sorted((broken / "train2017").iterdir())[0]
     victim.write_bytes(b"not a jpeg")
-    result = _launch(broken, tmp_path / "run", init_ckpt, timeout=400)
+    # MindSpore's scheduler notices a dead worker when its heartbeats stop for MS_NODE_TIMEOUT
+    # seconds (30 by default; 10 here: the job still has to notice, only sooner)
+    result = _launch(broken, tmp_path / "run", init_ckpt, timeout=400, MS_NODE_TIMEOUT="10")
     assert result.returncode != 0
     failed = re.findall(r"rank (\d) failed; last lines of \S+worker_(\d)\.log", result.stderr)
     assert len(failed) == 1 and failed[0][0] == failed[0][1], result.stderr[-3000:]

@@ -1,8 +1,11 @@
 """float16 plan and loss scaling: src/maskrcnn/target.py decides which cells compute in float16, and
 TrainOneStepCell skips a step whose scaled gradient overflows (the dynamic scale is halved).
 
-MindSpore 2.7.2 runs float16 convolutions on the CPU, so a whole float16 training step runs
-there too (slowly: the graph compile is long), and its losses are finite.
+MindSpore 2.7.2 runs float16 convolutions on the CPU, so a whole float16 training step with the
+CPU kernels runs there too, and its losses are finite. It runs in PyNative mode: the float16 graph
+takes some 40 s to compile here, more than this one step; the float16 training graph in graph
+mode (the device recipe's, native kernels, dynamic loss scale) is compiled and trained in
+tests/test_device_check.py.
 """
 
 import numpy as np
@@ -11,7 +14,7 @@ import pytest
 from src.config import load_config
 from src.maskrcnn.target import FLOAT16_CELLS, built_dtypes, planned_dtypes, op_kernels
 
-pytestmark = pytest.mark.slow(22)
+pytestmark = pytest.mark.slow(10)
 
 LIGHT = {"img_height": 64, "img_width": 64, "fpn_channels": 32, "box_head_channels": 64, "mask_head_channels": 32}
 
@@ -85,7 +88,7 @@ def test_a_float16_training_step_on_the_cpu_has_finite_losses(tmp_path):
                                 "rpn_pre_nms_top_k_train": 200, "rpn_post_nms_top_k_train": 64,
                                 "rcnn_num_samples": 32})
     previous = ms.get_context("mode")
-    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_context(mode=ms.PYNATIVE_MODE)
     try:
         ms.set_seed(1)
         batch = next(create_new_dataset(str(tmp_path), 2, is_training=True, num_parallel_workers=1,
