@@ -6,10 +6,12 @@ the old ``k``). These tests pin the three things that make it safe and useful he
 RoIAlign's Python functions are registered under keys that are the same in every process, the
 cache folder changes with everything that shapes the graph (and not with data-only keys), and a
 second ``train.py`` process with a warm cache loads the graph and computes what an uncached run
-with its own settings computes. That last test runs ``train.py`` three times (64x64, light heads,
-two steps): two graph compiles (the cold run that fills the cache, the uncached reference) and
-one cache load; the reference is a compile of its own because only a graph compiled at the warm
-run's learning rate shows that the loaded graph keeps none of the cold run's values.
+with its own settings computes. That second-process test runs ``train.py`` three times (64x64,
+light heads, two steps): two graph compiles (the cold run that fills the cache, the uncached
+reference, which also runs with sink mode on) and one cache load; the reference is a compile of
+its own because only a graph compiled at the warm run's learning rate shows that the loaded graph
+keeps none of the cold run's values. The last tests check which graph inputs key the cache and
+that OMP_NUM_THREADS sets the CPU kernel threads.
 """
 
 import csv
