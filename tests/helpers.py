@@ -1,8 +1,10 @@
 """Builders shared by several test modules (tests/ is on sys.path through its conftest.py): small
 COCO sets on disk, photos with an EXIF orientation, tiny configs, a toy network for the train step,
-stand-in detections, a TensorBoard event-file reader."""
+stand-in detections and networks (fixed detections; a dataset's ground truth), a TensorBoard
+event-file reader."""
 
 import json
+import math
 import os
 import struct
 from typing import Dict, List, Tuple
@@ -166,6 +168,45 @@ class FixedDetectionsNet:
         valid = np.ones((1, 3), bool)
         masks = np.ones((1, 3, 28, 28), np.float32)
         return tuple(ms.Tensor(a) for a in (boxes, scores, labels, valid, masks))
+
+
+class GroundTruthNet:
+    """Stands in for the network: returns each eval item's ground truth in the network's format.
+
+    The eval pipeline yields items in order (batch 2, the last batch padded by repeating item 0),
+    so call c covers items 2c and 2c+1. Boxes are mapped into input pixels with the scale the
+    pipeline reports in image_shape; masks are the GT crops resized to 28x28.
+    """
+
+    def __init__(self, dataset, max_per_img):
+        self.dataset = dataset
+        self.max_per_img = max_per_img
+        self.calls = 0
+        self.training = None
+
+    def set_train(self, mode):
+        self.training = mode
+
+    def __call__(self, image, image_shape):
+        shapes = image_shape.asnumpy()
+        batch = shapes.shape[0]
+        k = self.max_per_img
+        out = (np.zeros((batch, k, 4), np.float32), np.zeros((batch, k), np.float32),
+               np.zeros((batch, k), np.int32), np.zeros((batch, k), bool), np.zeros((batch, k, 28, 28), np.float32))
+        for b in range(batch):
+            index = self.calls * batch + b
+            index = index if index < len(self.dataset) else 0
+            annos, masks = self.dataset.annotations(index)
+            real = np.flatnonzero(annos[:, 5] == 0)[:k]
+            scale = np.array([shapes[b, 3], shapes[b, 2], shapes[b, 3], shapes[b, 2]], np.float32)
+            for j, a in enumerate(real):
+                x1, y1, x2, y2 = annos[a, :4]
+                crop = masks[a, int(y1):int(math.ceil(y2)), int(x1):int(math.ceil(x2))].astype(np.float32)
+                out[4][b, j] = cv2.resize(crop, (28, 28), interpolation=cv2.INTER_LINEAR)
+                out[0][b, j] = annos[a, :4] * scale
+                out[1][b, j], out[2][b, j], out[3][b, j] = 1.0, int(annos[a, 4]), True
+        self.calls += 1
+        return out
 
 
 def read_tensorboard_scalars(log_dir: str) -> Dict[str, List[Tuple[int, float]]]:

@@ -3,7 +3,8 @@
 - every path named in the README's "Layout" block and "Where to change what" table exists;
 - the network's stage modules reach the CPU kernels (``src/maskrcnn/ops``) only through the
   per-target decision (``src/maskrcnn/target.py``), and ``src/maskrcnn`` never imports the config;
-- no command-line tool imports another.
+- no command-line tool imports another;
+- test modules share code only through the helper modules beside them, never private names.
 """
 
 import ast
@@ -117,4 +118,24 @@ def test_no_cli_imports_another_cli():
         bad = sorted(set(CLIS) & {m.split(".")[0] for m in _imports(path)})
         if bad:
             offenders.append(f"{os.path.relpath(path, REPO_ROOT)} imports {bad}")
+    assert offenders == []
+
+
+def test_test_modules_share_code_only_through_the_helper_modules():
+    """A test module imports no other test module (``test_*``), and no underscored name from the
+    shared helper modules beside them (tests/helpers.py, tests/train_process.py, ...)."""
+    tests_dir = os.path.join(REPO_ROOT, "tests")
+    local = {os.path.splitext(name)[0] for _, _, names in os.walk(tests_dir) for name in names if name.endswith(".py")}
+    offenders = []
+    for path in _python_files("tests"):
+        tree = ast.parse(open(path, encoding="utf-8").read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in local:
+                private = [alias.name for alias in node.names if alias.name.startswith("_")]
+                if node.module.startswith("test_") or private:
+                    offenders.append(f"{os.path.relpath(path, REPO_ROOT)}:{node.lineno} from {node.module} "
+                                     f"import {[a.name for a in node.names]}")
+            elif isinstance(node, ast.Import):
+                offenders += [f"{os.path.relpath(path, REPO_ROOT)}:{node.lineno} import {alias.name}"
+                              for alias in node.names if alias.name.startswith("test_") and alias.name in local]
     assert offenders == []

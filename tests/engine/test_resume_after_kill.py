@@ -8,9 +8,10 @@ beyond that checkpoint (rows the resumed run must not duplicate); the second res
 remove what the killed write left, and gets a SIGTERM during a step of the third epoch: it must
 save ``last.ckpt`` of that step (as a rule mid-epoch), exit 130 and log one line with the ``--resume``
 command; the third runs that command and must finish with every step exactly once in
-``losses.csv`` (the input of the loss plot) and only checkpoints that load. A SIGINT behaves as
-the SIGTERM; a second SIGINT ends the process at once. One graph compile in all (the compile
-cache serves the other processes).
+``losses.csv`` (the input of the loss plot) and only checkpoints that load. A second SIGINT ends
+the process at once. (A single SIGINT, which must behave as the SIGTERM, stops the trainer tests'
+shared run: tests/engine/test_trainer.py.) One graph compile in all (the compile cache serves the
+other processes). The processes are started and read with tests/train_process.py.
 
 The stopped and resumed run logs the losses of the same run uninterrupted, digit for digit: the
 data stream, the weights, the optimizer state, the learning rate and the random anchor and RoI
@@ -22,21 +23,19 @@ process draws the samples of the uninterrupted one.
 
 import csv
 import os
-import re
-import shlex
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from src.checkpoint.io import CKPT_SUFFIX, PARTIAL_FILE, read_checkpoint
 from src.checkpoint.load import load_pretrained
-from src.checkpoint.names import GLOBAL_STEP_NAME
 from src.config import REPO_ROOT, load_config, parse_overrides
-from src.engine.runtime import EXIT_INTERRUPTED, EXIT_OK
+from src.engine.runtime import EXIT_OK
 from src.synthetic import generate
+from train_process import (RUN_TIMEOUT_S, check_interrupted, global_step, last_logged, logged_steps,
+                           partial_files, resume_command_of, run_and_signal, stop_record, train_env)
 
 pytestmark = pytest.mark.slow(70)
 
@@ -44,9 +43,6 @@ TRAIN_IMAGES = 3  # all with objects (the synthetic set leaves every 25th image 
 EPOCHS = 4  # the SIGTERM comes in epoch 3, well before the end
 STEPS_PER_EPOCH = TRAIN_IMAGES  # batch 1
 TOTAL_STEPS = EPOCHS * STEPS_PER_EPOCH
-# Generous: a graph compile on a loaded 2-core machine.
-RUN_TIMEOUT_S = 600
-POLL_S = 0.05
 
 
 def _args(data_dir, run_dir):
@@ -62,76 +58,6 @@ def _args(data_dir, run_dir):
 
 def _train_command(data_dir, run_dir, *extra):
     return [sys.executable, os.path.join(REPO_ROOT, "train.py"), *_args(data_dir, run_dir), *extra]
-
-
-def _env():
-    return dict(os.environ, GLOG_v="3", PYTHONPATH=REPO_ROOT)
-
-
-def _logged_steps(csv_path):
-    """Steps of the complete rows of losses.csv (a row cut by the kill is not counted)."""
-    if not os.path.exists(csv_path):
-        return []
-    with open(csv_path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
-    if not rows:
-        return []
-    width, index = len(rows[0]), rows[0].index("step")
-    return [int(r[index]) for r in rows[1:] if len(r) == width and r[index].isdigit()]
-
-
-def _global_step(ckpt_path):
-    return int(read_checkpoint(ckpt_path)[GLOBAL_STEP_NAME].asnumpy().reshape(-1)[0])
-
-
-def _partial_files(run_dir):
-    return sorted(n for n in os.listdir(run_dir) if PARTIAL_FILE.match(n)) if os.path.isdir(run_dir) else []
-
-
-def _last_logged(run_dir):
-    return max(_logged_steps(os.path.join(run_dir, "losses.csv")), default=0)
-
-
-def _run_and_signal(command, log_path, ready, signals):
-    """Start ``command``; once ``ready()`` holds, send ``signals`` one after the other (each next
-    one once the run has logged that it received the previous one) and wait for the end.
-
-    Returns:
-        (exit status, the process's output).
-    """
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + RUN_TIMEOUT_S
-    try:
-        while time.time() < deadline and process.poll() is None and not ready():
-            time.sleep(POLL_S)
-        assert process.poll() is None, f"the run ended before the signal:\n{open(log_path).read()[-3000:]}"
-        for number, sig in enumerate(signals):
-            if number:
-                while process.poll() is None and "received: training stops" not in open(log_path).read():
-                    time.sleep(POLL_S)
-            process.send_signal(sig)
-        process.wait(timeout=RUN_TIMEOUT_S)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    return process.returncode, open(log_path).read()
-
-
-def _stop_record(run_dir, returncode, output):
-    """What a stopped process left: status, output, steps logged, last.ckpt's step, temporary files."""
-    last = os.path.join(run_dir, "last.ckpt")
-    return {"returncode": returncode, "output": output, "steps": _logged_steps(os.path.join(run_dir, "losses.csv")),
-            "checkpoint_step": _global_step(last) if os.path.exists(last) else None,
-            "leftovers": _partial_files(run_dir)}
-
-
-def _resume_command_of(output):
-    """The command an interrupted run logged, runnable here (the same Python)."""
-    match = re.search(r"continue with: (python train\.py .*)$", output, re.MULTILINE)
-    assert match, output[-3000:]
-    return [sys.executable, os.path.join(REPO_ROOT, "train.py"), *shlex.split(match.group(1))[2:]]
 
 
 @pytest.fixture(scope="module")
@@ -150,15 +76,15 @@ def stopped_three_times(tmp_path_factory, data_dir):
 
     def writing_the_second_checkpoint():
         # (the second run's SIGTERM below waits for rows beyond those the killed run logged)
-        return (os.path.exists(last) and STEPS_PER_EPOCH < _last_logged(run_dir) <= 2 * STEPS_PER_EPOCH
-                and bool(_partial_files(run_dir)))
+        return (os.path.exists(last) and STEPS_PER_EPOCH < last_logged(run_dir) <= 2 * STEPS_PER_EPOCH
+                and bool(partial_files(run_dir)))
 
-    killed = _stop_record(run_dir, *_run_and_signal(_train_command(data_dir, run_dir), root / "killed.log",
+    killed = stop_record(run_dir, *run_and_signal(_train_command(data_dir, run_dir), root / "killed.log",
                                                     writing_the_second_checkpoint, [signal.SIGKILL]))
     resume = _train_command(data_dir, run_dir, "--resume", last)
-    terminated = _stop_record(run_dir, *_run_and_signal(
-        resume, root / "terminated.log", lambda: _last_logged(run_dir) > 2 * STEPS_PER_EPOCH, [signal.SIGTERM]))
-    finished = subprocess.run(_resume_command_of(terminated["output"]), cwd=REPO_ROOT, env=_env(),
+    terminated = stop_record(run_dir, *run_and_signal(
+        resume, root / "terminated.log", lambda: last_logged(run_dir) > 2 * STEPS_PER_EPOCH, [signal.SIGTERM]))
+    finished = subprocess.run(resume_command_of(terminated["output"]), cwd=REPO_ROOT, env=train_env(),
                               capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     return run_dir, killed, terminated, finished
 
@@ -185,7 +111,7 @@ def test_the_next_start_removes_the_leftovers_and_names_them(stopped_three_times
 @pytest.fixture(scope="module")
 def uninterrupted_losses(tmp_path_factory, data_dir):
     run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
-    result = subprocess.run(_train_command(data_dir, run_dir), cwd=REPO_ROOT, env=_env(), capture_output=True,
+    result = subprocess.run(_train_command(data_dir, run_dir), cwd=REPO_ROOT, env=train_env(), capture_output=True,
                             text=True, timeout=RUN_TIMEOUT_S)
     assert result.returncode == EXIT_OK, result.stderr[-3000:]
     return _loss_rows(run_dir)
@@ -211,28 +137,9 @@ def test_the_stopped_and_resumed_run_logs_the_uninterrupted_losses_digit_for_dig
         assert got == want
 
 
-def _check_interrupted(run_dir, record, name):
-    """A run stopped by signal ``name`` during a step of epoch ``epoch``: status 130, last.ckpt of
-    the last logged step, one line with the --resume command, no traceback, no temporary file."""
-    assert record["returncode"] == EXIT_INTERRUPTED == 130, record["output"][-3000:]
-    stopped_at = max(record["steps"])
-    assert record["checkpoint_step"] == stopped_at < TOTAL_STEPS
-    epoch, step_in_epoch = (stopped_at - 1) // STEPS_PER_EPOCH + 1, (stopped_at - 1) % STEPS_PER_EPOCH + 1
-    lines = [line for line in record["output"].splitlines() if "interrupted (" in line]
-    assert len(lines) == 1 and re.search(
-        rf"WARNING train: interrupted \(SIG(INT|TERM)\) after step {stopped_at} of {TOTAL_STEPS} \(epoch {epoch}, "
-        rf"step {step_in_epoch} of {STEPS_PER_EPOCH}\), saved in {run_dir}/last\.ckpt; continue with: "
-        rf"python train\.py .*--run_dir {run_dir} .* --resume {run_dir}/last\.ckpt$", lines[0]), lines
-    assert lines[0].count("--resume") == 1  # the resumed run's own --resume is replaced
-    assert f"{name} received: training stops after this step" in record["output"] or name == "SIGINT"
-    assert "Traceback" not in record["output"]
-    assert not record["leftovers"]
-    return stopped_at
-
-
 def test_sigterm_during_a_step_saves_that_step_and_logs_the_resume_command(stopped_three_times):
     run_dir, _, terminated, _ = stopped_three_times
-    stopped_at = _check_interrupted(run_dir, terminated, "SIGTERM")
+    stopped_at = check_interrupted(run_dir, terminated, "SIGTERM", TOTAL_STEPS, STEPS_PER_EPOCH)
     assert stopped_at > 2 * STEPS_PER_EPOCH  # after the first step of epoch 3: as a rule mid-epoch
 
 
@@ -240,8 +147,8 @@ def test_the_logged_command_finishes_the_run_with_every_step_logged_once(stopped
     run_dir, _, terminated, finished = stopped_three_times
     assert finished.returncode == EXIT_OK, finished.stderr[-3000:]
     assert f"resumed from {run_dir}/last.ckpt at global step {max(terminated['steps'])}" in finished.stderr
-    assert _logged_steps(os.path.join(run_dir, "losses.csv")) == list(range(1, TOTAL_STEPS + 1))
-    assert _global_step(os.path.join(run_dir, "last.ckpt")) == TOTAL_STEPS
+    assert logged_steps(os.path.join(run_dir, "losses.csv")) == list(range(1, TOTAL_STEPS + 1))
+    assert global_step(os.path.join(run_dir, "last.ckpt")) == TOTAL_STEPS
 
 
 def test_every_checkpoint_in_the_run_directory_loads(stopped_three_times):
@@ -262,21 +169,14 @@ def test_every_checkpoint_in_the_run_directory_loads(stopped_three_times):
         assert not report.skipped and not report.left_at_init, name
 
 
-def test_sigint_during_a_step_saves_that_step_and_exits_130(tmp_path, data_dir):
-    run_dir = str(tmp_path / "run")
-    record = _stop_record(run_dir, *_run_and_signal(_train_command(data_dir, run_dir), tmp_path / "train.log",
-                                                    lambda: _last_logged(run_dir) > STEPS_PER_EPOCH, [signal.SIGINT]))
-    _check_interrupted(run_dir, record, "SIGINT")
-
-
 def test_a_second_sigint_stops_at_once_and_leaves_loadable_checkpoints(tmp_path, data_dir):
     run_dir = str(tmp_path / "run")
-    returncode, output = _run_and_signal(_train_command(data_dir, run_dir), tmp_path / "train.log",
-                                         lambda: _last_logged(run_dir) > STEPS_PER_EPOCH, [signal.SIGINT, signal.SIGINT])
+    returncode, output = run_and_signal(_train_command(data_dir, run_dir), tmp_path / "train.log",
+                                         lambda: last_logged(run_dir) > STEPS_PER_EPOCH, [signal.SIGINT, signal.SIGINT])
     # Ended by the signal itself (MindSpore turns a SIGINT during a step into a SIGTERM), before
     # the run could finish.
     assert returncode in (-signal.SIGINT, -signal.SIGTERM), output[-3000:]
-    assert _last_logged(run_dir) < TOTAL_STEPS
+    assert last_logged(run_dir) < TOTAL_STEPS
     assert "interrupted (" not in output
     for name in os.listdir(run_dir):
         if name.endswith(CKPT_SUFFIX) and not PARTIAL_FILE.match(name):

@@ -15,19 +15,24 @@ training images:
   learned nothing but "fill the box" cannot, because discs and triangles cover only 79% and 50% of
   their boxes.
 
-The shared, the resumed and the exploding runs are ``train.py`` processes with one graph (the
-optimizer holds the learning-rate schedule padded to 1024 steps, so one epoch more is the same
-graph; ``base_lr`` and ``warmup_steps`` are values the graph reads from a parameter): the shared
-run compiles it into a compile cache kept for this module, the other two load it (MindSpore uses
-its compile cache only in the first run of a process, so in this process each would compile
-again). That the resumed run loads the graph is asserted: it is what a user resuming with more
-epochs gets.
+The shared run is two ``train.py`` processes, as a user who stops a run and resumes it has:
+the first gets a SIGINT (Ctrl-C) once it has logged STOP_AFTER steps and must save the step it
+stopped after, exit 130 and log the ``--resume`` command; that command finishes the run. A resumed
+run logs the losses of the uninterrupted run digit for digit (tests/engine/test_resume_after_kill.py),
+so the learning assertions hold for the one 48-step run; two processes also keep each test's set-up
+short. The first process compiles the graph into a compile cache kept for this module; the resumed
+and the exploding runs load it (MindSpore uses its compile cache only in the first run of a process,
+so in this process each would compile again). The exploding run resumes with one epoch more: the
+optimizer holds the learning-rate schedule padded to 1024 steps, so it is the same graph, and
+``base_lr`` and ``warmup_steps`` are values the graph reads. That the resumed runs load the graph
+is asserted: it is what a user resuming, with or without more epochs, gets.
 """
 
 import csv
 import hashlib
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -39,6 +44,8 @@ from src.batch import LOSS_NAMES
 from src.config import REPO_ROOT
 from src.engine.runtime import CACHE_LOADED_MESSAGE
 from src.synthetic import generate
+from train_process import (RUN_TIMEOUT_S, check_interrupted, last_logged, resume_command_of, run_and_signal,
+                           stop_record, train_env)
 
 pytestmark = pytest.mark.slow(150)
 
@@ -46,6 +53,8 @@ TRAIN_IMAGES = 6
 BATCH = 2
 EPOCHS = 16
 STEPS_PER_EPOCH = TRAIN_IMAGES // BATCH
+TOTAL_STEPS = EPOCHS * STEPS_PER_EPOCH
+STOP_AFTER = 15  # steps the first process logs before its Ctrl-C (it stops at the next step end)
 MIN_SEGM_AP50 = 0.5
 MIN_GAIN_OVER_BOXES = 0.15  # measured: 0.360 vs 0.125 (segm AP50 0.667); with seed 2: 0.319 vs 0.139 (0.666)
 OVERRIDES = {"img_height": 128, "img_width": 128, "batch_size": BATCH, "rpn_pre_nms_top_k_train": 400,
@@ -63,12 +72,16 @@ def _small_run_args(data_dir, run_dir, epochs):
     return args
 
 
+def _train_command(args, cache_dir):
+    """train.py ``args`` with its compile cache in ``cache_dir``."""
+    return [sys.executable, os.path.join(REPO_ROOT, "train.py"), *args, "--compile_cache_dir", str(cache_dir)]
+
+
 def _train_process(args, cache_dir):
     """train.py ``args`` in a new process with its compile cache in ``cache_dir``; returns
     (exit status, stderr). GLOG_v=2 shows MindSpore's line saying that it ran a cached graph."""
-    command = [sys.executable, os.path.join(REPO_ROOT, "train.py"), *args, "--compile_cache_dir", str(cache_dir)]
-    result = subprocess.run(command, cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=REPO_ROOT, GLOG_v="2"),
-                            capture_output=True, text=True, timeout=1800)
+    result = subprocess.run(_train_command(args, cache_dir), cwd=REPO_ROOT, env=train_env("2"),
+                            capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     return result.returncode, result.stderr
 
 
@@ -88,22 +101,64 @@ def graph_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, graph_cache):
+def interrupted_run(tmp_path_factory, graph_cache):
+    """The shared run's first process, stopped by a SIGINT once it has logged STOP_AFTER steps:
+    (data folder, run folder, what it left: :func:`train_process.stop_record`)."""
     root = tmp_path_factory.mktemp("train")
     data_dir = root / "data"
     generate(str(data_dir), TRAIN_IMAGES, 2, seed=11, style="solid")
     run_dir = root / "run"
-    code, stderr = _train_process(_small_run_args(data_dir, run_dir, EPOCHS), graph_cache)
-    assert CACHE_LOADED_MESSAGE not in stderr  # the module's first run compiles
-    return code, data_dir, run_dir
+    command = _train_command(_small_run_args(data_dir, run_dir, EPOCHS), graph_cache)
+    record = stop_record(str(run_dir), *run_and_signal(command, root / "interrupted.log",
+                                                       lambda: last_logged(str(run_dir)) >= STOP_AFTER,
+                                                       [signal.SIGINT], env=train_env("2")))
+    return data_dir, run_dir, record
+
+
+@pytest.fixture(scope="module")
+def resumed(interrupted_run):
+    """The --resume command the interrupted process logged, run to the end of the 16 epochs."""
+    _, _, record = interrupted_run
+    return subprocess.run(resume_command_of(record["output"]), cwd=REPO_ROOT, env=train_env("2"),
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+
+
+@pytest.fixture(scope="module")
+def trained_run(interrupted_run, resumed):
+    """The shared run, finished: (exit status of its last process, data folder, run folder)."""
+    data_dir, run_dir, _ = interrupted_run
+    return resumed.returncode, data_dir, run_dir
+
+
+def test_ctrl_c_saves_the_step_it_stopped_after_and_logs_the_resume_command(interrupted_run):
+    _, run_dir, record = interrupted_run
+    assert CACHE_LOADED_MESSAGE not in record["output"]  # the module's first run compiles
+    assert check_interrupted(str(run_dir), record, "SIGINT", TOTAL_STEPS, STEPS_PER_EPOCH) >= STOP_AFTER
+
+
+def test_the_logged_resume_command_loads_the_graph_and_continues_at_the_saved_step(interrupted_run, resumed):
+    _, run_dir, record = interrupted_run
+    assert resumed.returncode == train.EXIT_OK, resumed.stderr[-3000:]
+    assert CACHE_LOADED_MESSAGE in resumed.stderr  # the graph the interrupted process compiled
+    stopped_at = record["checkpoint_step"]
+    assert f"resumed from {run_dir}/last.ckpt at global step {stopped_at}" in resumed.stderr
+    rows = _read_csv(run_dir / "losses.csv")
+    steps = list(range(1, TOTAL_STEPS + 1))
+    assert [int(r["step"]) for r in rows] == steps  # every step once, in order
+    assert [int(r["epoch"]) for r in rows] == [(step - 1) // STEPS_PER_EPOCH + 1 for step in steps]
+    # The resumed process starts from the saved weights: its RPN objectness loss goes on from
+    # where the first process left it, far below that of untrained weights (about ln 2).
+    first_epoch = np.mean([float(r["rpn_cls"]) for r in rows[:STEPS_PER_EPOCH]])
+    after_resume = np.mean([float(r["rpn_cls"]) for r in rows[stopped_at:stopped_at + STEPS_PER_EPOCH]])
+    assert after_resume < 0.5 * first_epoch, (first_epoch, after_resume)
 
 
 def test_training_runs_and_the_loss_falls(trained_run):
     code, _, run_dir = trained_run
     assert code == train.EXIT_OK
     rows = _read_csv(run_dir / "losses.csv")
-    assert len(rows) == EPOCHS * STEPS_PER_EPOCH
-    assert [int(r["step"]) for r in rows] == list(range(1, EPOCHS * STEPS_PER_EPOCH + 1))
+    assert len(rows) == TOTAL_STEPS
+    assert [int(r["step"]) for r in rows] == list(range(1, TOTAL_STEPS + 1))
     totals = np.array([float(r["total"]) for r in rows])
     assert np.all(np.isfinite(totals))
     components = np.array([[float(r[name]) for name in LOSS_NAMES] for r in rows])
@@ -116,7 +171,7 @@ def test_run_directory_holds_config_log_and_checkpoints(trained_run):
     _, _, run_dir = trained_run
     names = set(os.listdir(run_dir))
     assert {"config.yaml", "train.log", "losses.csv", "last.ckpt"} <= names
-    assert f"maskrcnn-{EPOCHS}_{EPOCHS * STEPS_PER_EPOCH}.ckpt" in names
+    assert f"maskrcnn-{EPOCHS}_{TOTAL_STEPS}.ckpt" in names
     assert not [n for n in names if n.endswith(".tmp") or n.startswith(".")], names
     # The numerics preset travels with the weights (loading under another preset warns).
     from src.checkpoint.io import read_checkpoint_with_metadata
@@ -128,7 +183,7 @@ def test_run_directory_holds_config_log_and_checkpoints(trained_run):
     from src.checkpoint.names import is_training_state
 
     last_params = read_checkpoint_with_metadata(str(run_dir / "last.ckpt"))[0]
-    numbered = str(run_dir / f"maskrcnn-{EPOCHS}_{EPOCHS * STEPS_PER_EPOCH}.ckpt")
+    numbered = str(run_dir / f"maskrcnn-{EPOCHS}_{TOTAL_STEPS}.ckpt")
     numbered_params, numbered_metadata = read_checkpoint_with_metadata(numbered)
     assert {"global_step", "moments.backbone.conv1.weight"} <= set(last_params)
     assert sorted(numbered_params) == sorted(n for n in last_params if not is_training_state(n))
@@ -140,7 +195,7 @@ def test_run_directory_holds_config_log_and_checkpoints(trained_run):
 
 def test_resume_from_a_weights_only_checkpoint_is_one_line_naming_last_ckpt(trained_run, tmp_path, capsys):
     _, data_dir, run_dir = trained_run
-    numbered = run_dir / f"maskrcnn-{EPOCHS}_{EPOCHS * STEPS_PER_EPOCH}.ckpt"
+    numbered = run_dir / f"maskrcnn-{EPOCHS}_{TOTAL_STEPS}.ckpt"
     code = train.main(_small_run_args(data_dir, tmp_path / "resumed", EPOCHS + 1) + ["--resume", str(numbered)])
     assert code == train.EXIT_BAD_INPUT == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if " ERROR " in line]
@@ -148,26 +203,6 @@ def test_resume_from_a_weights_only_checkpoint_is_one_line_naming_last_ckpt(trai
     assert errors[0].endswith(f"{numbered}: holds weights only (no optimizer state, no 'global_step'), it cannot be "
                               f"resumed: resume from the run's last.ckpt ({run_dir / 'last.ckpt'}), or start a new "
                               f"run from these weights with --pre_trained"), errors
-
-
-def test_resume_continues_at_the_saved_step(trained_run, graph_cache, tmp_path):
-    code, data_dir, run_dir = trained_run
-    assert code == train.EXIT_OK
-    resumed_dir = tmp_path / "resumed"
-    code, stderr = _train_process(_small_run_args(data_dir, resumed_dir, EPOCHS + 1)
-                                  + ["--resume", str(run_dir / "last.ckpt")], graph_cache)
-    assert code == train.EXIT_OK, stderr[-3000:]
-    assert CACHE_LOADED_MESSAGE in stderr  # one epoch more: the graph the shared run compiled
-    rows = _read_csv(resumed_dir / "losses.csv")
-    assert [int(r["step"]) for r in rows] == list(range(EPOCHS * STEPS_PER_EPOCH + 1, (EPOCHS + 1) * STEPS_PER_EPOCH + 1))
-    assert [int(r["epoch"]) for r in rows] == [EPOCHS + 1] * STEPS_PER_EPOCH
-    # The resumed run starts from the trained weights: its loss is near the end of the first run.
-    first_run = np.array([float(r["total"]) for r in _read_csv(run_dir / "losses.csv")])
-    resumed = np.array([float(r["total"]) for r in rows])
-    first_epoch, last_epoch = first_run[:STEPS_PER_EPOCH].mean(), first_run[-STEPS_PER_EPOCH:].mean()
-    # Below the midpoint of the first run's first and last epochs: a resume that restarted from
-    # fresh weights would sit near the first epoch's loss.
-    assert resumed.mean() < 0.5 * (first_epoch + last_epoch), (first_epoch, last_epoch, resumed.mean())
 
 
 def test_exploding_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint(trained_run, graph_cache,
@@ -183,11 +218,13 @@ def test_exploding_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
                                                                "--warmup_steps", "0"]
     code, stderr = _train_process(args, graph_cache)
     assert code == train.EXIT_TRAINING_STOPPED, stderr[-3000:]
+    assert CACHE_LOADED_MESSAGE in stderr  # one epoch more: the graph the shared run compiled
     errors = [line for line in stderr.splitlines() if " ERROR " in line]
     assert len(errors) == 1 and "training stopped: loss became" in errors[0], errors
     step = int(re.search(r"at step (\d+)", errors[0]).group(1))
-    assert step > EPOCHS * STEPS_PER_EPOCH  # a step of the resumed run, not of the good one
+    assert step > TOTAL_STEPS  # a step of the resumed run, not of the good one
     rows = _read_csv(blown_dir / "losses.csv")
+    assert (int(rows[0]["step"]), int(rows[0]["epoch"])) == (TOTAL_STEPS + 1, EPOCHS + 1)  # resumed at the saved step
     assert int(rows[-1]["step"]) == step and not np.isfinite(float(rows[-1]["total"]))
     assert _digest(good) == before
 

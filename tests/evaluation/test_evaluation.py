@@ -14,6 +14,7 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from helpers import GroundTruthNet
 from src.evaluation.coco_eval import COCOEvaluator
 from src.evaluation.results import (Detections, EvaluationError, boxes_to_original_image, detections_to_coco,
                                     encode_masks, paste_masks, predictions_to_coco)
@@ -353,45 +354,6 @@ def test_synthetic_set_ground_truth_through_dataset_gives_ap_one(tmp_path):
         assert set(metrics[iou_type]["per_class"]) == {"book", "disc", "triangle"}
 
 
-class _GroundTruthNet:
-    """Stands in for the network: returns each eval item's ground truth in the network's format.
-
-    The eval pipeline yields items in order (batch 2, the last batch padded by repeating item 0),
-    so call c covers items 2c and 2c+1. Boxes are mapped into input pixels with the scale the
-    pipeline reports in image_shape; masks are the GT crops resized to 28x28.
-    """
-
-    def __init__(self, dataset, max_per_img):
-        self.dataset = dataset
-        self.max_per_img = max_per_img
-        self.calls = 0
-        self.training = None
-
-    def set_train(self, mode):
-        self.training = mode
-
-    def __call__(self, image, image_shape):
-        shapes = image_shape.asnumpy()
-        batch = shapes.shape[0]
-        k = self.max_per_img
-        out = (np.zeros((batch, k, 4), np.float32), np.zeros((batch, k), np.float32),
-               np.zeros((batch, k), np.int32), np.zeros((batch, k), bool), np.zeros((batch, k, 28, 28), np.float32))
-        for b in range(batch):
-            index = self.calls * batch + b
-            index = index if index < len(self.dataset) else 0
-            annos, masks = self.dataset.annotations(index)
-            real = np.flatnonzero(annos[:, 5] == 0)[:k]
-            scale = np.array([shapes[b, 3], shapes[b, 2], shapes[b, 3], shapes[b, 2]], np.float32)
-            for j, a in enumerate(real):
-                x1, y1, x2, y2 = annos[a, :4]
-                crop = masks[a, int(y1):int(math.ceil(y2)), int(x1):int(math.ceil(x2))].astype(np.float32)
-                out[4][b, j] = cv2.resize(crop, (28, 28), interpolation=cv2.INTER_LINEAR)
-                out[0][b, j] = annos[a, :4] * scale
-                out[1][b, j], out[2][b, j], out[3][b, j] = 1.0, int(annos[a, 4]), True
-        self.calls += 1
-        return out
-
-
 def test_run_inference_over_the_eval_pipeline(tmp_path):
     """Eval pipeline -> run_inference -> evaluator with a ground-truth 'network': bbox AP = 1."""
     from src.config import load_config
@@ -402,7 +364,7 @@ def test_run_inference_over_the_eval_pipeline(tmp_path):
     config = load_config(overrides={"coco_root": str(tmp_path), "img_height": 160, "img_width": 224,
                                     "batch_size": 2, "num_parallel_workers": 1})
     dataset, evaluator, sub = build_eval_split(config)
-    net = _GroundTruthNet(sub, config.test_max_per_img)
+    net = GroundTruthNet(sub, config.test_max_per_img)
     seen_ids = []
     for predictions, image_ids, image_shapes in run_inference(net, dataset, progress=False):
         assert image_shapes.shape == (2, 4)
@@ -466,10 +428,10 @@ def test_eval_callback_logs_metrics_and_keeps_best(tmp_path):
     from src.dataset import COCOSubDataset
 
     sub = COCOSubDataset(str(tmp_path / "data"), is_training=False, config=config)
-    callback.net = _GroundTruthNet(sub, config.test_max_per_img)
+    callback.net = GroundTruthNet(sub, config.test_max_per_img)
     callback.on_train_step_end(context(10))
     assert callback.net.training is True  # back in training mode
-    callback.net = _GroundTruthNet(sub, config.test_max_per_img)
+    callback.net = GroundTruthNet(sub, config.test_max_per_img)
     callback.on_train_step_end(context(20))  # same AP: not a new best
     lines = [json.loads(line) for line in (tmp_path / EVAL_HISTORY_FILE).read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [2, 4]

@@ -209,7 +209,7 @@ def test_training_eval_callback_writes_the_report_of_the_best_checkpoint(tmp_pat
     """EvalCallback (train.py --eval_interval) writes best_report/ next to best.ckpt, numbers as logged."""
     from types import SimpleNamespace
 
-    from test_evaluation import _GroundTruthNet  # the network stand-in returning ground truth
+    from helpers import GroundTruthNet  # the network stand-in returning ground truth
 
     from src.config import load_config
     from src.dataset import COCOSubDataset
@@ -220,7 +220,7 @@ def test_training_eval_callback_writes_the_report_of_the_best_checkpoint(tmp_pat
     config = load_config(overrides={"coco_root": str(tmp_path / "data"), "img_height": 128, "img_width": 160,
                                     "batch_size": 2, "num_parallel_workers": 1})
     sub = COCOSubDataset(str(tmp_path / "data"), is_training=False, config=config)
-    callback = EvalCallback(_GroundTruthNet(sub, config.test_max_per_img), config, str(tmp_path), interval=1,
+    callback = EvalCallback(GroundTruthNet(sub, config.test_max_per_img), config, str(tmp_path), interval=1,
                             save_fn=lambda net, path: None, steps_per_epoch=2)
     callback.on_train_step_end(SimpleNamespace(original_args=lambda: SimpleNamespace(cur_step_num=2)))
     logged = json.loads((tmp_path / EVAL_HISTORY_FILE).read_text().splitlines()[0])
