@@ -1,7 +1,8 @@
-"""train.py in a process of its own, as a user runs it, for the test modules that stop and resume
-runs (tests/ is on sys.path through its conftest.py): start it, send it signals once it has
-logged enough steps, read what it left (losses.csv rows, last.ckpt's step, temporary checkpoint
-files) and the ``--resume`` command it logged, and check what an interrupted run must leave."""
+"""train.py in a process of its own, as a user runs it (tests/ is on sys.path through its
+conftest.py): the environment of such a process, and, for the test modules that stop and resume
+runs, starting it, sending it signals once it has logged enough steps, reading what it left
+(losses.csv rows, last.ckpt's step, temporary checkpoint files) and the ``--resume`` command it
+logged, and checking what an interrupted run must leave."""
 
 import csv
 import os

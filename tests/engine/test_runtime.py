@@ -26,6 +26,7 @@ from src.config import REPO_ROOT, load_config
 from src.engine.runtime import (CACHE_LOADED_MESSAGE, COMPILE_CACHE_IGNORED_KEYS, compile_cache, compile_cache_folder,
                          source_digest)
 from src.synthetic import generate
+from train_process import train_env
 
 pytestmark = pytest.mark.slow(55)
 
@@ -121,8 +122,7 @@ def _train_once(data_dir, run_dir, cache_dir, base_lr=0.01, sink=False):
                "--log_every", "1", "--base_lr", str(base_lr), "--warmup_steps", "0",
                "--dataset_sink_mode", "true" if sink else "false"]
     # GLOG_v=2 shows MindSpore's warning that it ran a graph from the cache.
-    env = dict(os.environ, PYTHONPATH=REPO_ROOT, GLOG_v="2")
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    result = subprocess.run(command, cwd=REPO_ROOT, env=train_env("2"), capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     with open(run_dir / "losses.csv", newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle)), result.stdout + result.stderr

@@ -17,7 +17,7 @@ from src.evaluation.coco_eval import COCOEvaluator
 from src.evaluation.report import main, write_report
 from src.evaluation.report_data import REPORT_JSON, TABLE_KEYS, ReportError, load_score_thresholds
 from src.evaluation.report_page import REPORT_HTML
-from helpers import rect_result
+from helpers import GroundTruthNet, rect_result
 
 CATS = {3: "book", 8: "disc"}
 CLASSES = ["background", "book", "disc"]
@@ -209,7 +209,6 @@ def test_training_eval_callback_writes_the_report_of_the_best_checkpoint(tmp_pat
     """EvalCallback (train.py --eval_interval) writes best_report/ next to best.ckpt, numbers as logged."""
     from types import SimpleNamespace
 
-    from helpers import GroundTruthNet  # the network stand-in returning ground truth
 
     from src.config import load_config
     from src.dataset import COCOSubDataset
